@@ -1,0 +1,5 @@
+"""``python -m service``: the same as ``lstm-serve``."""
+
+from service.cli import main
+
+main()

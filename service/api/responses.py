@@ -1,0 +1,62 @@
+"""Fast JSON in and out: orjson, with numpy arrays serialised without a Python detour."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.errors import BadRequest, PayloadTooLarge
+
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def json_response(
+    content: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """orjson writes float32 arrays in their shortest exact form, so values round-trip."""
+    return Response(
+        orjson.dumps(content, option=_OPTIONS),
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes before or while reading it."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise BadRequest(f"Content-Length {declared!r} is not a number of bytes")
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse with orjson; fall back to the stdlib only to read NaN/Infinity literals.
+
+    orjson refuses those tokens outright. Reading them anyway lets validation say
+    *where* the non-finite number is, which helps a client far more than
+    "invalid JSON at byte 1234".
+    """
+    if not body:
+        raise BadRequest("request body is empty; expected a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise BadRequest(f"request body is not valid JSON: {exc}") from None

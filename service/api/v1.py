@@ -1,0 +1,162 @@
+"""TF-Serving-style REST: ``/v1/models/{name}[/versions/{v}]:predict`` and model status.
+
+Routes are thin: read the body, validate the envelope with pydantic, turn the
+instances into arrays (``instances.py``), await the model's scheduler, and
+shape the answer (``predictions.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from starlette.responses import Response
+
+from service.api.errors import describe_validation_errors
+from service.api.instances import decode_instances
+from service.api.predictions import format_predictions
+from service.api.responses import json_response, parse_json, read_body
+from service.errors import InvalidInput, ModelNotFound
+from service.inference import InferenceRequest
+from service.model import ServedModel
+from service.server import Server
+
+router = APIRouter(prefix="/v1", tags=["v1"])
+
+
+class PredictRequest(BaseModel):
+    """The envelope only: ``instances`` stay raw lists until numpy reads them in one go."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instances: list[Any] = Field(
+        description="sequences, each a list of timesteps, each a list of the model's features"
+    )
+    return_sequences: StrictBool = Field(
+        default=False,
+        description="true: one prediction per timestep (Keras return_sequences=True); "
+        "false: one per sequence, at its last timestep",
+    )
+
+
+def server_of(request: Request) -> Server:
+    server: Server = request.app.state.server
+    return server
+
+
+def parse_version(version: str) -> int:
+    """Versions are positive integers; anything else names a version that cannot exist."""
+    if not version.isdigit() or int(version) < 1:
+        raise ModelNotFound(f"version {version!r} does not exist; versions are positive integers")
+    return int(version)
+
+
+async def _predict(request: Request, name: str, version: int | None) -> Response:
+    server = server_of(request)
+    model = server.repository.get(name, version)
+    settings = server.settings
+    payload = parse_json(await read_body(request, settings.max_body_bytes))
+    try:
+        envelope = PredictRequest.model_validate(payload)
+    except ValidationError as exc:
+        raise InvalidInput(describe_validation_errors(exc.errors())) from None
+    if len(envelope.instances) > settings.max_instances:
+        raise InvalidInput(
+            f"instances has {len(envelope.instances)} sequences; the limit is "
+            f"{settings.max_instances}"
+        )
+    meta = model.metadata
+    x, lengths = decode_instances(
+        envelope.instances,
+        features=meta.num_features,
+        model=meta.name,
+        max_timesteps=settings.max_timesteps,
+    )
+    result = await model.infer(
+        InferenceRequest(
+            x=x,
+            lengths=lengths,
+            want_sequence=envelope.return_sequences,
+            want_final=not envelope.return_sequences,
+            deadline=time.monotonic() + settings.request_timeout_s,
+        )
+    )
+    predictions = format_predictions(meta, result, lengths, envelope.return_sequences)
+    return json_response(
+        {"model": meta.name, "version": str(meta.version), "predictions": predictions}
+    )
+
+
+@router.post("/models/{name}:predict", summary="Predict with the latest version")
+async def predict(request: Request, name: str) -> Response:
+    return await _predict(request, name, None)
+
+
+@router.post("/models/{name}/versions/{version}:predict", summary="Predict with one version")
+async def predict_version(request: Request, name: str, version: str) -> Response:
+    return await _predict(request, name, parse_version(version))
+
+
+def describe(model: ServedModel) -> dict[str, Any]:
+    """What a client needs to call the model, and what an operator needs to trust it."""
+    meta = model.metadata
+    training = meta.training
+    return {
+        "name": meta.name,
+        "version": str(meta.version),
+        "task": meta.task,
+        "target": meta.target,
+        "inputs": {
+            "instances": {
+                "shape": [-1, -1, meta.num_features],
+                "dtype": "float32",
+                "features": meta.feature_names,
+            }
+        },
+        "outputs": {
+            "final": {"shape": [-1, meta.output_size]},
+            "sequence": {"shape": [-1, -1, meta.output_size]},
+        },
+        "classes": meta.classes,
+        "layers": [layer.model_dump() for layer in meta.layers],
+        "bidirectional": meta.bidirectional,
+        "stateful": not meta.bidirectional,
+        "metrics": training.metrics if training else {},
+        "parity_max_abs_diff": meta.parity.max_abs_diff,
+        "providers": model.runtime.providers,
+        "created_at": meta.created_at.isoformat(),
+    }
+
+
+def _status(server: Server, name: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "version": str(s.version),
+            "state": s.state,
+            "status": {"error_code": "OK" if not s.error else "UNKNOWN", "error_message": s.error},
+        }
+        for s in server.repository.statuses(name)
+    ]
+
+
+@router.get("/models", summary="Loaded models")
+async def list_models(request: Request) -> Response:
+    server = server_of(request)
+    return json_response(
+        {"models": [describe(server.repository.get(n)) for n in server.repository.names()]}
+    )
+
+
+@router.get("/models/{name}", summary="A model's latest version and the status of all")
+async def model_status(request: Request, name: str) -> Response:
+    server = server_of(request)
+    model = server.repository.get(name)
+    return json_response({**describe(model), "model_version_status": _status(server, name)})
+
+
+@router.get("/models/{name}/versions/{version}", summary="One version of a model")
+async def version_status(request: Request, name: str, version: str) -> Response:
+    server = server_of(request)
+    return json_response(describe(server.repository.get(name, parse_version(version))))

@@ -1,0 +1,37 @@
+"""``create_app()``: settings in, a FastAPI app out, with the core started in its lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.api import errors, health, v1
+from service.server import Server
+from service.settings import Settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    server = Server(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await server.start()
+        try:
+            yield
+        finally:
+            await server.stop()
+
+    app = FastAPI(
+        title="LSTM serving",
+        summary="Stacked LSTMs exported to ONNX, served with onnxruntime.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.server = server
+    errors.install(app)
+    app.include_router(health.router)
+    app.include_router(v1.router)
+    return app

@@ -1,0 +1,80 @@
+"""``lstm-serve``: start uvicorn on the model repository.
+
+Flags override the ``LSTM_SERVE_*`` environment by writing to it, so that every
+uvicorn worker process reads the same settings through ``Settings()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import subprocess
+import sys
+
+import uvicorn
+
+from service.repository import scan
+from service.settings import DEFAULT_REPOSITORY, ENV_PREFIX, Settings
+
+log = logging.getLogger("service")
+
+DEFAULT_MODEL_PRESET = "basic_motions"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="lstm-serve",
+        description="Serve the stacked-LSTM ONNX models of a model repository over HTTP. "
+        f"Every flag is also an environment variable ({ENV_PREFIX}HOST, ...).",
+    )
+    parser.add_argument("--host", help=f"bind address ({ENV_PREFIX}HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help=f"port ({ENV_PREFIX}PORT, default 8000)")
+    parser.add_argument(
+        "--model-repository", help=f"<name>/<version>/ folders ({ENV_PREFIX}MODEL_REPOSITORY)"
+    )
+    parser.add_argument("--workers", type=int, help=f"processes ({ENV_PREFIX}WORKERS, default 1)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help=f"{ENV_PREFIX}DEVICE")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    return parser.parse_args(argv)
+
+
+def ensure_default_model(settings: Settings) -> None:
+    """Train and export the default model if the shipped repository lost it.
+
+    The repository ships it, so this normally does nothing. Training runs in a
+    child process: this process must never import torch.
+    """
+    if settings.model_repository.resolve() != DEFAULT_REPOSITORY or scan(DEFAULT_REPOSITORY):
+        return
+    if importlib.util.find_spec("torch") is None:
+        sys.exit(
+            f"lstm-serve: {DEFAULT_REPOSITORY} holds no model and torch is not installed to "
+            "train one. Run: pip install -e '.[train]' && lstm-train --preset basic_motions"
+        )
+    log.warning("no model in %s: training the default model first", DEFAULT_REPOSITORY)
+    command = [sys.executable, "-m", "models.train", "--preset", DEFAULT_MODEL_PRESET]
+    subprocess.run(command, check=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    for field in ("host", "port", "model_repository", "workers", "device", "log_level"):
+        value = getattr(args, field)
+        if value is not None:
+            os.environ[f"{ENV_PREFIX}{field.upper()}"] = str(value)
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    ensure_default_model(settings)
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+    )

@@ -1,0 +1,68 @@
+"""Every server setting, in one place, read once at startup.
+
+Each field is also an environment variable with the ``LSTM_SERVE_`` prefix
+(``model_repository`` -> ``LSTM_SERVE_MODEL_REPOSITORY``). The CLI's flags only
+override these; nothing else in the service reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "LSTM_SERVE_"
+
+# The repository shipped with the project, beside this package. An installed
+# image points LSTM_SERVE_MODEL_REPOSITORY elsewhere (see the Dockerfile).
+DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "models" / "repository"
+
+Device = Literal["auto", "cpu", "cuda"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class Settings(BaseSettings):
+    """Server configuration. Defaults suit one uvicorn worker on a small CPU box."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    # Network
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, description="uvicorn worker processes")
+
+    # Models
+    model_repository: Path = DEFAULT_REPOSITORY
+
+    # onnxruntime
+    device: Device = Field(
+        default="auto",
+        description="auto: CUDA if onnxruntime offers it, else CPU; cuda: ask for CUDA "
+        "(falls back to CPU with a warning); cpu: CPU only",
+    )
+    intra_op_threads: int = Field(
+        default=1,
+        ge=0,
+        description="threads inside one onnxruntime call; 1 scales best with processes "
+        "(onnxruntime's own default, 0, sizes the pool to the host, not the container)",
+    )
+    inter_op_threads: int = Field(default=1, ge=0)
+    inference_threads: int = Field(
+        default=2, ge=1, description="onnxruntime calls in flight at once per process"
+    )
+
+    # Request limits: every payload and every wait is bounded.
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    max_instances: int = Field(default=1024, ge=1, description="sequences in one request")
+    max_timesteps: int = Field(default=10_000, ge=1, description="timesteps in one sequence")
+    max_queue_size: int = Field(
+        default=256, ge=1, description="requests waiting for inference before 503s"
+    )
+    request_timeout_s: float = Field(
+        default=30.0, gt=0, description="a request still queued past this gets a 503"
+    )
+
+    # Logging
+    log_level: LogLevel = "info"
