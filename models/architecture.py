@@ -1,0 +1,139 @@
+"""The stacked LSTM: layers of their own widths, each feeding its whole sequence on.
+
+Two ways through the same weights:
+- ``logits`` packs right-padded batches so every layer stops at each sequence's
+  true length. Training and the torch reference for parity use it.
+- ``forward`` is the export path: no packing (the TorchScript exporter cannot
+  trace it into plain ONNX ops), normalisation and output activation baked in.
+  ``export.py`` then wires the ``lengths`` input into every ONNX ``LSTM`` node's
+  ``sequence_lens``, which makes the graph do what packing does here.
+
+Final outputs follow Keras: the forward direction's state at the last valid step
+and, for bidirectional layers, the backward direction's state at step 0 — which
+is exactly each layer's final ``h`` concatenated over directions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+class StackedLSTM(nn.Module):
+    """LSTM layers (e.g. 64 then 32 units), dropout between them, a dense head."""
+
+    def __init__(
+        self,
+        num_features: int,
+        layers: Sequence[int],
+        output_size: int,
+        *,
+        task: str = "classification",
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not layers:
+            raise ValueError("a stacked LSTM needs at least one layer")
+        self.task = task
+        self.num_features = num_features
+        self.layer_sizes = list(layers)
+        self.output_size = output_size
+        self.bidirectional = bidirectional
+        self.directions = 2 if bidirectional else 1
+        widths = [num_features] + [units * self.directions for units in layers]
+        self.lstms = nn.ModuleList(
+            nn.LSTM(widths[i], units, batch_first=True, bidirectional=bidirectional)
+            for i, units in enumerate(layers)
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(widths[-1], output_size)
+        # Standardisation of inputs and (regression) targets, fitted on training data.
+        self.register_buffer("x_mean", torch.zeros(num_features))
+        self.register_buffer("x_std", torch.ones(num_features))
+        self.register_buffer("y_mean", torch.zeros(output_size))
+        self.register_buffer("y_std", torch.ones(output_size))
+
+    def set_normalization(
+        self, x_mean: Tensor, x_std: Tensor, y_mean: Tensor | None = None, y_std: Tensor | None = None
+    ) -> None:
+        self.x_mean.copy_(x_mean)
+        self.x_std.copy_(x_std)
+        if y_mean is not None and y_std is not None:
+            self.y_mean.copy_(y_mean)
+            self.y_std.copy_(y_std)
+
+    def zero_states(self, batch: int) -> list[Tensor]:
+        """h0, c0 for every layer, flattened: [h0_0, c0_0, h0_1, c0_1, ...]."""
+        return [
+            torch.zeros(self.directions, batch, units)
+            for units in self.layer_sizes
+            for _ in ("h", "c")
+        ]
+
+    def _final_hidden(self, hn: Tensor) -> Tensor:
+        """[directions, B, H] -> [B, directions * H], forward first as in the outputs."""
+        return hn.transpose(0, 1).reshape(hn.shape[1], -1)
+
+    def logits(
+        self, x: Tensor, lengths: Tensor, states: Sequence[Tensor] | None = None
+    ) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """Packed pass on standardised-by-us inputs: (per-step, final, final states).
+
+        Outputs are pre-activation (logits, or standardised regression values),
+        which is what the losses want.
+        """
+        states = list(states) if states is not None else self.zero_states(x.shape[0])
+        steps = x.shape[1]
+        out = (x - self.x_mean) / self.x_std
+        finals: list[Tensor] = []
+        lengths_cpu = lengths.to("cpu", torch.int64)
+        for i, lstm in enumerate(self.lstms):
+            packed = pack_padded_sequence(out, lengths_cpu, batch_first=True, enforce_sorted=False)
+            packed_out, (hn, cn) = lstm(packed, (states[2 * i], states[2 * i + 1]))
+            out, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=steps)
+            finals += [hn, cn]
+            if i < len(self.lstms) - 1:
+                out = self.dropout(out)
+        return self.head(out), self.head(self._final_hidden(finals[-2])), finals
+
+    def activate(self, values: Tensor) -> Tensor:
+        """Head values to served outputs: probabilities, or regression in target units."""
+        if self.task == "classification":
+            return torch.softmax(values, dim=-1)
+        return values * self.y_std + self.y_mean
+
+    def forward(self, x: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
+        """Export path: (sequence_output, final_output, hn_0, cn_0, hn_1, cn_1, ...)."""
+        out = (x - self.x_mean) / self.x_std
+        finals: list[Tensor] = []
+        for i, lstm in enumerate(self.lstms):
+            out, (hn, cn) = lstm(out, (states[2 * i], states[2 * i + 1]))
+            finals += [hn, cn]
+            if i < len(self.lstms) - 1:
+                out = self.dropout(out)
+        sequence = self.activate(self.head(out))
+        final = self.activate(self.head(self._final_hidden(finals[-2])))
+        return (sequence, final, *finals)
+
+    def summary(self) -> str:
+        """A Keras-style table: layer, output shape, parameters, and the total."""
+        rows: list[tuple[str, str, int]] = [
+            ("input", f"(None, None, {self.num_features})", 0)
+        ]
+        for i, lstm in enumerate(self.lstms):
+            kind = "Bidirectional(LSTM)" if self.bidirectional else "LSTM"
+            width = self.layer_sizes[i] * self.directions
+            count = sum(p.numel() for p in lstm.parameters())
+            rows.append((f"lstm_{i} ({kind})", f"(None, None, {width})", count))
+        head = sum(p.numel() for p in self.head.parameters())
+        rows.append(("dense (Dense)", f"(None, {self.output_size})", head))
+        total = sum(r[2] for r in rows)
+        lines = [f"{'Layer (type)':<30}{'Output Shape':<22}{'Param #':>10}", "=" * 62]
+        lines += [f"{name:<30}{shape:<22}{count:>10,}" for name, shape, count in rows]
+        lines += ["=" * 62, f"Total params: {total:,}", "(per-timestep head: (None, None, "
+                  f"{self.output_size}) with the same dense weights)"]
+        return "\n".join(lines)

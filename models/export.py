@@ -1,0 +1,231 @@
+"""ONNX export with dynamic batch and time, ``sequence_lens`` wiring, and a parity check.
+
+The recipe (see ../shared/README.md for how each point was established):
+- The TorchScript exporter (``dynamo=False``) at opset 17: each ``nn.LSTM``
+  becomes one ONNX ``LSTM`` op and the time axis stays dynamic. The dynamo
+  exporter freezes T to the example's length, so it is not used.
+- The exporter leaves ``sequence_lens`` (input 4 of ``LSTM``) empty. We add a
+  ``lengths`` graph input, cast it to int32 and wire it into every LSTM node:
+  padded batches then match packed torch exactly, bidirectional layers included,
+  and ``Y_h``/``Y_c`` become the states at each sequence's last valid step.
+- Parity against the packed torch path is checked at batch sizes and lengths the
+  export never saw; the export fails, writing nothing, if the gap exceeds 1e-4.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import platform
+import shutil
+import tempfile
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import TensorProto, helper
+
+from models.architecture import StackedLSTM
+from service.contract import (
+    METADATA_FILENAME,
+    MODEL_FILENAME,
+    LayerSpec,
+    ModelMetadata,
+    Normalization,
+    OnnxInfo,
+    Parity,
+    ParityCase,
+    StateNames,
+    TensorNames,
+    TrainingInfo,
+)
+
+OPSET = 17
+TOLERANCE = 1e-4
+PARITY_SHAPES = ((1, 1), (3, 7), (8, 50), (5, 123))  # (batch, time), none equal to the example
+
+
+class ParityError(RuntimeError):
+    """onnxruntime and torch disagree: the exported graph cannot be trusted."""
+
+
+def tensor_names(layers: int) -> TensorNames:
+    return TensorNames(
+        initial_states=[StateNames(h=f"h0_{i}", c=f"c0_{i}") for i in range(layers)],
+        final_states=[StateNames(h=f"hn_{i}", c=f"cn_{i}") for i in range(layers)],
+    )
+
+
+def _to_onnx(model: StackedLSTM, names: TensorNames) -> onnx.ModelProto:
+    batch, steps = 2, 5
+    example = (torch.zeros(batch, steps, model.num_features), *model.zero_states(batch))
+    state_in = [n for s in names.initial_states for n in (s.h, s.c)]
+    state_out = [n for s in names.final_states for n in (s.h, s.c)]
+    dynamic = {names.x: {0: "batch", 1: "time"}, names.sequence_output: {0: "batch", 1: "time"}}
+    dynamic[names.final_output] = {0: "batch"}
+    dynamic.update({n: {1: "batch"} for n in state_in + state_out})
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The exporter warns about LSTM batch sizes != 1; with h0/c0 as graph
+        # inputs the warning is a false alarm (parity below proves it).
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            example,
+            buffer,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[names.x, *state_in],
+            output_names=[names.sequence_output, names.final_output, *state_out],
+            dynamic_axes=dynamic,
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def wire_sequence_lens(graph_model: onnx.ModelProto, lengths_name: str) -> int:
+    """Add an int64 ``lengths`` [batch] input and feed it to every LSTM's sequence_lens."""
+    graph = graph_model.graph
+    graph.input.append(helper.make_tensor_value_info(lengths_name, TensorProto.INT64, ["batch"]))
+    cast_out = f"{lengths_name}_int32"
+    cast = helper.make_node("Cast", [lengths_name], [cast_out], to=TensorProto.INT32)
+    wired = 0
+    for node in graph.node:
+        if node.op_type == "LSTM":
+            inputs = list(node.input) + [""] * max(0, 5 - len(node.input))
+            inputs[4] = cast_out
+            del node.input[:]
+            node.input.extend(inputs)
+            wired += 1
+    graph.node.insert(0, cast)
+    return wired
+
+
+def torch_reference(
+    model: StackedLSTM, x: np.ndarray, lengths: np.ndarray, states: list[np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
+    """What the exported graph must compute, from the packed torch path."""
+    with torch.no_grad():
+        state_tensors = [torch.from_numpy(s) for s in states] if states is not None else None
+        seq, final, finals = model.logits(
+            torch.from_numpy(x), torch.from_numpy(lengths), state_tensors
+        )
+        out = {
+            "sequence_output": model.activate(seq).numpy(),
+            "final_output": model.activate(final).numpy(),
+        }
+        for i in range(len(model.lstms)):
+            out[f"hn_{i}"] = finals[2 * i].numpy()
+            out[f"cn_{i}"] = finals[2 * i + 1].numpy()
+    return out
+
+
+def check_parity(
+    model: StackedLSTM, onnx_path: Path, names: TensorNames, seed: int = 0
+) -> Parity:
+    """Compare every output at unseen shapes and ragged lengths; padding is ignored."""
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    cases: list[ParityCase] = []
+    for batch, steps in PARITY_SHAPES:
+        x = rng.normal(size=(batch, steps, model.num_features)).astype(np.float32)
+        x = x * model.x_std.numpy() + model.x_mean.numpy()  # realistic raw scale
+        lengths = rng.integers(1, steps + 1, size=batch).astype(np.int64)
+        lengths[0] = steps
+        states = [
+            rng.normal(scale=0.1, size=s.shape).astype(np.float32)
+            for s in model.zero_states(batch)
+        ]
+        want = torch_reference(model, x, lengths, states)
+        feeds = {names.x: x, names.lengths: lengths}
+        state_in = [n for s in names.initial_states for n in (s.h, s.c)]
+        feeds.update(dict(zip(state_in, states, strict=True)))
+        got = dict(zip(want, session.run(list(want), feeds), strict=True))
+        valid = np.arange(steps)[None, :] < lengths[:, None]
+        gaps = [float(np.abs(got[k] - want[k]).max()) for k in want if k != "sequence_output"]
+        seq_gap = np.abs(got["sequence_output"] - want["sequence_output"])[valid]
+        gap = max([*gaps, float(seq_gap.max())])
+        cases.append(ParityCase(batch=batch, time=steps, lengths=lengths.tolist(),
+                                max_abs_diff=gap))
+    worst = max(c.max_abs_diff for c in cases)
+    if not worst <= TOLERANCE:
+        raise ParityError(
+            f"onnxruntime differs from torch by {worst:.3g} (tolerance {TOLERANCE}): "
+            f"{[(c.batch, c.time, c.max_abs_diff) for c in cases]}"
+        )
+    return Parity(tolerance=TOLERANCE, max_abs_diff=worst, cases=cases)
+
+
+def _library_versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def export_model(
+    model: StackedLSTM,
+    repository: Path,
+    name: str,
+    version: int,
+    *,
+    classes: list[str] | None = None,
+    feature_names: list[str] | None = None,
+    target: str = "final",
+    dropout: float = 0.0,
+    training: TrainingInfo | None = None,
+) -> Path:
+    """Export, check parity, and publish ``<repository>/<name>/<version>/`` atomically.
+
+    Everything is written to a temporary folder first and renamed into place,
+    so a server scanning the repository never sees half a model.
+    """
+    model = model.eval()
+    names = tensor_names(len(model.lstms))
+    graph = _to_onnx(model, names)
+    if wire_sequence_lens(graph, names.lengths) != len(model.lstms):
+        raise RuntimeError("the exported graph does not hold one LSTM op per layer")
+    onnx.checker.check_model(graph)
+    target_dir = repository / name / str(version)
+    if target_dir.exists():
+        raise FileExistsError(f"{target_dir} exists; versions are immutable, pick a new one")
+    repository.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=repository, prefix=f".{name}-{version}-") as tmp:
+        staging = Path(tmp)
+        onnx_path = staging / MODEL_FILENAME
+        onnx.save(graph, str(onnx_path))
+        parity = check_parity(model, onnx_path, names)
+        metadata = ModelMetadata(
+            name=name,
+            version=version,
+            task=model.task,  # type: ignore[arg-type]  # validated by pydantic
+            target=target,  # type: ignore[arg-type]
+            num_features=model.num_features,
+            feature_names=feature_names,
+            classes=classes,
+            output_size=model.output_size,
+            layers=[LayerSpec(units=u, bidirectional=model.bidirectional)
+                    for u in model.layer_sizes],
+            dropout=dropout,
+            normalization=Normalization(
+                mean=model.x_mean.tolist(), std=model.x_std.tolist(), in_graph=True
+            ),
+            tensors=names,
+            onnx=OnnxInfo(opset=OPSET, sha256=hashlib.sha256(onnx_path.read_bytes()).hexdigest()),
+            parity=parity,
+            training=training,
+            created_at=datetime.now(UTC),
+            library_versions=_library_versions(),
+        )
+        (staging / METADATA_FILENAME).write_text(metadata.model_dump_json(indent=2) + "\n")
+        target_dir.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(staging), str(target_dir))
+        staging.mkdir()  # TemporaryDirectory cleans up a folder that must still exist
+    target_dir.chmod(0o755)
+    return target_dir
