@@ -58,7 +58,11 @@ class StackedLSTM(nn.Module):
         self.register_buffer("y_std", torch.ones(output_size))
 
     def set_normalization(
-        self, x_mean: Tensor, x_std: Tensor, y_mean: Tensor | None = None, y_std: Tensor | None = None
+        self,
+        x_mean: Tensor,
+        x_std: Tensor,
+        y_mean: Tensor | None = None,
+        y_std: Tensor | None = None,
     ) -> None:
         self.x_mean.copy_(x_mean)
         self.x_std.copy_(x_std)
@@ -121,9 +125,7 @@ class StackedLSTM(nn.Module):
 
     def summary(self) -> str:
         """A Keras-style table: layer, output shape, parameters, and the total."""
-        rows: list[tuple[str, str, int]] = [
-            ("input", f"(None, None, {self.num_features})", 0)
-        ]
+        rows: list[tuple[str, str, int]] = [("input", f"(None, None, {self.num_features})", 0)]
         for i, lstm in enumerate(self.lstms):
             kind = "Bidirectional(LSTM)" if self.bidirectional else "LSTM"
             width = self.layer_sizes[i] * self.directions
@@ -134,6 +136,9 @@ class StackedLSTM(nn.Module):
         total = sum(r[2] for r in rows)
         lines = [f"{'Layer (type)':<30}{'Output Shape':<22}{'Param #':>10}", "=" * 62]
         lines += [f"{name:<30}{shape:<22}{count:>10,}" for name, shape, count in rows]
-        lines += ["=" * 62, f"Total params: {total:,}", "(per-timestep head: (None, None, "
-                  f"{self.output_size}) with the same dense weights)"]
+        lines += [
+            "=" * 62,
+            f"Total params: {total:,}",
+            f"(per-timestep head: (None, None, {self.output_size}) with the same dense weights)",
+        ]
         return "\n".join(lines)

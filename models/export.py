@@ -123,9 +123,7 @@ def torch_reference(
     return out
 
 
-def check_parity(
-    model: StackedLSTM, onnx_path: Path, names: TensorNames, seed: int = 0
-) -> Parity:
+def check_parity(model: StackedLSTM, onnx_path: Path, names: TensorNames, seed: int = 0) -> Parity:
     """Compare every output at unseen shapes and ragged lengths; padding is ignored."""
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
@@ -136,8 +134,7 @@ def check_parity(
         lengths = rng.integers(1, steps + 1, size=batch).astype(np.int64)
         lengths[0] = steps
         states = [
-            rng.normal(scale=0.1, size=s.shape).astype(np.float32)
-            for s in model.zero_states(batch)
+            rng.normal(scale=0.1, size=s.shape).astype(np.float32) for s in model.zero_states(batch)
         ]
         want = torch_reference(model, x, lengths, states)
         feeds = {names.x: x, names.lengths: lengths}
@@ -148,8 +145,9 @@ def check_parity(
         gaps = [float(np.abs(got[k] - want[k]).max()) for k in want if k != "sequence_output"]
         seq_gap = np.abs(got["sequence_output"] - want["sequence_output"])[valid]
         gap = max([*gaps, float(seq_gap.max())])
-        cases.append(ParityCase(batch=batch, time=steps, lengths=lengths.tolist(),
-                                max_abs_diff=gap))
+        cases.append(
+            ParityCase(batch=batch, time=steps, lengths=lengths.tolist(), max_abs_diff=gap)
+        )
     worst = max(c.max_abs_diff for c in cases)
     if not worst <= TOLERANCE:
         raise ParityError(
@@ -210,8 +208,9 @@ def export_model(
             feature_names=feature_names,
             classes=classes,
             output_size=model.output_size,
-            layers=[LayerSpec(units=u, bidirectional=model.bidirectional)
-                    for u in model.layer_sizes],
+            layers=[
+                LayerSpec(units=u, bidirectional=model.bidirectional) for u in model.layer_sizes
+            ],
             dropout=dropout,
             normalization=Normalization(
                 mean=model.x_mean.tolist(), std=model.x_std.tolist(), in_graph=True
