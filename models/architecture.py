@@ -16,6 +16,8 @@ is exactly each layer's final ``h`` concatenated over directions.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +26,11 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 class StackedLSTM(nn.Module):
     """LSTM layers (e.g. 64 then 32 units), dropout between them, a dense head."""
+
+    x_mean: Tensor
+    x_std: Tensor
+    y_mean: Tensor
+    y_std: Tensor
 
     def __init__(
         self,
@@ -56,6 +63,30 @@ class StackedLSTM(nn.Module):
         self.register_buffer("x_std", torch.ones(num_features))
         self.register_buffer("y_mean", torch.zeros(output_size))
         self.register_buffer("y_std", torch.ones(output_size))
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments, saved with the weights so a checkpoint rebuilds itself."""
+        return {
+            "num_features": self.num_features,
+            "layers": self.layer_sizes,
+            "output_size": self.output_size,
+            "task": self.task,
+            "bidirectional": self.bidirectional,
+            "dropout": self.dropout.p,
+        }
+
+    def save_checkpoint(self, path: Path) -> None:
+        torch.save({"config": self.config(), "state_dict": self.state_dict()}, path)
+
+    @classmethod
+    def load_checkpoint(cls, path: Path) -> StackedLSTM:
+        saved = torch.load(path, weights_only=True)
+        config = dict(saved["config"])
+        model = cls(
+            config.pop("num_features"), config.pop("layers"), config.pop("output_size"), **config
+        )
+        model.load_state_dict(saved["state_dict"])
+        return model.eval()
 
     def set_normalization(
         self,

@@ -153,7 +153,7 @@ def read_csv(path: Path) -> dict[str, np.ndarray]:
     for n, seq_id in enumerate(ids):
         steps = sorted(sequences[seq_id], key=lambda r: float(r["timestep"]))
         x[n, : len(steps)] = [[float(r[c]) for c in features] for r in steps]
-    out = {"X": x, "lengths": lengths, "feature_names": np.array(features)}
+    out: dict[str, np.ndarray] = {"X": x, "lengths": lengths, "feature_names": np.array(features)}
     if label:
         names = [sequences[i][0]["label"] for i in ids]
         classes = sorted(set(names))

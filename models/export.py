@@ -44,6 +44,7 @@ from service.contract import (
     TrainingInfo,
 )
 
+CHECKPOINT_FILENAME = "checkpoint.pt"
 OPSET = 17
 TOLERANCE = 1e-4
 PARITY_SHAPES = ((1, 1), (3, 7), (8, 50), (5, 123))  # (batch, time), none equal to the example
@@ -68,7 +69,7 @@ def _to_onnx(model: StackedLSTM, names: TensorNames) -> onnx.ModelProto:
     dynamic = {names.x: {0: "batch", 1: "time"}, names.sequence_output: {0: "batch", 1: "time"}}
     dynamic[names.final_output] = {0: "batch"}
     dynamic.update({n: {1: "batch"} for n in state_in + state_out})
-    buffer = io.BytesIO()
+    buffer = io.BytesIO()  # torch.onnx.export writes to file-likes; its stubs say paths only
     with warnings.catch_warnings():
         # The exporter warns about LSTM batch sizes != 1; with h0/c0 as graph
         # inputs the warning is a false alarm (parity below proves it).
@@ -76,7 +77,7 @@ def _to_onnx(model: StackedLSTM, names: TensorNames) -> onnx.ModelProto:
         torch.onnx.export(
             model,
             example,
-            buffer,
+            buffer,  # type: ignore[arg-type]
             dynamo=False,
             opset_version=OPSET,
             input_names=[names.x, *state_in],
@@ -222,6 +223,9 @@ def export_model(
             created_at=datetime.now(UTC),
             library_versions=_library_versions(),
         )
+        # The torch weights travel with the version for fine-tuning and parity
+        # checks; the server never reads them (nor imports torch).
+        model.save_checkpoint(staging / CHECKPOINT_FILENAME)
         (staging / METADATA_FILENAME).write_text(metadata.model_dump_json(indent=2) + "\n")
         target_dir.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(staging), str(target_dir))

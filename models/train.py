@@ -1,0 +1,269 @@
+"""Train a stacked LSTM and export it into the model repository: ``lstm-train``.
+
+The whole path in one read: load and split the data (``data.py``), fit the
+standardisation on the training split, train with Adam and gradient clipping,
+stop early on validation loss (restoring the best weights), report on the test
+split, export to ONNX with a parity check (``export.py``).
+
+    lstm-train --preset basic_motions          # the shipped default model
+    lstm-train --data my.npz --name my_model --layers 64,32 --epochs 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from models.architecture import StackedLSTM
+from models.data import Dataset, Splits, load, standardization, valid_mask
+from models.export import export_model
+from models.presets import PRESETS, Preset
+from service.contract import DataProvenance, TrainingInfo
+
+REPOSITORY = Path(__file__).resolve().parent / "repository"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="lstm-train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a shipped dataset and its settings")
+    p.add_argument("--data", type=Path, help=".npz or .csv (see models/data.py for the layout)")
+    p.add_argument("--name", help="model name in the repository")
+    p.add_argument("--layers", default="64,32", help="units per LSTM layer, e.g. 64,32")
+    p.add_argument("--bidirectional", action="store_true")
+    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--clip", type=float, default=1.0, help="gradient norm clip")
+    p.add_argument("--patience", type=int, default=30, help="epochs without improvement")
+    p.add_argument("--validation-split", type=float, default=0.2)
+    p.add_argument("--test-split", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--restarts",
+        type=int,
+        default=1,
+        help="train this many seeds (seed, seed+1, ...) and keep the best on validation loss",
+    )
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest here)")
+    p.add_argument("--repository", type=Path, default=REPOSITORY)
+    p.add_argument("--version", type=int, help="default: the next free integer")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    if args.preset:
+        preset: Preset = PRESETS[args.preset]
+        p.set_defaults(data=preset.data, name=preset.name, **preset.hyperparameters)
+        args = p.parse_args(argv)  # explicit flags still win over the preset
+    if args.data is None or args.name is None:
+        p.error("give --preset, or --data and --name")
+    return args
+
+
+def tensors(data: Dataset) -> tuple[Tensor, Tensor, Tensor]:
+    return torch.from_numpy(data.x), torch.from_numpy(data.lengths), torch.from_numpy(data.y)
+
+
+def loss_of(model: StackedLSTM, splits: Splits, x: Tensor, lengths: Tensor, y: Tensor) -> Tensor:
+    """Cross-entropy on final logits, or MSE on standardised targets (masked per step)."""
+    seq, final, _ = model.logits(x, lengths)
+    if splits.task == "classification":
+        return nn.functional.cross_entropy(final, y)
+    scaled = (y - model.y_mean) / model.y_std
+    if splits.target == "final":
+        return nn.functional.mse_loss(final, scaled)
+    mask = (torch.arange(x.shape[1])[None, :] < lengths[:, None]).unsqueeze(-1)
+    squared = ((seq - scaled) ** 2) * mask
+    return squared.sum() / (mask.sum() * seq.shape[-1])
+
+
+def evaluate_loss(model: StackedLSTM, splits: Splits, data: Dataset) -> float:
+    model.eval()
+    with torch.no_grad():
+        return float(loss_of(model, splits, *tensors(data)))
+
+
+def fit(
+    model: StackedLSTM, splits: Splits, args: argparse.Namespace, seed: int
+) -> tuple[int, float]:
+    """Train; keep the weights of the best validation epoch. Returns (epochs run, its loss)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    x, lengths, y = tensors(splits.train)
+    generator = torch.Generator().manual_seed(seed)
+    best, best_state, stale = float("inf"), copy.deepcopy(model.state_dict()), 0
+    bar = tqdm(range(1, args.epochs + 1), disable=args.quiet, unit="epoch", file=sys.stderr)
+    epochs_run = 0
+    for epoch in bar:
+        epochs_run = epoch
+        model.train()
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), args.batch_size):
+            idx = order[start : start + args.batch_size]
+            optimizer.zero_grad()
+            loss = loss_of(model, splits, x[idx], lengths[idx], y[idx])
+            loss.backward()  # type: ignore[no-untyped-call]
+            nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+            optimizer.step()
+        val = evaluate_loss(model, splits, splits.validation)
+        bar.set_postfix(train=f"{loss.item():.4f}", val=f"{val:.4f}", best=f"{min(best, val):.4f}")
+        if val < best:
+            best, best_state, stale = val, copy.deepcopy(model.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= args.patience:
+                break
+    model.load_state_dict(best_state)
+    return epochs_run, best
+
+
+def report(model: StackedLSTM, splits: Splits) -> dict[str, Any]:
+    """Test-set metrics in the units a user reads: accuracy, or MSE/MAE of the targets."""
+    model.eval()
+    test = splits.test
+    with torch.no_grad():
+        seq, final, _ = model.logits(*tensors(test)[:2])
+        seq_out, final_out = model.activate(seq).numpy(), model.activate(final).numpy()
+    if splits.task == "classification":
+        predicted = final_out.argmax(axis=1)
+        k = splits.output_size
+        confusion = np.zeros((k, k), dtype=np.int64)
+        np.add.at(confusion, (test.y, predicted), 1)
+        return {
+            "test_accuracy": float((predicted == test.y).mean()),
+            "confusion_matrix": confusion.tolist(),
+            "confusion_labels": list(splits.classes or []),
+        }
+    if splits.target == "final":
+        err = final_out - test.y
+        return {"test_mse": float((err**2).mean()), "test_mae": float(np.abs(err).mean())}
+    mask = valid_mask(test)
+    err = (seq_out - test.y)[mask]
+    last = test.lengths - 1
+    last_err = seq_out[np.arange(len(test)), last] - test.y[np.arange(len(test)), last]
+    return {
+        "test_mse": float((err**2).mean()),
+        "test_mae": float(np.abs(err).mean()),
+        "test_last_step_mse": float((last_err**2).mean()),
+        "test_last_step_mae": float(np.abs(last_err).mean()),
+    }
+
+
+def print_report(metrics: dict[str, Any]) -> None:
+    for key, value in metrics.items():
+        if key == "confusion_matrix":
+            labels = metrics["confusion_labels"]
+            print("confusion matrix (rows: true, columns: predicted)")
+            print(" " * 12 + "".join(f"{c[:10]:>11}" for c in labels))
+            for label, row in zip(labels, value, strict=True):
+                print(f"{label[:11]:<12}" + "".join(f"{n:>11}" for n in row))
+        elif key != "confusion_labels":
+            print(f"{key}: {value:.4f}")
+
+
+def build(splits: Splits, layers: list[int], args: argparse.Namespace) -> StackedLSTM:
+    """A fresh model with the training split's standardisation baked in."""
+    model = StackedLSTM(
+        splits.num_features,
+        layers,
+        splits.output_size,
+        task=splits.task,
+        bidirectional=args.bidirectional,
+        dropout=args.dropout,
+    )
+    train_mask = valid_mask(splits.train)
+    x_mean, x_std = standardization(splits.train.x, train_mask)
+    y_stats = None
+    if splits.task == "regression":
+        y = splits.train.y if splits.target == "sequence" else splits.train.y[:, None]
+        y_mask = train_mask if splits.target == "sequence" else np.ones((len(y), 1), bool)
+        y_stats = [torch.from_numpy(a) for a in standardization(y, y_mask)]
+    model.set_normalization(torch.from_numpy(x_mean), torch.from_numpy(x_std), *(y_stats or []))
+    return model
+
+
+def next_version(repository: Path, name: str) -> int:
+    folder = repository / name
+    versions = (
+        [int(p.name) for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+    )
+    return max(versions, default=0) + 1
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    preset = PRESETS.get(args.preset) if args.preset else None
+    with tempfile.TemporaryDirectory() as tmp:
+        data = preset.prepare(args.data, Path(tmp)) if preset and preset.prepare else args.data
+        splits = load(data, args.validation_split, args.test_split, args.seed)
+    layers = [int(u) for u in str(args.layers).split(",")]
+    best: tuple[float, int, int, StackedLSTM] | None = None
+    for seed in range(args.seed, args.seed + args.restarts):
+        torch.manual_seed(seed)
+        model = build(splits, layers, args)
+        if best is None:
+            print(model.summary())
+        epochs_run, val_loss = fit(model, splits, args, seed)
+        print(f"seed {seed}: {epochs_run} epochs, best validation loss {val_loss:.4f}")
+        if best is None or val_loss < best[0]:
+            best = (val_loss, seed, epochs_run, model)
+    assert best is not None
+    _, seed, epochs_run, model = best
+    metrics = report(model, splits)
+    print(
+        f"trained {epochs_run} epochs on {len(splits.train)} sequences "
+        f"({len(splits.validation)} validation, {len(splits.test)} test)"
+    )
+    print_report(metrics)
+    training = TrainingInfo(
+        hyperparameters={
+            "layers": layers,
+            "bidirectional": args.bidirectional,
+            "dropout": args.dropout,
+            "epochs": args.epochs,
+            "lr": args.lr,
+            "batch_size": args.batch_size,
+            "clip": args.clip,
+            "patience": args.patience,
+            "seed": seed,
+            "restarts": args.restarts,
+            "validation_split": args.validation_split,
+            "test_split": args.test_split,
+        },
+        epochs_run=epochs_run,
+        metrics=metrics,
+        data=DataProvenance(
+            source=args.data.name,
+            sha256=splits.sha256,
+            citation=preset.citation if preset else None,
+            n_train=len(splits.train),
+            n_validation=len(splits.validation),
+            n_test=len(splits.test),
+        ),
+    )
+    version = args.version or next_version(args.repository, args.name)
+    path = export_model(
+        model,
+        args.repository,
+        args.name,
+        version,
+        classes=splits.classes,
+        feature_names=splits.feature_names,
+        target=splits.target,
+        dropout=args.dropout,
+        training=training,
+    )
+    print(f"exported {path} (parity max |onnxruntime - torch| within 1e-4)")
+    return path
+
+
+if __name__ == "__main__":
+    main()
