@@ -30,8 +30,15 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_tiny_model(root, "tiny", 1, features=3, layers=(8, 4), classes=3, seed=1)
     make_tiny_model(root, "tiny", 2, features=3, layers=(8, 4), classes=3, seed=2)
     make_tiny_model(
-        root, "tiny_bi", 1, features=2, layers=(6, 5), bidirectional=True,
-        task="regression", output_size=2, seed=3,
+        root,
+        "tiny_bi",
+        1,
+        features=2,
+        layers=(6, 5),
+        bidirectional=True,
+        task="regression",
+        output_size=2,
+        seed=3,
     )
     return root
 
@@ -39,8 +46,13 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def reference(version_dir: Path, x: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
     """In-process onnxruntime on the model file, zero initial states: the numbers to match."""
     meta = ModelMetadata.model_validate_json((version_dir / "metadata.json").read_bytes())
-    session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    feeds: dict[str, np.ndarray] = {meta.tensors.x: x.astype(np.float32), meta.tensors.lengths: lengths}
+    session = ort.InferenceSession(
+        str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    feeds: dict[str, np.ndarray] = {
+        meta.tensors.x: x.astype(np.float32),
+        meta.tensors.lengths: lengths,
+    }
     for i, names in enumerate(meta.tensors.initial_states):
         shape = meta.state_shape(i, x.shape[0])
         feeds[names.h] = np.zeros(shape, np.float32)
@@ -93,7 +105,10 @@ def start_server(
     }
     log_file = log_path.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "service"], env=full_env, stdout=log_file, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "service"],
+        env=full_env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
         cwd=ROOT,
     )
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)

@@ -19,5 +19,7 @@ def make_client(repository: Path, **overrides: object) -> TestClient:
 
 @pytest.fixture(scope="module")
 def client(tiny_repository: Path) -> Iterator[TestClient]:
-    with make_client(tiny_repository, max_instances=16, max_timesteps=64, max_body_bytes=65536) as c:
+    with make_client(
+        tiny_repository, max_instances=16, max_timesteps=64, max_body_bytes=65536
+    ) as c:
         yield c

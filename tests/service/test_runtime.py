@@ -61,5 +61,5 @@ def test_graph_that_does_not_match_metadata_is_refused(
     shutil.copytree(tiny_repository / "tiny" / "1", bad)
     meta = ModelMetadata.model_validate_json((bad / "metadata.json").read_bytes())
     renamed = meta.model_copy(update={"tensors": meta.tensors.model_copy(update={"x": "input"})})
-    with pytest.raises(ValueError, match="model.onnx does not match metadata.json"):
+    with pytest.raises(ValueError, match=r"model\.onnx does not match metadata\.json"):
         ModelRuntime(bad / "model.onnx", renamed, RuntimeOptions())

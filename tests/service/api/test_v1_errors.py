@@ -28,11 +28,31 @@ def post(client: TestClient, body: bytes | object, path: str = "/v1/models/tiny:
             "instances[0][1] has 4 features; model 'tiny' expects 3",
         ),
         ({"instances": []}, 422, "instances is empty; send at least one sequence"),
-        ({"instances": [[STEP], []]}, 422, "instances[1] has no timesteps; a sequence needs at least one"),
-        ({"instances": [[STEP, [0.1, "x", 0.3]]]}, 422, "instances[0][1][1] must be a number; got a string"),
-        ({"instances": [[STEP, [0.1, None, 0.3]]]}, 422, "instances[0][1][1] must be a number; got null"),
-        ({"instances": [[[True, False, True]]]}, 422, "instances[0][0][0] must be a number; got a boolean"),
-        ({"instances": [[STEP, 0.5]]}, 422, "instances[0][1] must be a list of 3 numbers; got float"),
+        (
+            {"instances": [[STEP], []]},
+            422,
+            "instances[1] has no timesteps; a sequence needs at least one",
+        ),
+        (
+            {"instances": [[STEP, [0.1, "x", 0.3]]]},
+            422,
+            "instances[0][1][1] must be a number; got a string",
+        ),
+        (
+            {"instances": [[STEP, [0.1, None, 0.3]]]},
+            422,
+            "instances[0][1][1] must be a number; got null",
+        ),
+        (
+            {"instances": [[[True, False, True]]]},
+            422,
+            "instances[0][0][0] must be a number; got a boolean",
+        ),
+        (
+            {"instances": [[STEP, 0.5]]},
+            422,
+            "instances[0][1] must be a list of 3 numbers; got float",
+        ),
         (
             {"instances": [STEP]},
             422,
@@ -59,13 +79,25 @@ def post(client: TestClient, body: bytes | object, path: str = "/v1/models/tiny:
             "instances[0] has 65 timesteps; the limit is 64",
         ),
         (
-            {"instances": [[STEP]] + [[STEP] * 65]},
+            {"instances": [[STEP], [STEP] * 65]},
             422,
             "instances[1] has 65 timesteps; the limit is 64",
         ),
-        ({"instances": [[STEP]], "return_sequence": True}, 422, "return_sequence: Extra inputs are not permitted"),
-        ({"instances": [[STEP]], "return_sequences": "yes"}, 422, "return_sequences: Input should be a valid boolean"),
-        ({"signature": 1}, 422, "instances: Field required; signature: Extra inputs are not permitted"),
+        (
+            {"instances": [[STEP]], "return_sequence": True},
+            422,
+            "return_sequence: Extra inputs are not permitted",
+        ),
+        (
+            {"instances": [[STEP]], "return_sequences": "yes"},
+            422,
+            "return_sequences: Input should be a valid boolean",
+        ),
+        (
+            {"signature": 1},
+            422,
+            "instances: Field required; signature: Extra inputs are not permitted",
+        ),
         ([1, 2], 422, "Input should be a valid dictionary or instance of PredictRequest"),
     ],
 )
@@ -123,7 +155,9 @@ def test_oversized_chunked_body_is_cut_off(client: TestClient) -> None:
 def test_unknown_model(client: TestClient) -> None:
     response = post(client, {"instances": [[STEP]]}, "/v1/models/nope:predict")
     assert response.status_code == 404
-    assert response.json() == {"error": "model 'nope' is not loaded; loaded models: 'tiny', 'tiny_bi'"}
+    assert response.json() == {
+        "error": "model 'nope' is not loaded; loaded models: 'tiny', 'tiny_bi'"
+    }
 
 
 def test_unknown_version(client: TestClient) -> None:

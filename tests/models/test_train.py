@@ -1,0 +1,129 @@
+"""lstm-train end to end on tiny data: it learns, reports, and exports a servable model."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from models import train
+from models.data import load
+from service.contract import ModelMetadata
+
+
+def synthetic_classes(path: Path, n: int = 48, steps: int = 12) -> Path:
+    """Two classes told apart by the sign of feature 0; right-padded, ragged."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, n)
+    x = rng.normal(scale=0.3, size=(n, steps, 2)).astype(np.float32)
+    x[:, :, 0] += np.where(y == 1, 1.0, -1.0)[:, None]
+    lengths = rng.integers(4, steps + 1, n)
+    for i, length in enumerate(lengths):
+        x[i, length:] = 0.0
+    np.savez(path, X=x, y=y, lengths=lengths, classes=np.array(["down", "up"]))
+    return path
+
+
+def read_metadata(version_dir: Path) -> ModelMetadata:
+    return ModelMetadata.model_validate_json((version_dir / "metadata.json").read_bytes())
+
+
+def test_cli_trains_and_exports_a_classifier(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = synthetic_classes(tmp_path / "toy.npz")
+    args = [
+        "--data",
+        str(data),
+        "--name",
+        "toy",
+        "--layers",
+        "8,4",
+        "--epochs",
+        "15",
+        "--batch-size",
+        "8",
+        "--repository",
+        str(tmp_path / "repo"),
+        "--quiet",
+    ]
+    path = train.main(args)
+    assert path == tmp_path / "repo" / "toy" / "1"
+    out = capsys.readouterr().out
+    assert "Total params: " in out and "confusion matrix (rows: true, columns: predicted)" in out
+    meta = read_metadata(path)
+    assert meta.classes == ["down", "up"] and meta.task == "classification"
+    assert meta.training is not None
+    assert meta.training.metrics["test_accuracy"] >= 0.9
+    assert meta.training.data.sha256 and meta.training.data.source == "toy.npz"
+    assert (path / "checkpoint.pt").is_file()
+    # a second run becomes version 2
+    assert train.main(args) == tmp_path / "repo" / "toy" / "2"
+
+
+def test_bidirectional_per_timestep_regression_from_csv(tmp_path: Path) -> None:
+    """CSV long format; the target is the running mean of feature a, per timestep."""
+    rows = []
+    rng = np.random.default_rng(1)
+    for seq in range(30):
+        values = rng.normal(size=int(rng.integers(3, 9)))
+        for t, value in enumerate(values):
+            rows.append([f"s{seq}", t, value, 1.0, values[: t + 1].mean()])
+    path = tmp_path / "toy.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["sequence_id", "timestep", "a", "b", "target"])
+        writer.writerows(rows)
+    version_dir = train.main(
+        [
+            "--data",
+            str(path),
+            "--name",
+            "mean",
+            "--layers",
+            "6",
+            "--bidirectional",
+            "--epochs",
+            "3",
+            "--repository",
+            str(tmp_path / "repo"),
+            "--quiet",
+        ]
+    )
+    meta = read_metadata(version_dir)
+    assert (meta.task, meta.target, meta.num_features) == ("regression", "sequence", 2)
+    assert meta.feature_names == ["a", "b"] and meta.bidirectional
+    assert meta.training is not None and "test_last_step_mse" in meta.training.metrics
+    session = ort.InferenceSession(
+        str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    assert session.get_inputs()[0].name == "x"
+
+
+def test_csv_loading_keeps_lengths_and_labels(tmp_path: Path) -> None:
+    path = tmp_path / "c.csv"
+    path.write_text(
+        "sequence_id,timestep,f1,label\n"
+        "a,0,1.0,walk\na,1,2.0,walk\nb,1,4.0,run\nb,0,3.0,run\nb,2,5.0,run\n"
+    )
+    splits = load(path, validation_split=0.0, test_split=0.0)
+    everything = [splits.train, splits.validation, splits.test]
+    xs = {int(d.lengths[i]): d.x[i, :, 0].tolist() for d in everything for i in range(len(d))}
+    assert xs == {2: [1.0, 2.0, 0.0], 3: [3.0, 4.0, 5.0]}  # b sorted by timestep
+    assert splits.classes == ["run", "walk"]
+
+
+def test_csv_without_targets_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("sequence_id,timestep,f1\na,0,1.0\n")
+    with pytest.raises(ValueError, match="needs either a label column or target columns"):
+        load(path)
+
+
+def test_cli_needs_data_or_preset(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        train.main(["--name", "x"])
+    assert "give --preset, or --data and --name" in capsys.readouterr().err
