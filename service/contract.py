@@ -93,6 +93,13 @@ class ParityCase(_Frozen):
 
 
 class Parity(_Frozen):
+    """Export-time agreement of onnxruntime with torch over every output.
+
+    ``max_abs_diff`` is absolute for outputs within [-1, 1] (probabilities,
+    hidden states) and relative to the magnitude for larger ones (cell states,
+    regression values), whose float32 rounding grows with them.
+    """
+
     tolerance: float
     max_abs_diff: float
     cases: list[ParityCase]
