@@ -7,7 +7,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.api import errors, health, v1
+from service.api import errors, health, metrics, v1
+from service.observability import RequestObserver, configure_logging
 from service.server import Server
 from service.settings import Settings
 
@@ -32,6 +33,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.server = server
     errors.install(app)
+    app.add_middleware(RequestObserver)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(v1.router)
     return app
+
+
+def create_served_app() -> FastAPI:
+    """The factory uvicorn imports in each worker process: logging first, then the app.
+
+    Worker processes start fresh, so they configure logging themselves rather
+    than inherit it from ``lstm-serve``.
+    """
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format == "json")
+    return create_app(settings)

@@ -12,9 +12,11 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 
 import uvicorn
 
+from service.observability import configure_logging
 from service.repository import scan
 from service.settings import DEFAULT_REPOSITORY, ENV_PREFIX, Settings
 
@@ -65,16 +67,19 @@ def main(argv: list[str] | None = None) -> None:
         if value is not None:
             os.environ[f"{ENV_PREFIX}{field.upper()}"] = str(value)
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format == "json")
+    if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Each worker is a process with its own counters: share them through files.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lstm-serve-metrics-")
     ensure_default_model(settings)
     uvicorn.run(
-        "service.app:create_app",
+        "service.app:create_served_app",
         factory=True,
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level,
+        log_config=None,  # keep configure_logging's JSON handler
+        access_log=False,  # RequestObserver writes the access log, with request ids
         timeout_graceful_shutdown=30,
     )

@@ -66,3 +66,6 @@ class Settings(BaseSettings):
 
     # Logging
     log_level: LogLevel = "info"
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="json: one object per line, for log pipelines"
+    )

@@ -56,6 +56,7 @@ def parse_version(version: str) -> int:
 async def _predict(request: Request, name: str, version: int | None) -> Response:
     server = server_of(request)
     model = server.repository.get(name, version)
+    request.state.model, request.state.version = model.name, model.version
     settings = server.settings
     payload = parse_json(await read_body(request, settings.max_body_bytes))
     try:
