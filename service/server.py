@@ -6,13 +6,16 @@ reach it through ``request.app.state.server``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+from service.inference import DirectScheduler, Scheduler
+from service.model import ServedModel, load_version
 from service.repository import ModelRepository
-from service.runtime import RuntimeOptions
+from service.runtime import ModelRuntime, RuntimeOptions
 from service.settings import Settings
+from service.version_policy import VersionPolicy
 
 log = logging.getLogger(__name__)
 
@@ -23,27 +26,46 @@ class Server:
         self.executor = ThreadPoolExecutor(
             max_workers=settings.inference_threads, thread_name_prefix="inference"
         )
-        options = RuntimeOptions(
+        self.options = RuntimeOptions(
             device=settings.device,
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
         )
         self.repository = ModelRepository(
-            settings.model_repository, options, self.executor, settings.max_queue_size
+            settings.model_repository,
+            loader=self.load,
+            default_policy=VersionPolicy.parse(settings.version_policy),
+            policies={
+                name: VersionPolicy.parse(text)
+                for name, text in settings.model_version_policies.items()
+            },
+            drain_s=settings.unload_drain_s,
         )
         self.live = True
-        self.ready = False
+        self._started = False
+
+    def make_scheduler(self, runtime: ModelRuntime) -> Scheduler:
+        return DirectScheduler(runtime, self.executor, self.settings.max_queue_size)
+
+    def load(self, version_dir: Path) -> ServedModel:
+        """Load and warm up one version (blocking; the repository calls it in a thread)."""
+        return load_version(version_dir, self.options, self.make_scheduler)
+
+    @property
+    def ready(self) -> bool:
+        """Started, at least one model serving, and nothing half-loaded."""
+        return self._started and bool(self.repository.names()) and not self.repository.is_loading()
 
     async def start(self) -> None:
-        """Load every model off the event loop, then report ready."""
-        await asyncio.get_running_loop().run_in_executor(None, self.repository.load_latest)
+        """Load and warm up every model before reporting ready."""
+        await self.repository.load_all()
         loaded = [f"{m.name}:{m.version}" for m in self.repository.all()]
         if not loaded:
             log.warning("no model loaded from %s", self.settings.model_repository)
         log.info("ready: %s", ", ".join(loaded) or "no models")
-        self.ready = bool(loaded)
+        self._started = True
 
     async def stop(self) -> None:
-        self.ready = False
+        self._started = False
         await self.repository.close()
         self.executor.shutdown(wait=True, cancel_futures=True)

@@ -10,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.version_policy import VersionPolicy
 
 ENV_PREFIX = "LSTM_SERVE_"
 
@@ -35,6 +37,15 @@ class Settings(BaseSettings):
 
     # Models
     model_repository: Path = DEFAULT_REPOSITORY
+    version_policy: str = Field(
+        default="latest:1", description="versions served per model: latest:N, all, specific:1,2"
+    )
+    model_version_policies: dict[str, str] = Field(
+        default_factory=dict, description='per-model policies, JSON: {"name": "all"}'
+    )
+    unload_drain_s: float = Field(
+        default=30.0, gt=0, description="how long an unload waits for requests in flight"
+    )
 
     # onnxruntime
     device: Device = Field(
@@ -69,3 +80,13 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field(
         default="json", description="json: one object per line, for log pipelines"
     )
+
+    @field_validator("version_policy")
+    @classmethod
+    def _policy(cls, value: str) -> str:
+        return str(VersionPolicy.parse(value))
+
+    @field_validator("model_version_policies")
+    @classmethod
+    def _policies(cls, value: dict[str, str]) -> dict[str, str]:
+        return {name: str(VersionPolicy.parse(text)) for name, text in value.items()}

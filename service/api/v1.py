@@ -131,12 +131,24 @@ def describe(model: ServedModel) -> dict[str, Any]:
     }
 
 
+# Triton's repository states as TF-Serving's model_version_status states.
+_TF_STATES = {
+    "READY": "AVAILABLE",
+    "LOADING": "LOADING",
+    "UNLOADING": "UNLOADING",
+    "UNAVAILABLE": "END",
+}
+
+
 def _status(server: Server, name: str) -> list[dict[str, Any]]:
     return [
         {
             "version": str(s.version),
-            "state": s.state,
-            "status": {"error_code": "OK" if not s.error else "UNKNOWN", "error_message": s.error},
+            "state": _TF_STATES[s.state],
+            "status": {
+                "error_code": "UNKNOWN" if s.state == "UNAVAILABLE" else "OK",
+                "error_message": s.reason,
+            },
         }
         for s in server.repository.statuses(name)
     ]
