@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from service.errors import Overloaded
+from service.observability import BATCH_SEQUENCES, COMPUTE_DURATION, QUEUE_DURATION
 from service.runtime import ModelRuntime, RunResult, State
 
 
@@ -37,6 +38,7 @@ class InferenceRequest:
     want_final: bool = True
     want_states: bool = False
     deadline: float = field(default_factory=lambda: time.monotonic() + 30.0)
+    enqueued_at: float = field(default_factory=time.monotonic)
 
     @property
     def batch_size(self) -> int:
@@ -60,9 +62,12 @@ def run_request(runtime: ModelRuntime, request: InferenceRequest) -> RunResult:
     Checking here, when a thread finally picks the work up, is what drops work
     nobody waits for any more instead of spending a core on it.
     """
-    if time.monotonic() > request.deadline:
+    start = time.monotonic()
+    if start > request.deadline:
         raise Overloaded("the request waited past its deadline before it could run")
-    return runtime.run(
+    labels = runtime.metric_labels
+    QUEUE_DURATION.labels(*labels).observe(start - request.enqueued_at)
+    result = runtime.run(
         request.x,
         request.lengths,
         request.states,
@@ -70,6 +75,9 @@ def run_request(runtime: ModelRuntime, request: InferenceRequest) -> RunResult:
         final_output=request.want_final,
         final_states=request.want_states,
     )
+    COMPUTE_DURATION.labels(*labels).observe(time.monotonic() - start)
+    BATCH_SEQUENCES.labels(*labels).observe(request.batch_size)
+    return result
 
 
 class DirectScheduler:

@@ -12,6 +12,7 @@ import numpy as np
 
 from service.contract import METADATA_FILENAME, ModelMetadata
 from service.inference import InferenceRequest, Scheduler
+from service.observability import QUEUE_DEPTH
 from service.runtime import ModelRuntime, RunResult, RuntimeOptions
 
 
@@ -68,12 +69,15 @@ class ServedModel:
         return self.metadata.version
 
     async def infer(self, request: InferenceRequest) -> RunResult:
+        depth = QUEUE_DEPTH.labels(*self.runtime.metric_labels)
         self.in_flight += 1
+        depth.inc()
         self._idle.clear()
         try:
             return await self.scheduler.submit(request)
         finally:
             self.in_flight -= 1
+            depth.dec()
             if self.in_flight == 0:
                 self._idle.set()
 

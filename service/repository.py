@@ -27,7 +27,12 @@ from typing import Literal
 from service.contract import METADATA_FILENAME
 from service.errors import ModelNotFound
 from service.model import ServedModel
-from service.observability import MODEL_LOAD_DURATION, MODEL_LOAD_FAILURES, MODEL_VERSIONS_LOADED
+from service.observability import (
+    MODEL_LOAD_DURATION,
+    MODEL_LOAD_FAILURES,
+    MODEL_VERSIONS_LOADED,
+    QUEUE_DEPTH,
+)
 from service.version_policy import VersionPolicy
 
 log = logging.getLogger(__name__)
@@ -162,6 +167,7 @@ class ModelRepository:
             )
         await served.close()
         self._set(name, version, "UNAVAILABLE", reason)
+        QUEUE_DEPTH.remove(name, str(version))
         log.info("%s version %d %s", name, version, reason)
 
     def _set(self, name: str, version: int, state: VersionState, reason: str = "") -> None:

@@ -86,6 +86,7 @@ class ModelRuntime:
         self._mean = np.asarray(norm.mean, dtype=np.float32)
         self._std = np.asarray(norm.std, dtype=np.float32)
         self._normalize = not norm.in_graph
+        self.metric_labels = (metadata.name, str(metadata.version))
         log.info(
             "loaded %s version %d on %s", metadata.name, metadata.version, ",".join(self.providers)
         )

@@ -63,3 +63,15 @@ def test_one_json_access_line_per_request_without_payload(
     assert (line["model"], line["version"]) == ("tiny", "2")
     assert line["duration_ms"] > 0
     assert "0.5" not in json.dumps(line)  # the payload never reaches the log
+
+
+def test_inference_metrics_follow_the_calls(client: TestClient) -> None:
+    labels = {"model": "tiny", "version": "2"}
+    computed = sample(client, "lstm_compute_duration_seconds_count", **labels)
+    sequences = sample(client, "lstm_batch_sequences_sum", **labels)
+    body = {"instances": [[[0.5, 0.1, -0.2]]] * 3}
+    assert client.post("/v1/models/tiny:predict", json=body).status_code == 200
+    assert sample(client, "lstm_compute_duration_seconds_count", **labels) == computed + 1
+    assert sample(client, "lstm_batch_sequences_sum", **labels) == sequences + 3
+    assert sample(client, "lstm_queue_depth_requests", **labels) == 0
+    assert sample(client, "lstm_model_versions_loaded", model="tiny") == 1
