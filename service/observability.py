@@ -62,6 +62,11 @@ LIVE_SEQUENCES = Gauge(
     "Server-held stateful sequences.",
     multiprocess_mode="livesum",
 )
+SEQUENCE_STATE_BYTES = Gauge(
+    "lstm_sequence_state_bytes",
+    "Memory held by server-held sequence states.",
+    multiprocess_mode="livesum",
+)
 MODEL_LOAD_DURATION = Histogram(
     "lstm_model_load_duration_seconds",
     "Time to load and warm up one model version.",

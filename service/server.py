@@ -6,6 +6,7 @@ reach it through ``request.app.state.server``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +15,7 @@ from service.inference import DirectScheduler, Scheduler
 from service.model import ServedModel, load_version
 from service.repository import ModelRepository
 from service.runtime import ModelRuntime, RuntimeOptions
+from service.sequences import SequenceStore
 from service.settings import Settings
 from service.version_policy import VersionPolicy
 
@@ -41,6 +43,8 @@ class Server:
             },
             drain_s=settings.unload_drain_s,
         )
+        self.sequences = SequenceStore(settings.max_sequences, settings.sequence_idle_timeout_s)
+        self._evictor: asyncio.Task[None] | None = None
         self.live = True
         self._started = False
 
@@ -63,9 +67,13 @@ class Server:
         if not loaded:
             log.warning("no model loaded from %s", self.settings.model_repository)
         log.info("ready: %s", ", ".join(loaded) or "no models")
+        every = min(10.0, self.settings.sequence_idle_timeout_s / 2)
+        self._evictor = asyncio.create_task(self.sequences.evict_forever(every))
         self._started = True
 
     async def stop(self) -> None:
         self._started = False
+        if self._evictor is not None:
+            self._evictor.cancel()
         await self.repository.close()
         self.executor.shutdown(wait=True, cancel_futures=True)

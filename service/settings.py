@@ -75,6 +75,14 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="a request still queued past this gets a 503"
     )
 
+    # Stateful sequences
+    max_sequences: int = Field(
+        default=10_000, ge=1, description="server-held sequences live at once (429 beyond)"
+    )
+    sequence_idle_timeout_s: float = Field(
+        default=300.0, gt=0, description="a sequence idle this long is evicted"
+    )
+
     # Logging
     log_level: LogLevel = "info"
     log_format: Literal["json", "text"] = Field(

@@ -24,12 +24,15 @@ from service.errors import (
     PayloadTooLarge,
     ServingError,
 )
+from service.sequences import SequenceLimit, SequenceNotFound
 
 log = logging.getLogger(__name__)
 
 STATUS: dict[type[ServingError], int] = {
     BadRequest: 400,
     ModelNotFound: 404,
+    SequenceNotFound: 404,
+    SequenceLimit: 429,
     PayloadTooLarge: 413,
     InvalidInput: 422,
     Overloaded: 503,

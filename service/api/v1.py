@@ -14,10 +14,12 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from starlette.responses import Response
 
+from service.api import stateful
 from service.api.errors import describe_validation_errors
 from service.api.instances import decode_instances
 from service.api.predictions import format_predictions
 from service.api.responses import json_response, parse_json, read_body
+from service.api.stateful import StateOptions
 from service.errors import InvalidInput, ModelNotFound
 from service.inference import InferenceRequest
 from service.model import ServedModel
@@ -39,6 +41,22 @@ class PredictRequest(BaseModel):
         description="true: one prediction per timestep (Keras return_sequences=True); "
         "false: one per sequence, at its last timestep",
     )
+    # Server-held state (Keras stateful=True across requests), as Triton's sequence batcher.
+    sequence_id: Any = Field(default=None, description="integer or string id of the sequence")
+    sequence_start: StrictBool = False
+    sequence_end: StrictBool = False
+    # Client-carried state: any replica can continue the sequence.
+    initial_states: list[dict[str, Any] | None] | None = None
+    return_states: StrictBool = False
+
+    def state_options(self) -> StateOptions:
+        return StateOptions(
+            sequence_id=stateful.parse_sequence_id(self.sequence_id),
+            sequence_start=self.sequence_start,
+            sequence_end=self.sequence_end,
+            initial_states=self.initial_states,
+            return_states=self.return_states,
+        )
 
 
 def server_of(request: Request) -> Server:
@@ -75,19 +93,26 @@ async def _predict(request: Request, name: str, version: int | None) -> Response
         model=meta.name,
         max_timesteps=settings.max_timesteps,
     )
-    result = await model.infer(
-        InferenceRequest(
-            x=x,
-            lengths=lengths,
-            want_sequence=envelope.return_sequences,
-            want_final=not envelope.return_sequences,
-            deadline=time.monotonic() + settings.request_timeout_s,
-        )
+    inference = InferenceRequest(
+        x=x,
+        lengths=lengths,
+        want_sequence=envelope.return_sequences,
+        want_final=not envelope.return_sequences,
+        deadline=time.monotonic() + settings.request_timeout_s,
     )
-    predictions = format_predictions(meta, result, lengths, envelope.return_sequences)
-    return json_response(
-        {"model": meta.name, "version": str(meta.version), "predictions": predictions}
+    result, states = await stateful.infer(
+        model, server.sequences, inference, envelope.state_options()
     )
+    answer: dict[str, Any] = {
+        "model": meta.name,
+        "version": str(meta.version),
+        "predictions": format_predictions(meta, result, lengths, envelope.return_sequences),
+    }
+    if envelope.sequence_id is not None:
+        answer["sequence_id"] = envelope.sequence_id
+    if states is not None:
+        answer["states"] = states
+    return json_response(answer)
 
 
 @router.post("/models/{name}:predict", summary="Predict with the latest version")
