@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.api import errors, health, metrics, repository, v1
+from service.api import errors, health, metrics, repository, stream, v1
 from service.observability import RequestObserver, configure_logging
 from service.server import Server
 from service.settings import Settings
@@ -37,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(v1.router)
+    app.include_router(stream.router)
     app.include_router(repository.router)
     return app
 

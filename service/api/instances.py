@@ -48,9 +48,8 @@ def _locate(where: str, sequence: list[Any], features: int, model: str) -> Inval
 
 
 def _sequence_array(
-    i: int, sequence: Any, features: int, model: str, max_timesteps: int
+    where: str, sequence: Any, features: int, model: str, max_timesteps: int
 ) -> np.ndarray:
-    where = f"instances[{i}]"
     if not isinstance(sequence, list):
         raise InvalidInput(
             f"{where} must be a list of timesteps, each a list of {features} numbers; "
@@ -69,15 +68,17 @@ def _sequence_array(
     return array
 
 
-def _check_finite(x: np.ndarray, instances: list[Any]) -> None:
+def _check_finite(x: np.ndarray, source: list[Any], name: str) -> None:
     """NaN, infinity and numbers beyond float32's range are refused, with their place."""
     if np.isfinite(x).all():
         return
-    b, t, f = (int(i) for i in np.argwhere(~np.isfinite(x))[0])
-    value = instances[b][t][f]
+    place = [int(i) for i in np.argwhere(~np.isfinite(x))[0]]
+    value: Any = source
+    for i in place:
+        value = value[i]
+    where = name + "".join(f"[{i}]" for i in place)
     raise InvalidInput(
-        f"instances[{b}][{t}][{f}] is {value!r}; only finite numbers within float32 range "
-        "are accepted"
+        f"{where} is {value!r}; only finite numbers within float32 range are accepted"
     )
 
 
@@ -100,7 +101,8 @@ def _padded(
             raise InvalidInput(f"instances[0] has {steps} timesteps; the limit is {max_timesteps}")
         return whole.astype(np.float32), np.full(batch, steps, dtype=np.int64)
     arrays = [
-        _sequence_array(i, s, features, model, max_timesteps) for i, s in enumerate(instances)
+        _sequence_array(f"instances[{i}]", s, features, model, max_timesteps)
+        for i, s in enumerate(instances)
     ]
     lengths = np.array([len(a) for a in arrays], dtype=np.int64)
     x = np.zeros((len(arrays), int(lengths.max()), features), dtype=np.float32)
@@ -118,5 +120,15 @@ def decode_instances(
     # Values beyond float32's range become inf in the cast; _check_finite reports them.
     with np.errstate(over="ignore", invalid="ignore"):
         x, lengths = _padded(instances, features, model, max_timesteps)
-    _check_finite(x, instances)
+    _check_finite(x, instances, "instances")
     return x, lengths
+
+
+def decode_sequence(
+    sequence: Any, *, features: int, model: str, max_timesteps: int, name: str
+) -> np.ndarray:
+    """One sequence [T][F] -> float32 [T, F], errors naming ``name[t][f]``."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = _sequence_array(name, sequence, features, model, max_timesteps).astype(np.float32)
+    _check_finite(x, sequence, name)
+    return x
