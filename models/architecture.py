@@ -1,12 +1,13 @@
 """The stacked LSTM: layers of their own widths, each feeding its whole sequence on.
 
-Two ways through the same weights:
-- ``logits`` packs right-padded batches so every layer stops at each sequence's
-  true length. Training and the torch reference for parity use it.
-- ``forward`` is the export path: no packing (the TorchScript exporter cannot
-  trace it into plain ONNX ops), normalisation and output activation baked in.
-  ``export.py`` then wires the ``lengths`` input into every ONNX ``LSTM`` node's
-  ``sequence_lens``, which makes the graph do what packing does here.
+Two ways through the same weights (``_layers``):
+- packed: right-padded batches are packed so every layer stops at each
+  sequence's true length. Training, eager ``forward`` calls and the torch
+  reference for the parity check go this way.
+- unpacked: what the TorchScript exporter traces (it cannot trace packing into
+  plain ONNX ops). ``export.py`` then wires the ``lengths`` input into every
+  ONNX ``LSTM`` node's ``sequence_lens``, which makes the graph do what packing
+  does here. Normalisation and the output activation are baked in either way.
 
 Final outputs follow Keras: the forward direction's state at the last valid step
 and, for bidirectional layers, the backward direction's state at step 0 — which
@@ -113,27 +114,47 @@ class StackedLSTM(nn.Module):
         """[directions, B, H] -> [B, directions * H], forward first as in the outputs."""
         return hn.transpose(0, 1).reshape(hn.shape[1], -1)
 
-    def logits(
-        self, x: Tensor, lengths: Tensor, states: Sequence[Tensor] | None = None
+    def _layers(
+        self, x: Tensor, lengths: Tensor | None, states: Sequence[Tensor] | None
     ) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """Packed pass on standardised-by-us inputs: (per-step, final, final states).
+        """Normalise, run every layer; (last layer's sequence, final hidden, all states).
 
-        Outputs are pre-activation (logits, or standardised regression values),
-        which is what the losses want.
+        With ``lengths`` each layer runs packed and stops at each sequence's true
+        length (bidirectional layers start their backward pass there). Without,
+        the layers run over the padding too: that is the traceable form, which
+        ``export.py`` makes length-aware again through ``sequence_lens``.
         """
-        states = list(states) if states is not None else self.zero_states(x.shape[0])
+        states = list(states) if states else self.zero_states(x.shape[0])
         steps = x.shape[1]
         out = (x - self.x_mean) / self.x_std
         finals: list[Tensor] = []
-        lengths_cpu = lengths.to("cpu", torch.int64)
         for i, lstm in enumerate(self.lstms):
-            packed = pack_padded_sequence(out, lengths_cpu, batch_first=True, enforce_sorted=False)
-            packed_out, (hn, cn) = lstm(packed, (states[2 * i], states[2 * i + 1]))
-            out, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=steps)
+            hx = (states[2 * i], states[2 * i + 1])
+            if lengths is None:
+                out, (hn, cn) = lstm(out, hx)
+            else:
+                lengths_cpu = lengths.to("cpu", torch.int64)
+                packed = pack_padded_sequence(
+                    out, lengths_cpu, batch_first=True, enforce_sorted=False
+                )
+                packed_out, (hn, cn) = lstm(packed, hx)
+                out, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=steps)
             finals += [hn, cn]
             if i < len(self.lstms) - 1:
                 out = self.dropout(out)
-        return self.head(out), self.head(self._final_hidden(finals[-2])), finals
+        return out, self._final_hidden(finals[-2]), finals
+
+    def logits(
+        self, x: Tensor, lengths: Tensor | None, states: Sequence[Tensor] | None = None
+    ) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """(per-step, final, final states) before activation, from raw inputs.
+
+        Pre-activation outputs (logits, or standardised regression values) are
+        what the losses want. Padded steps hold head(0), as in the exported graph.
+        ``lengths=None`` is the unpacked, traceable pass (see ``_layers``).
+        """
+        out, final, finals = self._layers(x, lengths, states)
+        return self.head(out), self.head(final), finals
 
     def activate(self, values: Tensor) -> Tensor:
         """Head values to served outputs: probabilities, or regression in target units."""
@@ -141,18 +162,18 @@ class StackedLSTM(nn.Module):
             return torch.softmax(values, dim=-1)
         return values * self.y_std + self.y_mean
 
-    def forward(self, x: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
-        """Export path: (sequence_output, final_output, hn_0, cn_0, hn_1, cn_1, ...)."""
-        out = (x - self.x_mean) / self.x_std
-        finals: list[Tensor] = []
-        for i, lstm in enumerate(self.lstms):
-            out, (hn, cn) = lstm(out, (states[2 * i], states[2 * i + 1]))
-            finals += [hn, cn]
-            if i < len(self.lstms) - 1:
-                out = self.dropout(out)
-        sequence = self.activate(self.head(out))
-        final = self.activate(self.head(self._final_hidden(finals[-2])))
-        return (sequence, final, *finals)
+    def forward(self, x: Tensor, lengths: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
+        """What the exported graph computes: (sequence_output, final_output, hn_0, cn_0, ...).
+
+        Eager calls honour ``lengths`` by packing. While exporting, packing cannot
+        be traced into plain ONNX ops, so the layers run unpacked and ``lengths``
+        goes unused here; ``export.wire_sequence_lens`` feeds it to every ONNX
+        ``LSTM`` node instead, whose ``Y``/``Y_h``/``Y_c`` then equal the packed
+        results (the parity check proves it on every export).
+        """
+        exporting = torch.onnx.is_in_onnx_export()
+        sequence, final, finals = self.logits(x, None if exporting else lengths, states)
+        return (self.activate(sequence), self.activate(final), *finals)
 
     def summary(self) -> str:
         """A Keras-style table: layer, output shape, parameters, and the total."""

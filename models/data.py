@@ -10,6 +10,8 @@ Accepted ``.npz`` layouts:
 ``y`` decides the task: integers (n,) -> classification of whole sequences;
 floats (n,) or (n, k) -> regression of the final output; floats (n, T) or
 (n, T, k) -> per-timestep regression (Keras ``return_sequences=True``).
+``lstm-train --target final`` trains per-step targets on each sequence's last
+real step instead (and reads a float (n, T) as T final outputs).
 
 CSV (long format, one row per timestep, rows of a sequence in time order)::
 
@@ -71,27 +73,40 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _task_of(y: np.ndarray, steps: int) -> tuple[str, str, np.ndarray]:
-    """Infer (task, target) from the labels' dtype and shape; normalise y's shape."""
+def _task_of(y: np.ndarray, steps: int, wanted: str | None) -> tuple[str, str, np.ndarray]:
+    """Infer (task, target) from the labels' dtype and shape; normalise y's shape.
+
+    ``wanted`` ("final", "sequence" or None for automatic) settles the two cases
+    the shape cannot: a float (n, T) array is T per-step values unless "final"
+    asks for T outputs, and per-step targets (n, T, k) train on the last real
+    step only under "final" (``_dataset`` picks that step).
+    """
     if np.issubdtype(y.dtype, np.integer):
         if y.ndim != 1:
             raise ValueError(f"integer labels must have shape (n,), got {y.shape}")
-        return "classification", "final", y.astype(np.int64)
-    y = y.astype(np.float32)
-    if y.ndim == 1:
-        return "regression", "final", y[:, None]
-    if y.ndim == 2 and y.shape[1] == steps:
-        return "regression", "sequence", y[:, :, None]
-    if y.ndim == 2:
-        return "regression", "final", y
-    if y.ndim == 3:
-        return "regression", "sequence", y
-    raise ValueError(f"targets of shape {y.shape} are not understood")
+        task, target, y = "classification", "final", y.astype(np.int64)
+    else:
+        y = y.astype(np.float32)
+        if y.ndim == 1:
+            y = y[:, None]
+        elif y.ndim == 2 and y.shape[1] == steps and wanted != "final":
+            y = y[:, :, None]
+        elif y.ndim > 3:
+            raise ValueError(f"targets of shape {y.shape} are not understood")
+        task, target = "regression", "sequence" if y.ndim == 3 and wanted != "final" else "final"
+    if wanted == "sequence" and target == "final":
+        raise ValueError(
+            f"target 'sequence' needs per-timestep targets of shape (n, T) or (n, T, k); "
+            f"y has shape {y.shape}"
+        )
+    return task, target, y
 
 
 def _dataset(x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None) -> Dataset:
     if x.ndim != 3:
         raise ValueError(f"X must have shape (n, T, F), got {x.shape}")
+    if len(y) != len(x):
+        raise ValueError(f"X holds {len(x)} sequences but y {len(y)}")
     if lengths is None:
         lengths = np.full(len(x), x.shape[1], dtype=np.int64)
     lengths = lengths.astype(np.int64)
@@ -100,9 +115,19 @@ def _dataset(x: np.ndarray, y: np.ndarray, lengths: np.ndarray | None) -> Datase
     return Dataset(x.astype(np.float32), y, lengths)
 
 
+def _final_step(data: Dataset) -> Dataset:
+    """Per-step targets (n, T, k) -> the target at each sequence's last real step."""
+    if data.y.ndim != 3:
+        return data
+    return Dataset(data.x, data.y[np.arange(len(data)), data.lengths - 1], data.lengths)
+
+
 def _split(data: Dataset, fraction: float, rng: np.random.Generator) -> tuple[Dataset, Dataset]:
+    """(rest, held out); a positive fraction holds out at least one sequence, 0 none."""
     order = rng.permutation(len(data))
-    cut = max(1, round(len(data) * fraction))
+    cut = max(1, round(len(data) * fraction)) if fraction > 0 else 0
+    if cut >= len(data):
+        raise ValueError(f"a split of {fraction} leaves nothing of {len(data)} sequences")
     return data.take(order[cut:]), data.take(order[:cut])
 
 
@@ -112,22 +137,28 @@ def _splits(
     validation_split: float,
     test_split: float,
     seed: int,
+    wanted: str | None,
 ) -> Splits:
     rng = np.random.default_rng(seed)
     classes = [str(c) for c in arrays["classes"]] if "classes" in arrays else None
     features = [str(f) for f in arrays["feature_names"]] if "feature_names" in arrays else None
     if "X_train" in arrays:
         steps = arrays["X_train"].shape[1]
-        task, target, y_train = _task_of(arrays["y_train"], steps)
-        _, _, y_test = _task_of(arrays["y_test"], steps)
+        task, target, y_train = _task_of(arrays["y_train"], steps, wanted)
+        _, _, y_test = _task_of(arrays["y_test"], steps, target)
         pool = _dataset(arrays["X_train"], y_train, arrays.get("lengths_train"))
         test = _dataset(arrays["X_test"], y_test, arrays.get("lengths_test"))
     else:
-        task, target, y = _task_of(arrays["y"], arrays["X"].shape[1])
+        task, target, y = _task_of(arrays["y"], arrays["X"].shape[1], wanted)
         pool, test = _split(_dataset(arrays["X"], y, arrays.get("lengths")), test_split, rng)
+    if target == "final":
+        pool, test = _final_step(pool), _final_step(test)
     train, validation = _split(pool, validation_split, rng)
-    if task == "classification" and classes is None:
-        classes = [str(i) for i in range(int(max(pool.y.max(), test.y.max())) + 1)]
+    if task == "classification":
+        top = int(max(pool.y.max(), test.y.max(initial=0)))
+        classes = classes or [str(i) for i in range(top + 1)]
+        if pool.y.min() < 0 or top >= len(classes):
+            raise ValueError(f"labels must lie in 0..{len(classes) - 1} (one per class name)")
     return Splits(train, validation, test, task, target, classes, features, path, file_sha256(path))
 
 
@@ -169,15 +200,22 @@ def read_csv(path: Path) -> dict[str, np.ndarray]:
 
 
 def load(
-    path: Path, validation_split: float = 0.2, test_split: float = 0.2, seed: int = 0
+    path: Path,
+    validation_split: float = 0.2,
+    test_split: float = 0.2,
+    seed: int = 0,
+    target: str | None = None,
 ) -> Splits:
-    """Read an .npz or a long-format .csv and split it (seeded)."""
+    """Read an .npz or a long-format .csv and split it (seeded).
+
+    ``target`` overrides what the targets' shape implies (see ``_task_of``).
+    """
     if path.suffix == ".csv":
         arrays = read_csv(path)
     else:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    return _splits(arrays, path, validation_split, test_split, seed)
+    return _splits(arrays, path, validation_split, test_split, seed, target)
 
 
 def valid_mask(data: Dataset) -> np.ndarray:

@@ -45,7 +45,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--clip", type=float, default=1.0, help="gradient norm clip")
     p.add_argument("--patience", type=int, default=30, help="epochs without improvement")
-    p.add_argument("--validation-split", type=float, default=0.2)
+    p.add_argument(
+        "--target",
+        choices=["final", "sequence"],
+        help="train on the final output or every timestep (default: what y's shape implies)",
+    )
+    p.add_argument(
+        "--validation-split",
+        type=float,
+        default=0.2,
+        help="held out for early stopping; 0 stops on the training loss instead",
+    )
     p.add_argument("--test-split", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -85,10 +95,16 @@ def loss_of(model: StackedLSTM, splits: Splits, x: Tensor, lengths: Tensor, y: T
     return squared.sum() / (mask.sum() * seq.shape[-1])
 
 
-def evaluate_loss(model: StackedLSTM, splits: Splits, data: Dataset) -> float:
+def evaluate(model: StackedLSTM, splits: Splits, data: Dataset) -> dict[str, float]:
+    """Loss for early stopping, plus accuracy where there is one, for the progress bar."""
     model.eval()
+    x, lengths, y = tensors(data)
     with torch.no_grad():
-        return float(loss_of(model, splits, *tensors(data)))
+        scores = {"loss": float(loss_of(model, splits, x, lengths, y))}
+        if splits.task == "classification":
+            final = model.logits(x, lengths)[1]
+            scores["acc"] = float((final.argmax(dim=1) == y).float().mean())
+    return scores
 
 
 def fit(
@@ -99,12 +115,14 @@ def fit(
     x, lengths, y = tensors(splits.train)
     generator = torch.Generator().manual_seed(seed)
     best, best_state, stale = float("inf"), copy.deepcopy(model.state_dict()), 0
+    monitored = splits.validation if len(splits.validation) else splits.train
     bar = tqdm(range(1, args.epochs + 1), disable=args.quiet, unit="epoch", file=sys.stderr)
     epochs_run = 0
     for epoch in bar:
         epochs_run = epoch
         model.train()
         order = torch.randperm(len(x), generator=generator)
+        total = 0.0
         for start in range(0, len(x), args.batch_size):
             idx = order[start : start + args.batch_size]
             optimizer.zero_grad()
@@ -112,8 +130,12 @@ def fit(
             loss.backward()  # type: ignore[no-untyped-call]
             nn.utils.clip_grad_norm_(model.parameters(), args.clip)
             optimizer.step()
-        val = evaluate_loss(model, splits, splits.validation)
-        bar.set_postfix(train=f"{loss.item():.4f}", val=f"{val:.4f}", best=f"{min(best, val):.4f}")
+            total += loss.item() * len(idx)
+        scores = evaluate(model, splits, monitored)
+        val = scores["loss"]
+        bar.set_postfix(
+            train=f"{total / len(x):.4f}", **{f"val_{k}": f"{v:.4f}" for k, v in scores.items()}
+        )
         if val < best:
             best, best_state, stale = val, copy.deepcopy(model.state_dict()), 0
         else:
@@ -126,11 +148,12 @@ def fit(
 
 def report(model: StackedLSTM, splits: Splits) -> dict[str, Any]:
     """Test-set metrics in the units a user reads: accuracy, or MSE/MAE of the targets."""
-    model.eval()
     test = splits.test
+    if not len(test):
+        return {}
     with torch.no_grad():
-        seq, final, _ = model.logits(*tensors(test)[:2])
-        seq_out, final_out = model.activate(seq).numpy(), model.activate(final).numpy()
+        seq, final, *_ = model.eval()(*tensors(test)[:2])
+        seq_out, final_out = seq.numpy(), final.numpy()
     if splits.task == "classification":
         predicted = final_out.argmax(axis=1)
         k = splits.output_size
@@ -203,7 +226,7 @@ def main(argv: list[str] | None = None) -> Path:
     preset = PRESETS.get(args.preset) if args.preset else None
     with tempfile.TemporaryDirectory() as tmp:
         data = preset.prepare(args.data, Path(tmp)) if preset and preset.prepare else args.data
-        splits = load(data, args.validation_split, args.test_split, args.seed)
+        splits = load(data, args.validation_split, args.test_split, args.seed, args.target)
     layers = [int(u) for u in str(args.layers).split(",")]
     best: tuple[float, int, int, StackedLSTM] | None = None
     for seed in range(args.seed, args.seed + args.restarts):
@@ -235,6 +258,7 @@ def main(argv: list[str] | None = None) -> Path:
             "patience": args.patience,
             "seed": seed,
             "restarts": args.restarts,
+            "target": splits.target,
             "validation_split": args.validation_split,
             "test_split": args.test_split,
         },

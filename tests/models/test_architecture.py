@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from models.architecture import StackedLSTM
@@ -31,17 +32,35 @@ def test_bidirectional_layers_double_their_outputs() -> None:
     assert model.head.in_features == 8
 
 
-def test_export_path_equals_packed_path_on_full_length_batches() -> None:
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_ragged_batch_rows_equal_each_sequence_alone(bidirectional: bool) -> None:
+    """Eager forward packs: padding changes nothing, in either direction."""
     torch.manual_seed(0)
-    model = StackedLSTM(3, [8, 4], 3, bidirectional=True).eval()
+    model = StackedLSTM(3, [8, 4], 3, bidirectional=bidirectional).eval()
+    lengths = torch.tensor([9, 2, 5, 1])
     x = torch.randn(4, 9, 3)
     with torch.no_grad():
-        sequence, final, *states = model(x, *model.zero_states(4))
-        seq_logits, final_logits, packed_states = model.logits(x, torch.full((4,), 9))
-    torch.testing.assert_close(final, torch.softmax(final_logits, -1))
-    torch.testing.assert_close(sequence, torch.softmax(seq_logits, -1))
-    for got, want in zip(states, packed_states, strict=True):
-        torch.testing.assert_close(got, want)
+        batch = model(x, lengths)
+        for i, n in enumerate(lengths.tolist()):
+            alone = model(x[i : i + 1, :n], torch.tensor([n]))
+            torch.testing.assert_close(batch[0][i, :n], alone[0][0])
+            for got, want in zip(batch[1:], alone[1:], strict=True):
+                torch.testing.assert_close(got[..., i, :], want[..., 0, :])
+        # padded steps hold the head applied to zeros, as the ONNX LSTM's Y does
+        padding = torch.softmax(model.head.bias, dim=-1)
+        torch.testing.assert_close(batch[0][1, 2:], padding.expand(7, 3))
+
+
+def test_bidirectional_final_is_keras_style() -> None:
+    """Forward state at the last real step, backward state at step 0."""
+    torch.manual_seed(1)
+    model = StackedLSTM(2, [5], 2, bidirectional=True).eval()
+    lengths = torch.tensor([6, 3])
+    with torch.no_grad():
+        out, final, _ = model._layers(torch.randn(2, 6, 2), lengths, None)
+    for i, n in enumerate(lengths.tolist()):
+        torch.testing.assert_close(final[i, :5], out[i, n - 1, :5])
+        torch.testing.assert_close(final[i, 5:], out[i, 0, 5:])
 
 
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
