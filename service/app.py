@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.api import errors, health, metrics, repository, stream, v1
+from service.api import errors, health, metrics, repository, stream, v1, v2
 from service.observability import RequestObserver, configure_logging
 from service.server import Server
 from service.settings import Settings
@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v1.router)
     app.include_router(stream.router)
     app.include_router(repository.router)
+    app.include_router(v2.router)
     return app
 
 

@@ -1,0 +1,176 @@
+"""The Open Inference Protocol (KServe V2) as Triton speaks it, so its clients and tools work.
+
+``GET /v2``, ``GET /v2/models/{m}[/versions/{v}]`` (+ ``/ready``, ``/config``) and
+``POST .../infer``, with the binary tensor data extension both ways. Health
+routes live in ``health.py``, the repository extension in ``repository.py``.
+
+Routes are thin: resolve the model, split the body (``binary.py``), validate the
+envelope (``v2_schema.py``), turn tensors into the core's arrays and back
+(``v2_tensors.py``), and await the model's scheduler like ``/v1`` does.
+
+Status codes follow the protocol: a request that does not fit the model is a
+400 here (``/v1`` answers 422 for the same core error), an unknown model or
+version 404, a loading one or a full queue 503, all with ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from service.api.binary import (
+    HEADER_LENGTH,
+    binary_response,
+    decode_content,
+    slice_buffers,
+    split_body,
+)
+from service.api.errors import describe_validation_errors
+from service.api.responses import json_response, read_body
+from service.api.v1 import parse_version, server_of
+from service.api.v2_metadata import model_config, model_metadata, server_metadata
+from service.api.v2_schema import InferenceRequestBody
+from service.api.v2_tensors import Limits, decode_inputs, encode_outputs, select_outputs
+from service.errors import BadRequest, InvalidInput, ModelNotFound, NotReady
+from service.inference import InferenceRequest
+from service.model import ServedModel
+from service.server import Server
+
+router = APIRouter(prefix="/v2", tags=["v2"])
+
+
+def resolve(server: Server, name: str, version: str | None) -> ServedModel:
+    """The served version asked for; 503 rather than 404 while it is loading or draining."""
+    number = None if version is None else parse_version(version)
+    try:
+        return server.repository.get(name, number)
+    except ModelNotFound:
+        for status in server.repository.statuses(name):
+            if status.state in ("LOADING", "UNLOADING") and number in (None, status.version):
+                raise NotReady(
+                    f"model {name!r} version {status.version} is {status.state.lower()}; "
+                    "retry shortly"
+                ) from None
+        raise
+
+
+def _envelope(payload: Any) -> InferenceRequestBody:
+    if not isinstance(payload, dict):
+        raise BadRequest("the inference request must be a JSON object with 'inputs'")
+    try:
+        return InferenceRequestBody.model_validate(payload)
+    except ValidationError as exc:
+        raise BadRequest(describe_validation_errors(exc.errors())) from None
+
+
+async def _infer(request: Request, name: str, version: str | None) -> Response:
+    server = server_of(request)
+    model = resolve(server, name, version)
+    request.state.model, request.state.version = model.name, model.version
+    settings = server.settings
+    limit = settings.max_body_bytes
+    body = decode_content(
+        await read_body(request, limit), request.headers.get("content-encoding"), limit
+    )
+    parts = split_body(body, request.headers.get(HEADER_LENGTH))
+    envelope = _envelope(parts.json)
+    envelope.check_supported()
+    buffers = slice_buffers(parts.tail, [(t.name, t.binary_data_size()) for t in envelope.inputs])
+    meta = model.metadata
+    x, lengths = decode_inputs(
+        envelope.inputs, buffers, meta, Limits(settings.max_instances, settings.max_timesteps)
+    )
+    selected = select_outputs(envelope.outputs, meta, envelope.binary_data_output())
+    roles = {choice.spec.role for choice in selected}
+    wait_s = min(settings.request_timeout_s, envelope.timeout_s() or settings.request_timeout_s)
+    result = await model.infer(
+        InferenceRequest(
+            x=x,
+            lengths=lengths,
+            want_sequence="sequence" in roles,
+            want_final="final" in roles,
+            want_states=bool(roles & {"h", "c"}),
+            deadline=time.monotonic() + wait_s,
+        )
+    )
+    outputs, arrays = encode_outputs(selected, result)
+    header: dict[str, Any] = {"model_name": meta.name, "model_version": str(meta.version)}
+    if envelope.id is not None:
+        header["id"] = envelope.id
+    header["outputs"] = outputs
+    return binary_response(header, arrays) if arrays else json_response(header)
+
+
+async def infer(request: Request, name: str, version: str | None) -> Response:
+    """V2 says a request that does not fit the model is a 400, whatever the core calls it."""
+    try:
+        return await _infer(request, name, version)
+    except InvalidInput as exc:
+        raise BadRequest(exc.message) from None
+
+
+@router.get("", summary="Server metadata and the protocol extensions it supports")
+async def metadata(request: Request) -> Response:
+    return json_response(server_metadata(request.app.version))
+
+
+def _describe(request: Request, name: str, version: str | None) -> Response:
+    server = server_of(request)
+    model = resolve(server, name, version)
+    versions = [m.version for m in server.repository.versions(name)]
+    return json_response(model_metadata(model, versions))
+
+
+def _ready(request: Request, name: str, version: str | None) -> Response:
+    model = resolve(server_of(request), name, version)
+    return json_response({"name": model.name, "version": str(model.version), "ready": True})
+
+
+def _config(request: Request, name: str, version: str | None) -> Response:
+    server = server_of(request)
+    model = resolve(server, name, version)
+    return json_response(model_config(model, server.settings, server.repository.policy(name)))
+
+
+@router.get("/models/{name}", summary="Inputs and outputs of a model's latest version")
+async def model(request: Request, name: str) -> Response:
+    return _describe(request, name, None)
+
+
+@router.get("/models/{name}/versions/{version}", summary="Inputs and outputs of one version")
+async def model_version(request: Request, name: str, version: str) -> Response:
+    return _describe(request, name, version)
+
+
+@router.get("/models/{name}/ready", summary="200 when the model can take requests")
+async def model_ready(request: Request, name: str) -> Response:
+    return _ready(request, name, None)
+
+
+@router.get("/models/{name}/versions/{version}/ready", summary="200 when the version can")
+async def version_ready(request: Request, name: str, version: str) -> Response:
+    return _ready(request, name, version)
+
+
+@router.get("/models/{name}/config", summary="Triton model configuration (perf_analyzer)")
+async def config(request: Request, name: str) -> Response:
+    return _config(request, name, None)
+
+
+@router.get("/models/{name}/versions/{version}/config", summary="Configuration of one version")
+async def version_config(request: Request, name: str, version: str) -> Response:
+    return _config(request, name, version)
+
+
+@router.post("/models/{name}/infer", summary="Infer with the latest version")
+async def model_infer(request: Request, name: str) -> Response:
+    return await infer(request, name, None)
+
+
+@router.post("/models/{name}/versions/{version}/infer", summary="Infer with one version")
+async def version_infer(request: Request, name: str, version: str) -> Response:
+    return await infer(request, name, version)
