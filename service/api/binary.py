@@ -71,6 +71,8 @@ def split_body(body: bytes, header_length: str | None) -> Body:
         try:
             return Body(parse_json(body), memoryview(b""))
         except BadRequest as exc:
+            if not body:
+                raise
             raise BadRequest(
                 f"{exc.message} (a body with binary tensor data needs the {HEADER_LENGTH} header)"
             ) from None

@@ -119,7 +119,10 @@ def test_output_selection_and_version(
     client: triton.InferenceServerClient, tiny_repository: Path
 ) -> None:
     x, lengths = ragged_batch(seed=1)
-    asked = [triton.InferRequestedOutput("cn_1"), triton.InferRequestedOutput("final_output", False)]
+    asked = [
+        triton.InferRequestedOutput("cn_1"),
+        triton.InferRequestedOutput("final_output", binary_data=False),
+    ]
     result = client.infer("tiny", inputs(x, lengths, True), model_version="1", outputs=asked)
     response = result.get_response()
     assert response["model_version"] == "1"
@@ -242,8 +245,7 @@ def test_errors_reach_the_client_with_status_and_message(
     nan[2, 5, 1] = np.nan
     assert error_of(client, "tiny", inputs(nan, None, True)) == (
         "400",
-        "input 'x' holds nan at [2, 5, 1]; only finite numbers within float32 range are "
-        "accepted",
+        "input 'x' holds nan at [2, 5, 1]; only finite numbers within float32 range are accepted",
     )
     assert error_of(client, "tiny", inputs(x, None, True), sequence_id=7) == (
         "400",
