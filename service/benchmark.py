@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -89,6 +90,10 @@ def v2_binary(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
     }
 
 
+def _post(http: httpx.Client, path: str, content: bytes, headers: dict[str, str] | None) -> None:
+    http.post(path, content=content, headers=headers).raise_for_status()
+
+
 def start_server(repository: Path) -> tuple[subprocess.Popen[bytes], str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -149,25 +154,24 @@ def main(argv: list[str] | None = None) -> None:
                 ).encode()
                 body, headers = v2_binary(x)
 
-                def post(path: str, content: bytes, hdrs: dict[str, str] | None = None) -> None:
-                    response = http.post(path, content=content, headers=hdrs)
-                    response.raise_for_status()
-
-                base = measure(lambda x=x: raw(x), batch, args.seconds)
+                post = partial(_post, http)
+                v1 = f"/v1/models/{args.model}:predict"
+                v2 = f"/v2/models/{args.model}/infer"
+                base = measure(partial(raw, x), batch, args.seconds)
                 cases = {
                     "raw onnxruntime": base,
                     "/v1 predict JSON": measure(
-                        lambda b=v1_body: post(f"/v1/models/{args.model}:predict", b),
+                        partial(post, v1, v1_body, None),
                         batch,
                         args.seconds,
                     ),
                     "V2 infer JSON": measure(
-                        lambda b=v2_json: post(f"/v2/models/{args.model}/infer", b),
+                        partial(post, v2, v2_json, None),
                         batch,
                         args.seconds,
                     ),
                     "V2 infer binary": measure(
-                        lambda b=body, h=headers: post(f"/v2/models/{args.model}/infer", b, h),
+                        partial(post, v2, body, headers),
                         batch,
                         args.seconds,
                     ),
