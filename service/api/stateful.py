@@ -74,7 +74,7 @@ async def infer(
     if not options.stateful:
         return await model.infer(request), None
     check_stateful(model)
-    request.want_states = options.return_states
+    request.want_states = request.want_states or options.return_states
     if options.sequence_id is not None:
         result = await store.run_chunk(
             options.sequence_id,

@@ -22,6 +22,7 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
+from service.api import stateful
 from service.api.binary import (
     HEADER_LENGTH,
     binary_response,
@@ -78,7 +79,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     )
     parts = split_body(body, request.headers.get(HEADER_LENGTH))
     envelope = _envelope(parts.json)
-    envelope.check_supported()
+    state_options = envelope.state_options()
     buffers = slice_buffers(parts.tail, [(t.name, t.binary_data_size()) for t in envelope.inputs])
     meta = model.metadata
     x, lengths = decode_inputs(
@@ -87,16 +88,15 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     selected = select_outputs(envelope.outputs, meta, envelope.binary_data_output())
     roles = {choice.spec.role for choice in selected}
     wait_s = min(settings.request_timeout_s, envelope.timeout_s() or settings.request_timeout_s)
-    result = await model.infer(
-        InferenceRequest(
-            x=x,
-            lengths=lengths,
-            want_sequence="sequence" in roles,
-            want_final="final" in roles,
-            want_states=bool(roles & {"h", "c"}),
-            deadline=time.monotonic() + wait_s,
-        )
+    inference = InferenceRequest(
+        x=x,
+        lengths=lengths,
+        want_sequence="sequence" in roles,
+        want_final="final" in roles,
+        want_states=bool(roles & {"h", "c"}),
+        deadline=time.monotonic() + wait_s,
     )
+    result, _ = await stateful.infer(model, server.sequences, inference, state_options)
     outputs, arrays = encode_outputs(selected, result)
     header: dict[str, Any] = {"model_name": meta.name, "model_version": str(meta.version)}
     if envelope.id is not None:

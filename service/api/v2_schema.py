@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from service.api.stateful import StateOptions, parse_sequence_id
 from service.errors import BadRequest
 
 
@@ -80,11 +81,6 @@ class RequestedOutput(_Strict):
         return value
 
 
-# Triton's sequence extension. The service holds sequences for /v1 already
-# (``api/stateful.py``); wiring these through is the place to start V2's.
-_SEQUENCE_PARAMETERS = ("sequence_id", "sequence_start", "sequence_end")
-
-
 class InferenceRequestBody(_Strict):
     """The JSON part of ``POST .../infer`` (the whole body without the binary extension)."""
 
@@ -111,16 +107,18 @@ class InferenceRequestBody(_Strict):
             )
         return value / 1e6
 
-    def check_supported(self) -> None:
-        """Refuse parameters whose meaning this route cannot honour."""
-        asked = [
-            key
-            for key in _SEQUENCE_PARAMETERS
-            if self.parameters.get(key) not in (None, False, 0, "")
-        ]
-        if asked:
-            raise BadRequest(
-                f"parameters.{asked[0]} asks for the sequence extension, which the V2 routes do "
-                "not support yet; use /v1/models/{name}:predict with sequence_id for "
-                "server-held state"
-            )
+    def state_options(self) -> StateOptions:
+        """Triton's sequence extension: ``sequence_id`` (0 or absent: no sequence),
+        ``sequence_start`` and ``sequence_end``, routed to the server-held state."""
+        flags = {}
+        for key in ("sequence_start", "sequence_end"):
+            value = self.parameters.get(key, False)
+            if not isinstance(value, bool):
+                raise BadRequest(f"parameters.{key} must be true or false; got {value!r}")
+            flags[key] = value
+        raw_id = self.parameters.get("sequence_id")
+        return StateOptions(
+            sequence_id=None if raw_id in (None, 0, "") else parse_sequence_id(raw_id),
+            sequence_start=flags["sequence_start"],
+            sequence_end=flags["sequence_end"],
+        )

@@ -247,8 +247,31 @@ def test_errors_reach_the_client_with_status_and_message(
         "400",
         "input 'x' holds nan at [2, 5, 1]; only finite numbers within float32 range are accepted",
     )
-    assert error_of(client, "tiny", inputs(x, None, True), sequence_id=7) == (
-        "400",
-        "parameters.sequence_id asks for the sequence extension, which the V2 routes do not "
-        "support yet; use /v1/models/{name}:predict with sequence_id for server-held state",
+    assert error_of(client, "tiny", inputs(x[:1], None, True), sequence_id=7) == (
+        "404",
+        "sequence 7 is not live (never started, already ended, or evicted after 300 s idle); "
+        "send its first chunk with sequence_start set to begin it",
     )
+
+
+@pytest.mark.parametrize("sequence_id", [41, "sensor-7"])
+def test_triton_sequence_arguments_chunk_exactly(
+    client: triton.InferenceServerClient, tiny_repository: Path, sequence_id: int | str
+) -> None:
+    """tritonclient's sequence_id/start/end: chunks give the outputs of the whole sequence."""
+    x = np.random.default_rng(5).normal(size=(1, 23, 3)).astype(np.float32)
+    pieces = np.split(x, [4, 5, 17], axis=1)
+    outputs = []
+    for i, piece in enumerate(pieces):
+        answer = client.infer(
+            "tiny",
+            inputs(piece, None, True),
+            model_version="2",
+            outputs=[triton.InferRequestedOutput("sequence_output")],
+            sequence_id=sequence_id,
+            sequence_start=i == 0,
+            sequence_end=i == len(pieces) - 1,
+        )
+        outputs.append(answer.as_numpy("sequence_output")[0])
+    want = reference(tiny_repository / "tiny" / "2", x, np.array([23]))["sequence_output"][0]
+    np.testing.assert_allclose(np.concatenate(outputs), want, atol=1e-5)
