@@ -1,8 +1,9 @@
 """The Open Inference Protocol (KServe V2) as Triton speaks it, so its clients and tools work.
 
 ``GET /v2``, ``GET /v2/models/{m}[/versions/{v}]`` (+ ``/ready``, ``/config``) and
-``POST .../infer``, with the binary tensor data extension both ways. Health
-routes live in ``health.py``, the repository extension in ``repository.py``.
+``POST .../infer``, with the binary tensor data extension both ways and Triton's
+sequence extension (``parameters.sequence_id``, routed to ``api/stateful.py``).
+Health routes live in ``health.py``, the repository extension in ``repository.py``.
 
 Routes are thin: resolve the model, split the body (``binary.py``), validate the
 envelope (``v2_schema.py``), turn tensors into the core's arrays and back
@@ -113,6 +114,17 @@ async def infer(request: Request, name: str, version: str | None) -> Response:
         raise BadRequest(exc.message) from None
 
 
+# The infer routes come first: routes are matched in order, and these are the hot ones.
+@router.post("/models/{name}/infer", summary="Infer with the latest version")
+async def model_infer(request: Request, name: str) -> Response:
+    return await infer(request, name, None)
+
+
+@router.post("/models/{name}/versions/{version}/infer", summary="Infer with one version")
+async def version_infer(request: Request, name: str, version: str) -> Response:
+    return await infer(request, name, version)
+
+
 @router.get("", summary="Server metadata and the protocol extensions it supports")
 async def metadata(request: Request) -> Response:
     return json_response(server_metadata(request.app.version))
@@ -164,13 +176,3 @@ async def config(request: Request, name: str) -> Response:
 @router.get("/models/{name}/versions/{version}/config", summary="Configuration of one version")
 async def version_config(request: Request, name: str, version: str) -> Response:
     return _config(request, name, version)
-
-
-@router.post("/models/{name}/infer", summary="Infer with the latest version")
-async def model_infer(request: Request, name: str) -> Response:
-    return await infer(request, name, None)
-
-
-@router.post("/models/{name}/versions/{version}/infer", summary="Infer with one version")
-async def version_infer(request: Request, name: str, version: str) -> Response:
-    return await infer(request, name, version)

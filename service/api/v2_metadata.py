@@ -9,6 +9,9 @@
   Triton's convention every ``dims`` here is the metadata shape without its
   leading batch dimension, and perf_analyzer's ``-b`` sets the batch. That is the
   only convention under which a ``dynamic_batching`` block means anything.
+  There is no ``sequence_batching`` block although the sequence extension
+  works: in Triton that block makes a sequence id mandatory on every request
+  (and switches perf_analyzer to sequence mode), while here it is optional.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ EXTENSIONS = (
     "binary_tensor_data",  # api/binary.py
     "model_configuration",  # GET /v2/models/{m}/config
     "model_repository",  # api/repository.py
+    "sequence",  # parameters.sequence_id/start/end, api/stateful.py
 )
 
 _TYPES = {"FP16": "TYPE_FP16", "FP32": "TYPE_FP32", "FP64": "TYPE_FP64", "INT64": "TYPE_INT64"}

@@ -23,7 +23,12 @@ def test_server_metadata_lists_only_extensions_that_answer(client: TestClient) -
     assert response.json() == {
         "name": "lstm-serving",
         "version": "0.1.0",
-        "extensions": ["binary_tensor_data", "model_configuration", "model_repository"],
+        "extensions": [
+            "binary_tensor_data",
+            "model_configuration",
+            "model_repository",
+            "sequence",
+        ],
     }
     assert client.post("/v2/repository/index").status_code == 200
     assert client.get("/v2/models/tiny/config").status_code == 200

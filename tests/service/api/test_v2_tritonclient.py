@@ -72,7 +72,12 @@ def test_server_and_model_metadata(client: triton.InferenceServerClient) -> None
     assert client.get_server_metadata() == {
         "name": "lstm-serving",
         "version": "0.1.0",
-        "extensions": ["binary_tensor_data", "model_configuration", "model_repository"],
+        "extensions": [
+            "binary_tensor_data",
+            "model_configuration",
+            "model_repository",
+            "sequence",
+        ],
     }
     meta = client.get_model_metadata("tiny")
     assert meta["versions"] == ["1", "2"]
