@@ -245,3 +245,28 @@ def test_flat_and_nested_data_give_the_same_answer(client: TestClient) -> None:
     flat = client.post(URL, content=orjson.dumps({"inputs": [x(data=STEP * 2)]}))
     assert nested.status_code == flat.status_code == 200
     assert nested.json() == flat.json()
+
+
+def test_lengths_as_column_and_int32_equal_lengths_as_vector(client: TestClient) -> None:
+    """[B, 1] is how Triton spells a per-sequence scalar with max_batch_size > 0."""
+    data = [[STEP, STEP], [STEP, [0.0, 0.0, 0.0]]]
+    answers = [
+        client.post(
+            URL,
+            content=orjson.dumps(
+                {"inputs": [x(data=data, shape=[2, 2, 3]), lengths(lens, shape, kind)]}
+            ),
+        )
+        for lens, shape, kind in (
+            ([2, 1], [2], "INT64"),
+            ([[2], [1]], [2, 1], "INT64"),
+            ([2, 1], [2], "INT32"),
+        )
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert answers[0].json() == answers[1].json() == answers[2].json()
+    padded = client.post(URL, content=orjson.dumps({"inputs": [x(data=data, shape=[2, 2, 3])]}))
+    final = {o["name"]: o["data"] for o in answers[0].json()["outputs"]}["final_output"]
+    padded_final = {o["name"]: o["data"] for o in padded.json()["outputs"]}["final_output"]
+    assert final[:3] == padded_final[:3]  # the first sequence is 2 steps either way
+    assert final[3:] != padded_final[3:]  # the second stops after 1 step with lengths
