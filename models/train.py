@@ -27,7 +27,7 @@ from models.architecture import StackedLSTM
 from models.data import Dataset, Splits, load, standardization, valid_mask
 from models.export import export_model
 from models.presets import PRESETS, Preset
-from service.contract import DataProvenance, TrainingInfo
+from service.contract import METADATA_FILENAME, DataProvenance, ModelMetadata, TrainingInfo
 
 REPOSITORY = Path(__file__).resolve().parent / "repository"
 
@@ -220,7 +220,8 @@ def next_version(repository: Path, name: str) -> int:
     return max(versions, default=0) + 1
 
 
-def main(argv: list[str] | None = None) -> Path:
+def run(argv: list[str] | None = None) -> Path:
+    """The whole of ``lstm-train``; returns the exported version's folder."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     preset = PRESETS.get(args.preset) if args.preset else None
@@ -285,8 +286,18 @@ def main(argv: list[str] | None = None) -> Path:
         dropout=args.dropout,
         training=training,
     )
-    print(f"exported {path} (parity max |onnxruntime - torch| within 1e-4)")
+    parity = ModelMetadata.model_validate_json((path / METADATA_FILENAME).read_bytes()).parity
+    print(
+        f"exported {path}: onnxruntime matches torch within {parity.max_abs_diff:.2g} "
+        f"(tolerance {parity.tolerance:g}) over {len(parity.cases)} unseen shapes"
+    )
     return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point. Returns None: the script wrapper passes any return
+    value to ``sys.exit``, and a path there would mean exit status 1."""
+    run(argv)
 
 
 if __name__ == "__main__":

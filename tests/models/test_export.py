@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from models.export import ParityError, export_model, torch_reference
 from service.contract import ModelMetadata
 
 CONFIGS = {
+    "single": dict(layers=[5], bidirectional=False),
     "uni": dict(layers=[7, 5, 3], bidirectional=False),
     "bi": dict(layers=[6, 4], bidirectional=True),
 }
@@ -35,12 +37,18 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Stacke
     return out
 
 
+@functools.cache
+def _session(path: Path) -> tuple[ort.InferenceSession, list[str]]:
+    """One session per exported model: hypothesis calls run_onnx hundreds of times."""
+    meta = ModelMetadata.model_validate_json((path / "metadata.json").read_bytes())
+    session = ort.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
+    return session, [n for s in meta.tensors.initial_states for n in (s.h, s.c)]
+
+
 def run_onnx(
     path: Path, x: np.ndarray, lengths: np.ndarray, states: list[np.ndarray]
 ) -> dict[str, np.ndarray]:
-    meta = ModelMetadata.model_validate_json((path / "metadata.json").read_bytes())
-    session = ort.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
-    names = [n for s in meta.tensors.initial_states for n in (s.h, s.c)]
+    session, names = _session(path)
     feeds = {"x": x, "lengths": lengths, **dict(zip(names, states, strict=True))}
     outputs = [o.name for o in session.get_outputs()]
     return dict(zip(outputs, session.run(outputs, feeds), strict=True))
@@ -106,6 +114,40 @@ def test_graph_has_dynamic_axes_and_wired_lengths(
     assert len(lstms) == 2 and all(n.input[4] == "lengths_int32" for n in lstms)
 
 
+def _ancestors(graph: onnx.GraphProto, name: str) -> set[str]:
+    """Every tensor ``name`` is computed from, itself included."""
+    producers = {out: node for node in graph.node for out in node.output}
+    seen, todo = set(), [name]
+    while todo:
+        tensor = todo.pop()
+        if tensor and tensor not in seen:
+            seen.add(tensor)
+            todo += list(producers[tensor].input) if tensor in producers else []
+    return seen
+
+
+@pytest.mark.parametrize("kind", sorted(CONFIGS))
+def test_final_outputs_come_from_the_length_aware_lstm_states(
+    exported: dict[str, tuple[StackedLSTM, Path]], kind: str
+) -> None:
+    """hn/cn are the LSTM ops' Y_h/Y_c, and final_output reads Y_h, never Y at T-1."""
+    graph = onnx.load(str(exported[kind][1] / "model.onnx")).graph
+    lstms = [n for n in graph.node if n.op_type == "LSTM"]
+    for i, node in enumerate(lstms):
+        assert list(node.output[1:]) == [f"hn_{i}", f"cn_{i}"]
+    final = _ancestors(graph, "final_output")
+    assert f"hn_{len(lstms) - 1}" in final and lstms[-1].output[0] not in final
+
+
+def test_reference_refuses_lengths_outside_the_sequence(
+    exported: dict[str, tuple[StackedLSTM, Path]],
+) -> None:
+    model = exported["uni"][0]
+    x = np.zeros((2, 4, 4), np.float32)
+    with pytest.raises(ValueError, match=r"lengths must lie in 1\.\.4, got \[0, 4\]"):
+        torch_reference(model, x, np.array([0, 4]))
+
+
 def test_metadata_records_parity_and_checksum(
     exported: dict[str, tuple[StackedLSTM, Path]],
 ) -> None:
@@ -135,6 +177,25 @@ def test_export_fails_and_writes_nothing_when_parity_breaks(
     with pytest.raises(ParityError, match=r"onnxruntime differs from torch by 0.001"):
         export_model(model, tmp_path, "broken", 1, classes=["a", "b"])
     assert not (tmp_path / "broken" / "1").exists()
+
+
+def test_export_fails_when_lengths_are_not_wired(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The graph the exporter writes by itself is wrong on ragged batches: parity says so."""
+
+    def unwired(graph_model: onnx.ModelProto, lengths_name: str) -> int:
+        graph_model.graph.input.append(
+            onnx.helper.make_tensor_value_info(lengths_name, onnx.TensorProto.INT64, ["batch"])
+        )
+        return sum(node.op_type == "LSTM" for node in graph_model.graph.node)
+
+    monkeypatch.setattr(export, "wire_sequence_lens", unwired)
+    torch.manual_seed(0)
+    model = StackedLSTM(2, [4], 2, bidirectional=True)
+    with pytest.raises(ParityError, match=r"^onnxruntime differs from torch by 0\.\d+ "):
+        export_model(model, tmp_path, "unwired", 1, classes=["a", "b"])
+    assert list(tmp_path.iterdir()) == []  # not even the staging folder is left
 
 
 def test_versions_are_immutable(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,7 @@ def test_cli_trains_and_exports_a_classifier(
         str(tmp_path / "repo"),
         "--quiet",
     ]
-    path = train.main(args)
+    path = train.run(args)
     assert path == tmp_path / "repo" / "toy" / "1"
     out = capsys.readouterr().out
     assert "Total params: " in out and "confusion matrix (rows: true, columns: predicted)" in out
@@ -61,7 +62,7 @@ def test_cli_trains_and_exports_a_classifier(
     assert meta.training.data.sha256 and meta.training.data.source == "toy.npz"
     assert (path / "checkpoint.pt").is_file()
     # a second run becomes version 2
-    assert train.main(args) == tmp_path / "repo" / "toy" / "2"
+    assert train.run(args) == tmp_path / "repo" / "toy" / "2"
 
 
 def test_bidirectional_per_timestep_regression_from_csv(tmp_path: Path) -> None:
@@ -77,7 +78,7 @@ def test_bidirectional_per_timestep_regression_from_csv(tmp_path: Path) -> None:
         writer = csv.writer(f)
         writer.writerow(["sequence_id", "timestep", "a", "b", "target"])
         writer.writerows(rows)
-    version_dir = train.main(
+    version_dir = train.run(
         [
             "--data",
             str(path),
@@ -127,3 +128,52 @@ def test_cli_needs_data_or_preset(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         train.main(["--name", "x"])
     assert "give --preset, or --data and --name" in capsys.readouterr().err
+
+
+def per_step_running_mean(path: Path, n: int = 20, steps: int = 6) -> Path:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(n, steps, 1)).astype(np.float32)
+    y = np.cumsum(x, axis=1) / np.arange(1, steps + 1)[None, :, None]
+    lengths = rng.integers(2, steps + 1, n)
+    np.savez(path, X=x, y=y.astype(np.float32), lengths=lengths)
+    return path
+
+
+def test_target_final_trains_on_the_last_real_step(tmp_path: Path) -> None:
+    data = per_step_running_mean(tmp_path / "mean.npz")
+    splits = load(data, validation_split=0.0, test_split=0.0, target="final")
+    assert (splits.task, splits.target, splits.output_size) == ("regression", "final", 1)
+    with np.load(data) as raw:
+        last = raw["y"][np.arange(20), raw["lengths"] - 1]
+        want = {raw["X"][i].tobytes(): last[i] for i in range(20)}
+    assert len(splits.train) == 20
+    for x, y in zip(splits.train.x, splits.train.y, strict=True):
+        np.testing.assert_array_equal(y, want[x.tobytes()])
+    repository = str(tmp_path / "repo")
+    path = train.run(
+        [
+            *("--data", str(data), "--name", "last", "--layers", "4", "--epochs", "2"),
+            *("--target", "final", "--repository", repository, "--quiet"),
+        ]
+    )
+    meta = read_metadata(path)
+    assert meta.target == "final" and meta.training is not None
+    assert meta.training.hyperparameters["target"] == "final"
+    assert set(meta.training.metrics) == {"test_mse", "test_mae"}
+
+
+def test_target_sequence_needs_per_step_targets(tmp_path: Path) -> None:
+    data = synthetic_classes(tmp_path / "toy.npz")
+    with pytest.raises(ValueError, match=r"^target 'sequence' needs per-timestep targets"):
+        load(data, target="sequence")
+
+
+def test_console_script_exits_zero_on_success(tmp_path: Path) -> None:
+    """The installed ``lstm-train`` wrapper is ``sys.exit(main())``."""
+    data = synthetic_classes(tmp_path / "toy.npz", n=12, steps=4)
+    repository = str(tmp_path / "repo")
+    argv = ["--data", str(data), "--name", "t", "--layers", "2", "--epochs", "1", "--quiet"]
+    with pytest.raises(SystemExit) as exited:
+        sys.exit(train.main([*argv, "--repository", repository]))
+    assert exited.value.code is None
+    assert (tmp_path / "repo" / "t" / "1" / "model.onnx").is_file()
