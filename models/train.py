@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from models.architecture import StackedLSTM
-from models.data import Dataset, Splits, load, standardization, valid_mask
+from models.data import Dataset, Splits, file_sha256, load, standardization, valid_mask
 from models.export import export_model
 from models.presets import PRESETS, Preset
 from service.contract import METADATA_FILENAME, DataProvenance, ModelMetadata, TrainingInfo
@@ -267,7 +267,8 @@ def run(argv: list[str] | None = None) -> Path:
         metrics=metrics,
         data=DataProvenance(
             source=args.data.name,
-            sha256=splits.sha256,
+            # the file the user named, not a preset's derived windows of it
+            sha256=file_sha256(args.data),
             citation=preset.citation if preset else None,
             n_train=len(splits.train),
             n_validation=len(splits.validation),

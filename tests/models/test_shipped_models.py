@@ -24,6 +24,9 @@ def test_checksum_and_parity(name: str) -> None:
     onnx_bytes = (REPOSITORY / name / "1" / "model.onnx").read_bytes()
     assert hashlib.sha256(onnx_bytes).hexdigest() == meta.onnx.sha256
     assert meta.parity.max_abs_diff <= 1e-4
+    assert meta.training is not None
+    data = REPOSITORY.parent / "data" / meta.training.data.source
+    assert hashlib.sha256(data.read_bytes()).hexdigest() == meta.training.data.sha256
 
 
 def test_default_model_is_an_accurate_activity_classifier() -> None:
