@@ -18,7 +18,6 @@ from typing import Protocol
 import numpy as np
 
 from service.errors import Overloaded
-from service.observability import BATCH_SEQUENCES, COMPUTE_DURATION, QUEUE_DURATION
 from service.runtime import ModelRuntime, RunResult, State
 
 
@@ -65,8 +64,8 @@ def run_request(runtime: ModelRuntime, request: InferenceRequest) -> RunResult:
     start = time.monotonic()
     if start > request.deadline:
         raise Overloaded("the request waited past its deadline before it could run")
-    labels = runtime.metric_labels
-    QUEUE_DURATION.labels(*labels).observe(start - request.enqueued_at)
+    metrics = runtime.metrics
+    metrics.queue_duration.observe(start - request.enqueued_at)
     result = runtime.run(
         request.x,
         request.lengths,
@@ -75,8 +74,8 @@ def run_request(runtime: ModelRuntime, request: InferenceRequest) -> RunResult:
         final_output=request.want_final,
         final_states=request.want_states,
     )
-    COMPUTE_DURATION.labels(*labels).observe(time.monotonic() - start)
-    BATCH_SEQUENCES.labels(*labels).observe(request.batch_size)
+    metrics.compute_duration.observe(time.monotonic() - start)
+    metrics.batch_sequences.observe(request.batch_size)
     return result
 
 

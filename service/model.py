@@ -12,7 +12,6 @@ import numpy as np
 
 from service.contract import METADATA_FILENAME, ModelMetadata
 from service.inference import InferenceRequest, Scheduler
-from service.observability import QUEUE_DEPTH
 from service.runtime import ModelRuntime, RunResult, RuntimeOptions
 
 
@@ -69,7 +68,7 @@ class ServedModel:
         return self.metadata.version
 
     async def infer(self, request: InferenceRequest) -> RunResult:
-        depth = QUEUE_DEPTH.labels(*self.runtime.metric_labels)
+        depth = self.runtime.metrics.queue_depth
         self.in_flight += 1
         depth.inc()
         self._idle.clear()

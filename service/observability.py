@@ -12,6 +12,7 @@ import logging
 import re
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -82,6 +83,30 @@ MODEL_VERSIONS_LOADED = Gauge(
     ["model"],
     multiprocess_mode="livesum",
 )
+
+
+@dataclass(frozen=True)
+class VersionMetrics:
+    """One model version's labelled metric children, resolved once at load.
+
+    ``.labels()`` is a locked dict lookup; a request would otherwise pay for four.
+    """
+
+    queue_duration: Any
+    compute_duration: Any
+    batch_sequences: Any
+    queue_depth: Any
+
+    @classmethod
+    def of(cls, model: str, version: int) -> VersionMetrics:
+        labels = (model, str(version))
+        return cls(
+            QUEUE_DURATION.labels(*labels),
+            COMPUTE_DURATION.labels(*labels),
+            BATCH_SEQUENCES.labels(*labels),
+            QUEUE_DEPTH.labels(*labels),
+        )
+
 
 access_log = logging.getLogger("service.access")
 

@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.contract import ModelMetadata
+from service.observability import VersionMetrics
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class ModelRuntime:
         self._mean = np.asarray(norm.mean, dtype=np.float32)
         self._std = np.asarray(norm.std, dtype=np.float32)
         self._normalize = not norm.in_graph
-        self.metric_labels = (metadata.name, str(metadata.version))
+        self.metrics = VersionMetrics.of(metadata.name, metadata.version)
         log.info(
             "loaded %s version %d on %s", metadata.name, metadata.version, ",".join(self.providers)
         )
