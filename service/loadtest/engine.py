@@ -121,6 +121,8 @@ class Engine:
         self._pending -= 1
         if counted:
             self.recorder.record(outcome, started, finished)
+            if conn is not None and self.spec.rate is not None:
+                self.recorder.lag(started, conn.sent_at)
         if conn is not None and conn.closed:
             self._connections.discard(conn)
         if self.spec.rate is None:

@@ -30,6 +30,8 @@ class Recorder:
     dropped: int = 0
     first_start: float = math.inf
     last_end: float = -math.inf
+    lag_sum_s: float = 0.0
+    lag_max_s: float = 0.0
 
     def record(self, outcome: int | str, started: float, finished: float) -> None:
         """One finished request: a 2xx counts its latency, anything else its error key."""
@@ -40,6 +42,13 @@ class Recorder:
             self.errors[str(outcome)] += 1
         self.first_start = min(self.first_start, started)
         self.last_end = max(self.last_end, finished)
+
+    def lag(self, started: float, sent: float) -> None:
+        """How late the client wrote a request after its scheduled time (open loop)."""
+        lag = sent - started
+        self.lag_sum_s += lag
+        if lag > self.lag_max_s:
+            self.lag_max_s = lag
 
     @property
     def requests(self) -> int:
@@ -64,6 +73,9 @@ class LoadResult:
     features: int = 0
     client_cpu_us_per_request: float = 0.0
     event_loop: str = "asyncio"
+    # Open loop: how late requests left the client after their scheduled time (the
+    # timer resolution is ~1 ms); this part of ``latency_ms`` is the client's, not the server's.
+    send_lag_ms: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: NaN latencies (no successful request) become ``None``."""
@@ -113,6 +125,10 @@ def summarise(
         features=features,
         client_cpu_us_per_request=client_cpu_s / requests * 1e6 if requests else 0.0,
         event_loop=event_loop,
+        send_lag_ms={
+            "mean": recorder.lag_sum_s / requests * 1000 if requests else 0.0,
+            "max": recorder.lag_max_s * 1000,
+        },
     )
 
 
@@ -144,6 +160,9 @@ def format_result(result: LoadResult) -> str:
             f" ({result.event_loop})",
         ),
     ]
+    if spec.rate is not None:
+        lag = result.send_lag_ms
+        rows.append(("send lag", f"mean {lag['mean']:.2f} ms, max {lag['max']:.2f} ms (client)"))
     return "\n".join(f"{name:<12}{value}" for name, value in rows)
 
 
