@@ -214,8 +214,9 @@ class Engine:
             idle, self._idle = self._idle, []
             for i in range(spec.concurrency):
                 self._closed_issue(idle[i] if i < len(idle) else None)
-        # The schedule alone cannot stop a closed loop whose workers all wait on connects.
-        self._loop.call_at(self._loop_time(self.measure_end), self._stop)
+            # Stop on time even if every worker is waiting on a connect or a slow answer.
+            # (The open loop's schedule stops itself: its slots, not a timer, decide.)
+            self._loop.call_at(self._loop_time(self.measure_end), self._stop)
         try:
             limit = spec.warmup_s + spec.duration_s + 2 * spec.timeout_s + 5
             await asyncio.wait_for(self._done.wait(), limit)
