@@ -28,7 +28,10 @@ FROM ${VARIANT}-base AS base
 RUN groupadd --system --gid 10001 lstm \
     && useradd --system --uid 10001 --gid lstm --no-create-home \
        --home-dir /nonexistent --shell /usr/sbin/nologin lstm
+# HOME on /tmp (a tmpfs or emptyDir when the root filesystem is read-only): onnxruntime
+# keeps a small cache there.
 ENV PATH=/opt/venv/bin:$PATH \
+    HOME=/tmp \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 
