@@ -8,9 +8,18 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.api import errors, health, metrics, repository, stream, v1, v2
+from service.api.hot_routes import HotRoutes
 from service.observability import RequestObserver, configure_logging
 from service.server import Server
 from service.settings import Settings
+
+HOT_PATHS = {
+    "/v1/models/{name}:predict",
+    "/v1/models/{name}/versions/{version}:predict",
+    "/v2/models/{name}/infer",
+    "/v2/models/{name}/versions/{version}/infer",
+}
+"""The inference routes served by ``HotRoutes``, past FastAPI's per-request machinery."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -33,13 +42,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.server = server
     errors.install(app)
-    app.add_middleware(RequestObserver)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(v1.router)
     app.include_router(stream.router)
     app.include_router(repository.router)
     app.include_router(v2.router)
+    # Outermost last: the observer sees every request, hot ones included.
+    app.add_middleware(HotRoutes, fastapi=app, routers=[v1.router, v2.router], paths=HOT_PATHS)
+    app.add_middleware(RequestObserver)
     return app
 
 

@@ -55,6 +55,10 @@ class Scheduler(Protocol):
     def queue_depth(self) -> int: ...
 
 
+def queue_full(limit: int) -> Overloaded:
+    return Overloaded(f"the model's queue is full ({limit} requests waiting); retry later")
+
+
 def run_request(runtime: ModelRuntime, request: InferenceRequest) -> RunResult:
     """Run one request on the calling (worker) thread, unless its deadline has passed.
 
@@ -94,9 +98,7 @@ class DirectScheduler:
 
     async def submit(self, request: InferenceRequest) -> RunResult:
         if self._pending >= self._max_queue:
-            raise Overloaded(
-                f"the model's queue is full ({self._max_queue} requests waiting); retry later"
-            )
+            raise queue_full(self._max_queue)
         self._pending += 1
         try:
             loop = asyncio.get_running_loop()

@@ -11,6 +11,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from service.batching import BatchingOptions, DynamicBatcher
 from service.inference import DirectScheduler, Scheduler
 from service.model import ServedModel, load_version
 from service.repository import ModelRepository
@@ -49,7 +50,17 @@ class Server:
         self._started = False
 
     def make_scheduler(self, runtime: ModelRuntime) -> Scheduler:
-        return DirectScheduler(runtime, self.executor, self.settings.max_queue_size)
+        settings = self.settings
+        if not settings.dynamic_batching:
+            return DirectScheduler(runtime, self.executor, settings.max_queue_size)
+        options = BatchingOptions(
+            max_batch_size=settings.max_batch_size,
+            max_queue_delay_s=settings.max_queue_delay_ms / 1000,
+            max_queue_size=settings.max_queue_size,
+            bucket_ratio=settings.batch_bucket_ratio,
+            slots=settings.inference_threads,
+        )
+        return DynamicBatcher(runtime, self.executor, options)
 
     def load(self, version_dir: Path) -> ServedModel:
         """Load and warm up one version (blocking; the repository calls it in a thread)."""

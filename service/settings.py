@@ -64,6 +64,29 @@ class Settings(BaseSettings):
         default=2, ge=1, description="onnxruntime calls in flight at once per process"
     )
 
+    # Dynamic batching (service/batching.py), per model version
+    dynamic_batching: bool = Field(
+        default=True, description="merge concurrent requests into one onnxruntime call"
+    )
+    max_batch_size: int = Field(
+        default=32,
+        ge=1,
+        description="sequences per merged call; the default model gains nothing beyond ~32",
+    )
+    max_queue_delay_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=1000,
+        description="how long a non-full batch may wait for company; 0: run as soon as an "
+        "inference thread is free (batches still grow under load, while threads are busy)",
+    )
+    batch_bucket_ratio: float = Field(
+        default=2.0,
+        gt=1,
+        description="requests are batched with others whose padded length is within this "
+        "factor, so short sequences do not pay for a long one's padding",
+    )
+
     # Request limits: every payload and every wait is bounded.
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     max_instances: int = Field(default=1024, ge=1, description="sequences in one request")

@@ -51,25 +51,21 @@ def status_of(exc: ServingError) -> int:
     return 500
 
 
-async def _serving_error(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ServingError)
-    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Overloaded) else None
-    return error_response(status_of(exc), exc.message, headers)
-
-
-async def _http_error(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StarletteHTTPException)
-    return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
-
-
-async def _validation_error(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    return error_response(422, describe_validation_errors(exc.errors()))
-
-
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
+def response_for(request: Request, exc: Exception) -> Response:
+    """The answer to any exception a route raised: the one place errors become HTTP."""
+    if isinstance(exc, ServingError):
+        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Overloaded) else None
+        return error_response(status_of(exc), exc.message, headers)
+    if isinstance(exc, StarletteHTTPException):
+        return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+    if isinstance(exc, RequestValidationError):
+        return error_response(422, describe_validation_errors(exc.errors()))
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, f"internal error ({type(exc).__name__}); see the server log")
+
+
+async def _handle(request: Request, exc: Exception) -> Response:
+    return response_for(request, exc)
 
 
 def describe_validation_errors(errors: object) -> str:
@@ -82,7 +78,5 @@ def describe_validation_errors(errors: object) -> str:
 
 
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(ServingError, _serving_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _unexpected)
+    for kind in (ServingError, StarletteHTTPException, RequestValidationError, Exception):
+        app.add_exception_handler(kind, _handle)

@@ -1,0 +1,316 @@
+"""Dynamic batching: concurrent requests for one model version become one onnxruntime call.
+
+As Triton's dynamic batcher and MLServer's adaptive batching do, requests wait in
+a bounded queue and a single batcher task per model version merges them, up to
+``max_batch_size`` sequences, into one right-padded batch with ``lengths``. The
+exported graph feeds ``lengths`` to every LSTM's ``sequence_lens``, so padding
+changes nothing (uni- or bidirectional) and every request gets back exactly the
+rows it would have got alone.
+
+Why it pays: an onnxruntime call has a fixed cost (~1.5x a sequence's compute at
+batch 1 for the default model), and a call per request also costs a thread hop
+and a future. Merging amortises both.
+
+Three rules keep it fair and bounded:
+- **Length buckets.** Requests are queued by the bucket of their padded length
+  (geometric, ratio ``bucket_ratio``), and a batch takes requests from one bucket
+  only, so a 500-step sequence never makes thirty 20-step ones pay for 480 steps
+  of padding. The bucket whose oldest request is oldest goes first.
+- **Natural batching.** The batcher forms a batch only when an inference slot
+  (one of ``slots`` concurrent onnxruntime calls) is free. While every slot is
+  busy, requests accumulate, so batches grow with load without any added delay;
+  ``max_queue_delay_s`` can additionally hold a non-full batch for company.
+- **Bounds.** At most ``max_queue_size`` requests wait; beyond that ``submit``
+  fails at once with ``Overloaded``. Each request has a deadline: when it passes
+  the caller gets ``Overloaded`` immediately, and if the request is still queued
+  its work is dropped, never run. A caller that goes away (cancelled) drops too.
+
+The batcher knows nothing about HTTP; ``ServedModel.infer`` is its only caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import Overloaded
+from service.inference import InferenceRequest, queue_full
+from service.runtime import ModelRuntime, RunResult, State
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    max_batch_size: int = 32
+    """Sequences merged into one call. A larger single request still runs, alone."""
+    max_queue_delay_s: float = 0.0
+    """How long the oldest request may wait for company when its batch is not full."""
+    max_queue_size: int = 256
+    """Requests waiting (not yet running) before new ones are refused."""
+    bucket_ratio: float = 2.0
+    """Padded lengths within one bucket differ by less than this factor."""
+    slots: int = 2
+    """onnxruntime calls of this version in flight at once."""
+
+
+def length_bucket(steps: int, ratio: float) -> int:
+    """Geometric bucket of a padded length: 1, [2, 4), [4, 8), ... for ratio 2."""
+    return int(math.log(steps) / math.log(ratio)) if steps > 1 else 0
+
+
+@dataclass(eq=False)
+class _Pending:
+    request: InferenceRequest
+    future: asyncio.Future[RunResult]
+    bucket: int
+    queued: bool = True
+
+
+@dataclass
+class _Bucket:
+    entries: deque[_Pending] = field(default_factory=deque)
+    sequences: int = 0  # sequences of the entries still queued
+
+    def head(self) -> _Pending | None:
+        """The oldest entry still queued, discarding ones that expired or were cancelled."""
+        while self.entries and not self.entries[0].queued:
+            self.entries.popleft()
+        return self.entries[0] if self.entries else None
+
+
+def merge(requests: list[InferenceRequest], runtime: ModelRuntime) -> InferenceRequest:
+    """One right-padded batch out of several requests, rows in request order."""
+    if len(requests) == 1:
+        return requests[0]
+    steps = max(r.x.shape[1] for r in requests)
+    total = sum(r.batch_size for r in requests)
+    x = np.zeros((total, steps, requests[0].x.shape[2]), dtype=np.float32)
+    row = 0
+    for r in requests:
+        x[row : row + r.batch_size, : r.x.shape[1]] = r.x
+        row += r.batch_size
+    states: list[State] | None = None
+    if any(r.states is not None for r in requests):
+        per_request = [r.states or runtime.zero_states(r.batch_size) for r in requests]
+        states = [
+            (
+                np.concatenate([s[layer][0] for s in per_request], axis=1),
+                np.concatenate([s[layer][1] for s in per_request], axis=1),
+            )
+            for layer in range(len(per_request[0]))
+        ]
+    return InferenceRequest(
+        x=x,
+        lengths=np.concatenate([r.lengths for r in requests]),
+        states=states,
+        want_sequence=any(r.want_sequence for r in requests),
+        want_final=any(r.want_final for r in requests),
+        want_states=any(r.want_states for r in requests),
+    )
+
+
+def split(result: RunResult, requests: list[InferenceRequest]) -> list[RunResult]:
+    """Each request's rows of a merged result, trimmed to its own padded length.
+
+    States are copied: a sequence's held state must not keep the whole batch's
+    arrays alive between requests.
+    """
+    if len(requests) == 1:
+        return [result]
+    parts: list[RunResult] = []
+    row = 0
+    for r in requests:
+        rows = slice(row, row + r.batch_size)
+        row += r.batch_size
+        part = RunResult()
+        if r.want_sequence and result.sequence_output is not None:
+            part.sequence_output = result.sequence_output[rows, : r.x.shape[1]]
+        if r.want_final and result.final_output is not None:
+            part.final_output = result.final_output[rows]
+        if r.want_states:
+            part.final_states = [
+                (h[:, rows].copy(), c[:, rows].copy()) for h, c in result.final_states
+            ]
+        parts.append(part)
+    return parts
+
+
+def run_batch(
+    runtime: ModelRuntime, requests: list[InferenceRequest]
+) -> list[RunResult | Exception]:
+    """Merge, run once, split; on a worker thread. Requests past their deadline are skipped."""
+    start = time.monotonic()
+    metrics = runtime.metrics
+    live: list[InferenceRequest] = []
+    outcomes: dict[int, RunResult | Exception] = {}
+    for i, r in enumerate(requests):
+        if start > r.deadline:
+            outcomes[i] = Overloaded("the request waited past its deadline before it could run")
+        else:
+            live.append(r)
+            metrics.queue_duration.observe(start - r.enqueued_at)
+    if live:
+        batch = merge(live, runtime)
+        try:
+            result = runtime.run(
+                batch.x,
+                batch.lengths,
+                batch.states,
+                sequence_output=batch.want_sequence,
+                final_output=batch.want_final,
+                final_states=batch.want_states,
+            )
+        except Exception as exc:  # reach every caller; the batcher itself must survive
+            log.exception("onnxruntime failed on a batch of %d sequences", batch.batch_size)
+            parts: list[RunResult | Exception] = [exc] * len(live)
+        else:
+            parts = list(split(result, live))
+        metrics.compute_duration.observe(time.monotonic() - start)
+        metrics.batch_sequences.observe(batch.batch_size)
+        it = iter(parts)
+        for i in range(len(requests)):
+            if i not in outcomes:
+                outcomes[i] = next(it)
+    return [outcomes[i] for i in range(len(requests))]
+
+
+class DynamicBatcher:
+    """The ``Scheduler`` that merges concurrent requests (see the module docstring)."""
+
+    def __init__(self, runtime: ModelRuntime, executor: Executor, options: BatchingOptions) -> None:
+        self._runtime = runtime
+        self._executor = executor
+        self._options = options
+        self._buckets: dict[int, _Bucket] = {}
+        self._waiting = 0
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(options.slots)
+        self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+
+    @property
+    def queue_depth(self) -> int:
+        return self._waiting
+
+    async def submit(self, request: InferenceRequest) -> RunResult:
+        if self._waiting >= self._options.max_queue_size:
+            raise queue_full(self._options.max_queue_size)
+        if self._task is None:  # built on a loader thread; the loop is only known here
+            self._task = asyncio.create_task(self._batch_forever(), name="batcher")
+        loop = asyncio.get_running_loop()
+        bucket = length_bucket(int(request.x.shape[1]), self._options.bucket_ratio)
+        pending = _Pending(request, loop.create_future(), bucket)
+        queue = self._buckets.setdefault(bucket, _Bucket())
+        queue.entries.append(pending)
+        queue.sequences += request.batch_size
+        self._waiting += 1
+        self._wakeup.set()
+        timer = loop.call_later(
+            max(0.0, request.deadline - time.monotonic()), self._expire, pending
+        )
+        try:
+            return await pending.future
+        finally:
+            timer.cancel()
+            self._dequeue(pending)  # cancelled by its caller: its work is no longer wanted
+
+    async def close(self) -> None:
+        """Stop batching; batches already running finish, queued requests are refused."""
+        if self._task is not None:
+            self._task.cancel()
+        for queue in self._buckets.values():
+            while (head := queue.head()) is not None:
+                self._dequeue(head)
+                head.future.set_exception(Overloaded("the model version is being unloaded"))
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    # -- inside the batcher ---------------------------------------------------
+
+    def _dequeue(self, pending: _Pending) -> None:
+        if pending.queued:
+            pending.queued = False
+            self._waiting -= 1
+            self._buckets[pending.bucket].sequences -= pending.request.batch_size
+
+    def _expire(self, pending: _Pending) -> None:
+        if not pending.future.done():
+            self._dequeue(pending)
+            pending.future.set_exception(
+                Overloaded("the request did not finish before its deadline")
+            )
+
+    def _oldest(self) -> tuple[_Bucket, _Pending] | None:
+        best: tuple[_Bucket, _Pending] | None = None
+        for queue in self._buckets.values():
+            head = queue.head()
+            if head is not None and (
+                best is None or head.request.enqueued_at < best[1].request.enqueued_at
+            ):
+                best = (queue, head)
+        return best
+
+    async def _next_batch(self) -> list[_Pending]:
+        limit = self._options.max_batch_size
+        while True:
+            found = self._oldest()
+            if found is None:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            queue, head = found
+            hold = head.request.enqueued_at + self._options.max_queue_delay_s - time.monotonic()
+            if hold > 0 and queue.sequences < limit:
+                # Not full and still young: wait for company (or the delay), then look again.
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), hold)
+                continue
+            batch: list[_Pending] = []
+            size = 0
+            while (nxt := queue.head()) is not None and (
+                not batch or size + nxt.request.batch_size <= limit
+            ):
+                self._dequeue(nxt)
+                batch.append(nxt)
+                size += nxt.request.batch_size
+            return batch
+
+    async def _batch_forever(self) -> None:
+        while True:
+            await self._slots.acquire()
+            try:
+                batch = await self._next_batch()
+            except BaseException:
+                self._slots.release()
+                raise
+            task = asyncio.create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            outcomes = await loop.run_in_executor(
+                self._executor, run_batch, self._runtime, [p.request for p in batch]
+            )
+        except Exception as exc:  # the executor itself failed (shut down): tell every caller
+            outcomes = [exc] * len(batch)
+        finally:
+            self._slots.release()
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            if pending.future.done():
+                continue
+            if isinstance(outcome, Exception):
+                pending.future.set_exception(outcome)
+            else:
+                pending.future.set_result(outcome)
