@@ -64,6 +64,8 @@ RUN python3 -m venv /opt/venv \
 
 FROM base AS bench
 COPY --from=bench-builder /opt/venv /opt/venv
+# Results (--json, --plot) go to /results: a volume the unprivileged user can write.
+RUN install -d -o 10001 -g 10001 /results
 ENV MPLCONFIGDIR=/tmp/matplotlib
 USER 10001:10001
 WORKDIR /tmp
