@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -29,6 +30,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await server.start()
+        # Everything loaded so far lives as long as the process: move it out of the
+        # collector's reach, so the full collections that request garbage triggers
+        # scan only request-sized heaps (they caused 10-20 ms latency spikes).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
