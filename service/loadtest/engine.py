@@ -188,7 +188,9 @@ class Engine:
             if conn.busy and now - conn.sent_at > self.spec.timeout_s:
                 conn.expire()
         rec = self.recorder
-        self._progress.update(now - self.t0, now >= self.measure_start, rec.ok, len(rec.errors))
+        self._progress.update(
+            now - self.t0, now >= self.measure_start, rec.ok, rec.requests - rec.ok
+        )
         if not self._done.is_set():
             self._loop.call_later(TICK_S, self._tick)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 
 class Progress:
-    """Seconds of the whole run (warm-up, then measurement) as the bar's unit."""
+    """The whole run (warm-up, then measurement) in tenths of a second, with live counts."""
 
     def __init__(self, total_s: float, enabled: bool) -> None:
         self._bar: Any = None
@@ -19,16 +19,20 @@ class Progress:
             from tqdm import tqdm
 
             self._bar = tqdm(
-                total=round(total_s, 1), unit="s", file=sys.stderr, desc="warm-up", leave=False
+                total=max(round(total_s * 10), 1),
+                file=sys.stderr,
+                desc="warm-up",
+                leave=False,
+                bar_format="{desc} {bar} {percentage:3.0f}% [{elapsed}{postfix}]",
             )
-        self._shown = 0.0
+        self._shown = 0
 
     def update(self, elapsed_s: float, measuring: bool, ok: int, errors: int) -> None:
         if self._bar is None:
             return
-        step = round(min(elapsed_s, self._bar.total) - self._shown, 1)
+        step = min(round(elapsed_s * 10), self._bar.total) - self._shown
         if measuring:
-            self._bar.set_description("measure", refresh=False)
+            self._bar.set_description_str("measure", refresh=False)
             self._bar.set_postfix(ok=ok, errors=errors, refresh=False)
         if step > 0:
             self._bar.update(step)
