@@ -1,0 +1,1 @@
+"""Container and deployment checks: Dockerfile, Kubernetes, KServe and compose files."""
