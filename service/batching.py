@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.errors import Overloaded
+from service.errors import DeadlineExceeded, Overloaded
 from service.inference import InferenceRequest, queue_full
 from service.runtime import ModelRuntime, RunResult, State
 
@@ -65,6 +65,20 @@ class BatchingOptions:
 def length_bucket(steps: int, ratio: float) -> int:
     """Geometric bucket of a padded length: 1, [2, 4), [4, 8), ... for ratio 2."""
     return int(math.log(steps) / math.log(ratio)) if steps > 1 else 0
+
+
+@dataclass
+class BatcherStats:
+    """Counts since start, kept on the event loop's thread (tests and the benchmark read them)."""
+
+    calls: int = 0
+    """onnxruntime calls made."""
+    requests: int = 0
+    """Requests answered by those calls."""
+    sequences: int = 0
+    """Sequences run in those calls."""
+    dropped: int = 0
+    """Requests whose work was never run: deadline passed or caller gone while queued."""
 
 
 @dataclass(eq=False)
@@ -154,7 +168,9 @@ def run_batch(
     outcomes: dict[int, RunResult | Exception] = {}
     for i, r in enumerate(requests):
         if start > r.deadline:
-            outcomes[i] = Overloaded("the request waited past its deadline before it could run")
+            outcomes[i] = DeadlineExceeded(
+                "the request waited past its deadline before it could run"
+            )
         else:
             live.append(r)
             metrics.queue_duration.observe(start - r.enqueued_at)
@@ -196,6 +212,7 @@ class DynamicBatcher:
         self._slots = asyncio.Semaphore(options.slots)
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self.stats = BatcherStats()
 
     @property
     def queue_depth(self) -> int:
@@ -221,7 +238,9 @@ class DynamicBatcher:
             return await pending.future
         finally:
             timer.cancel()
-            self._dequeue(pending)  # cancelled by its caller: its work is no longer wanted
+            if pending.queued:  # cancelled by its caller: its work is no longer wanted
+                self.stats.dropped += 1
+                self._dequeue(pending)
 
     async def close(self) -> None:
         """Stop batching; batches already running finish, queued requests are refused."""
@@ -244,9 +263,11 @@ class DynamicBatcher:
 
     def _expire(self, pending: _Pending) -> None:
         if not pending.future.done():
+            if pending.queued:
+                self.stats.dropped += 1
             self._dequeue(pending)
             pending.future.set_exception(
-                Overloaded("the request did not finish before its deadline")
+                DeadlineExceeded("the request did not finish before its deadline")
             )
 
     def _oldest(self) -> tuple[_Bucket, _Pending] | None:
@@ -307,6 +328,14 @@ class DynamicBatcher:
             outcomes = [exc] * len(batch)
         finally:
             self._slots.release()
+        ran = [
+            p for p, o in zip(batch, outcomes, strict=True) if not isinstance(o, DeadlineExceeded)
+        ]
+        self.stats.dropped += len(batch) - len(ran)
+        if ran:
+            self.stats.calls += 1
+            self.stats.requests += len(ran)
+            self.stats.sequences += sum(p.request.batch_size for p in ran)
         for pending, outcome in zip(batch, outcomes, strict=True):
             if pending.future.done():
                 continue

@@ -39,5 +39,9 @@ class Overloaded(ServingError):
         self.retry_after_s = retry_after_s
 
 
+class DeadlineExceeded(Overloaded):
+    """The request's deadline passed before it was answered; its queued work was dropped."""
+
+
 class NotReady(ServingError):
     """The model exists but is not ready to serve (loading, unloading, warming up)."""
