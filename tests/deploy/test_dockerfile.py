@@ -11,7 +11,8 @@ from types import ModuleType
 import pytest
 import yaml
 
-from service.settings import ENV_PREFIXfrom tests.deploy.support import (
+from service.settings import ENV_PREFIX
+from tests.deploy.support import (
     ROOT,
     Get,
     assert_served,
