@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import socket
+import sys
 import tomllib
 from pathlib import Path
 from types import ModuleType
@@ -95,14 +97,12 @@ def test_healthcheck_is_exec_form_python(app_get: Get) -> None:
 
 def test_the_healthcheck_fails_when_nothing_answers() -> None:
     module = load_script("healthcheck")
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, not listening: connections are refused
         env = {"LSTM_SERVE_HOST": "127.0.0.1", "LSTM_SERVE_PORT": str(port)}
         result = run_tool(
-            "env", *(f"{k}={v}" for k, v in env.items()), "python3", module.__file__ or ""
+            "env", *(f"{k}={v}" for k, v in env.items()), sys.executable, module.__file__ or ""
         )
     assert result.returncode == 1 and "not ready" in result.stderr
 
