@@ -1,13 +1,25 @@
-"""Serving overhead against raw onnxruntime, measured in one run: ``python -m service.benchmark``.
+"""The serving benchmark, in one run: ``python -m service.benchmark``.
 
-Not a test: it prints figures. The baseline is the same model run in-process
-by a plain onnxruntime session (one intra-op thread), so every HTTP figure is a
-ratio against a number taken minutes apart on the same machine. The server runs
-in its own process (``python -m service``) on a loopback port; the client sends
-requests back to back over one keep-alive connection (closed loop, concurrency
-1), so the ratio is the cost of the HTTP path per request, not batching gains.
+Not a test: it prints figures, as ratios against a baseline measured minutes
+apart on the same machine, because absolute numbers on a shared box mean little.
 
-    python -m service.benchmark --seconds 5 --time-steps 100
+- **Baseline**: the default model in a plain in-process onnxruntime session, one
+  intra-op thread, batches of 32 sequences back to back: the compute limit of
+  one core, with no HTTP, no JSON and no queueing.
+- **The service**, started as users start it (``python -m service``: uvicorn,
+  ``--workers`` processes, one onnxruntime thread each), once with dynamic
+  batching off and once on, driven by the project's own client (``run_load``,
+  a separate process's worth of asyncio on the same cores) at:
+  single-sequence requests at concurrency 1, 16 and 64, and 32-sequence
+  requests at concurrency 4, as ``/v1`` JSON (and V2 binary for the latter).
+
+Every row reports requests/s, sequences/s, p50/p99 latency, the fraction of
+the baseline's sequences/s, and the server's peak resident memory (all worker
+processes). The access log is off (``LSTM_SERVE_LOG_LEVEL=warning``), as an
+operator would run a service at thousands of requests per second; ``--log-level
+info`` measures it on.
+
+    python -m service.benchmark --seconds 5 --json bench.json --plot bench.png
 """
 
 from __future__ import annotations
@@ -15,182 +27,263 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import signal
-import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import httpx
 import numpy as np
 import onnxruntime as ort
 
 from service.contract import ModelMetadata
+from service.loadtest import LoadResult, LoadSpec, run_load
 from service.settings import DEFAULT_REPOSITORY
 
-
-def measure(call: Callable[[], None], sequences: int, seconds: float) -> dict[str, float]:
-    """Sequences/s and latency percentiles of ``call`` repeated for ``seconds``."""
-    for _ in range(3):
-        call()  # warm-up
-    latencies: list[float] = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end and len(latencies) < 100_000:
-        start = time.perf_counter()
-        call()
-        latencies.append(time.perf_counter() - start)
-    ms = np.array(latencies) * 1000
-    return {
-        "sequences_per_s": sequences * len(ms) / (ms.sum() / 1000),
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "requests": len(ms),
-    }
+MODEL = "basic_motions"
 
 
-def raw_session(version_dir: Path, meta: ModelMetadata) -> Callable[[np.ndarray], None]:
+@dataclass(frozen=True)
+class Point:
+    label: str
+    protocol: str
+    batch: int
+    concurrency: int
+
+
+POINTS = (
+    Point("1 seq/request, 1 client", "v1", 1, 1),
+    Point("1 seq/request, 16 clients", "v1", 1, 16),
+    Point("1 seq/request, 64 clients", "v1", 1, 64),
+    Point("32 seq/request, 4 clients", "v1", 32, 4),
+    Point("32 seq/request, 4 clients, V2 binary", "v2-binary", 32, 4),
+)
+
+
+def raw_baseline(version_dir: Path, batch: int, steps: int, seconds: float) -> dict[str, float]:
+    """Sequences/s and per-call latency of onnxruntime alone, one thread, back to back."""
+    meta = ModelMetadata.model_validate_json((version_dir / "metadata.json").read_bytes())
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
-    session = ort.InferenceSession(
-        str(version_dir / "model.onnx"), so, providers=["CPUExecutionProvider"]
-    )
-
-    def run(x: np.ndarray) -> None:
-        feeds = {meta.tensors.x: x, meta.tensors.lengths: np.full(len(x), x.shape[1], np.int64)}
-        for i, names in enumerate(meta.tensors.initial_states):
-            zeros = np.zeros(meta.state_shape(i, len(x)), np.float32)
-            feeds[names.h], feeds[names.c] = zeros, zeros
-        session.run([meta.tensors.final_output], feeds)
-
-    return run
-
-
-def v2_binary(x: np.ndarray) -> tuple[bytes, dict[str, str]]:
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "x",
-                    "shape": list(x.shape),
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": x.nbytes},
-                }
-            ],
-            "outputs": [{"name": "final_output", "parameters": {"binary_data": True}}],
-        }
-    ).encode()
-    return header + x.tobytes(), {
-        "Inference-Header-Content-Length": str(len(header)),
-        "Content-Type": "application/octet-stream",
+    session = ort.InferenceSession(str(version_dir / "model.onnx"), so, ["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds: dict[str, np.ndarray] = {
+        meta.tensors.x: rng.normal(size=(batch, steps, meta.num_features)).astype(np.float32),
+        meta.tensors.lengths: np.full(batch, steps, np.int64),
+    }
+    for i, names in enumerate(meta.tensors.initial_states):
+        feeds[names.h] = feeds[names.c] = np.zeros(meta.state_shape(i, batch), np.float32)
+    outputs = [meta.tensors.final_output]
+    for _ in range(20):
+        session.run(outputs, feeds)
+    latencies: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        session.run(outputs, feeds)
+        latencies.append(time.perf_counter() - start)
+    ms = np.array(latencies) * 1000
+    return {
+        "sequences_per_s": batch * len(ms) / (ms.sum() / 1000),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
     }
 
 
-def _post(http: httpx.Client, path: str, content: bytes, headers: dict[str, str] | None) -> None:
-    http.post(path, content=content, headers=headers).raise_for_status()
-
-
-def start_server(repository: Path) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        "LSTM_SERVE_PORT": str(port),
-        "LSTM_SERVE_HOST": "127.0.0.1",
-        "LSTM_SERVE_MODEL_REPOSITORY": str(repository),
-        "LSTM_SERVE_LOG_LEVEL": "warning",
-    }
-    process = subprocess.Popen([sys.executable, "-m", "service"], env=env)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
+def tree_rss_mib(pid: int) -> float:
+    """Resident memory of a process and its children (uvicorn's workers), in MiB."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
         try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise SystemExit("the server did not become ready")
+            status = Path(f"/proc/{current}/status").read_text()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+        pending.extend(int(c) for c in children)
+    return total
+
+
+class Server:
+    """``python -m service`` on a free loopback port, with its memory sampled."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {**os.environ, **env, "LSTM_SERVE_PORT": str(self.port)}
+        full_env["LSTM_SERVE_HOST"] = "127.0.0.1"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service"], env=full_env, stdout=subprocess.DEVNULL
+        )
+        self.peak_rss = 0.0
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        import urllib.request
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.process.poll() is not None:
+                raise SystemExit(f"the server exited with {self.process.returncode}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=1) as answer:
+                    if answer.status == 200:
+                        self._sampler.start()
+                        return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise SystemExit("the server did not become ready")
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.1):
+            self.peak_rss = max(self.peak_rss, tree_rss_mib(self.process.pid))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def run_points(
+    env: dict[str, str], steps: int, seconds: float, repository: Path
+) -> list[tuple[Point, LoadResult, float]]:
+    server = Server({**env, "LSTM_SERVE_MODEL_REPOSITORY": str(repository)})
+    try:
+        server.wait_ready()
+        rows = []
+        for point in POINTS:
+            spec = LoadSpec(
+                url=server.url,
+                model=MODEL,
+                protocol=point.protocol,  # type: ignore[arg-type]
+                batch=point.batch,
+                timesteps=steps,
+                concurrency=point.concurrency,
+                duration_s=seconds,
+                warmup_s=1.0,
+            )
+            result = run_load(spec)
+            rows.append((point, result, server.peak_rss))
+            print(f"  {point.label}: {result.requests_per_s:.0f} req/s", file=sys.stderr)
+        return rows
+    finally:
+        server.stop()
+
+
+def report(raw: dict[str, float], runs: dict[str, list[tuple[Point, LoadResult, float]]]) -> str:
+    base = raw["sequences_per_s"]
+    lines = [
+        f"{'service':<13}{'load':<40}{'req/s':>8}{'seq/s':>9}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'x raw':>7}{'RSS MiB':>9}{'errors':>8}",
+        f"{'raw ORT':<13}{'32 seq/call, 1 thread, in-process':<40}{'':>8}{base:>9.0f}"
+        f"{raw['p50_ms']:>8.2f}{raw['p99_ms']:>8.2f}{1.0:>7.2f}{'':>9}{'':>8}",
+    ]
+    for name, rows in runs.items():
+        for point, r, rss in rows:
+            lat = r.latency_ms
+            errors = sum(r.errors.values())
+            lines.append(
+                f"{name:<13}{point.label:<40}{r.requests_per_s:>8.0f}{r.sequences_per_s:>9.0f}"
+                f"{lat['p50']:>8.2f}{lat['p99']:>8.2f}{r.sequences_per_s / base:>7.2f}"
+                f"{rss:>9.0f}{errors:>8}"
+            )
+    return "\n".join(lines)
+
+
+def plot(runs: dict[str, list[tuple[Point, LoadResult, float]]], path: Path) -> None:
+    """p50 and p99 against achieved sequences/s for the single-sequence sweep, off vs on."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for (name, rows), colour in zip(runs.items(), ("tab:red", "tab:blue"), strict=False):
+        sweep = [(p, r) for p, r, _ in rows if p.batch == 1]
+        x = [r.sequences_per_s for _, r in sweep]
+        for pct, style in (("p50", "o-"), ("p99", "^--")):
+            ax.plot(x, [r.latency_ms[pct] for _, r in sweep], style, color=colour,
+                    label=f"{name}: {pct}")  # fmt: skip
+        for p, r in sweep:
+            ax.annotate(f"c={p.concurrency}", (r.sequences_per_s, r.latency_ms["p99"]),
+                        textcoords="offset points", xytext=(4, 4), fontsize=8)  # fmt: skip
+    ax.set_xlabel("achieved throughput (sequences/s)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_yscale("log")
+    ax.set_title(f"{MODEL}, single-sequence /v1 requests: latency vs throughput")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m service.benchmark", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per point")
+    parser.add_argument("--timesteps", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    parser.add_argument("--log-level", default="warning", choices=["info", "warning"])
     parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
-    parser.add_argument("--model", default="basic_motions")
-    parser.add_argument("--time-steps", type=int, default=100)
-    parser.add_argument("--batches", default="1,32")
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--plot", type=Path, help="write the latency/throughput PNG here")
     args = parser.parse_args(argv)
-    version_dir = max((args.repository / args.model).iterdir(), key=lambda p: int(p.name))
-    meta = ModelMetadata.model_validate_json((version_dir / "metadata.json").read_bytes())
-    raw = raw_session(version_dir, meta)
-    process, url = start_server(args.repository)
-    rows = []
-    try:
-        with httpx.Client(base_url=url, timeout=30) as http:
-            for batch in (int(b) for b in args.batches.split(",")):
-                x = (
-                    np.random.default_rng(0)
-                    .normal(size=(batch, args.time_steps, meta.num_features))
-                    .astype(np.float32)
-                )
-                v1_body = json.dumps({"instances": x.tolist()}).encode()
-                v2_json = json.dumps(
-                    {
-                        "inputs": [
-                            {
-                                "name": "x",
-                                "shape": list(x.shape),
-                                "datatype": "FP32",
-                                "data": x.ravel().tolist(),
-                            }
-                        ],
-                        "outputs": [{"name": "final_output"}],
-                    }
-                ).encode()
-                body, headers = v2_binary(x)
 
-                post = partial(_post, http)
-                v1 = f"/v1/models/{args.model}:predict"
-                v2 = f"/v2/models/{args.model}/infer"
-                base = measure(partial(raw, x), batch, args.seconds)
-                cases = {
-                    "raw onnxruntime": base,
-                    "/v1 predict JSON": measure(
-                        partial(post, v1, v1_body, None),
-                        batch,
-                        args.seconds,
-                    ),
-                    "V2 infer JSON": measure(
-                        partial(post, v2, v2_json, None),
-                        batch,
-                        args.seconds,
-                    ),
-                    "V2 infer binary": measure(
-                        partial(post, v2, body, headers),
-                        batch,
-                        args.seconds,
-                    ),
-                }
-                for name, figures in cases.items():
-                    ratio = figures["sequences_per_s"] / base["sequences_per_s"]
-                    rows.append((batch, name, figures, ratio))
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"model {args.model} v{meta.version}, T={args.time_steps}, closed loop, concurrency 1")
-    print(f"{'B':>3}  {'path':<18}{'seq/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'x raw':>8}")
-    for batch, name, f, ratio in rows:
-        print(
-            f"{batch:>3}  {name:<18}{f['sequences_per_s']:>10.0f}{f['p50_ms']:>9.2f}"
-            f"{f['p99_ms']:>9.2f}{ratio:>8.2f}"
+    print("raw onnxruntime ...", file=sys.stderr)
+    raw = raw_baseline(args.repository / MODEL / "1", 32, args.timesteps, args.seconds)
+    env = {
+        "LSTM_SERVE_WORKERS": str(args.workers),
+        "LSTM_SERVE_INFERENCE_THREADS": "1",
+        "LSTM_SERVE_INTRA_OP_THREADS": "1",
+        "LSTM_SERVE_LOG_LEVEL": args.log_level,
+    }
+    runs: dict[str, list[tuple[Point, LoadResult, float]]] = {}
+    for name, batching in (("batching off", "false"), ("batching on", "true")):
+        print(f"{name} ...", file=sys.stderr)
+        runs[name] = run_points(
+            {**env, "LSTM_SERVE_DYNAMIC_BATCHING": batching},
+            args.timesteps,
+            args.seconds,
+            args.repository,
         )
-    print(f"server peak RSS: {peak_mb:.0f} MiB")
+    print(
+        f"\n{MODEL}, T={args.timesteps}, {args.workers} uvicorn workers x 1 onnxruntime "
+        f"thread, {os.cpu_count()} cores shared with the client, {args.seconds:g} s per point\n"
+    )
+    print(report(raw, runs))
+    if args.json:
+        payload: dict[str, Any] = {
+            "raw": raw,
+            "settings": {**vars(args), "json": str(args.json), "plot": str(args.plot),
+                         "repository": str(args.repository)},
+            "runs": {
+                name: [
+                    {**r.to_dict(), "label": p.label, "server_peak_rss_mib": rss,
+                     "fraction_of_raw": r.sequences_per_s / raw["sequences_per_s"]}
+                    for p, r, rss in rows
+                ]
+                for name, rows in runs.items()
+            },
+        }  # fmt: skip
+        args.json.write_text(json.dumps(payload, indent=2, default=str))
+    if args.plot:
+        plot(runs, args.plot)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import uvicorn
 from service.observability import configure_logging
 from service.repository import scan
 from service.settings import DEFAULT_REPOSITORY, ENV_PREFIX, Settings
+from service.workers import APP, Supervisor, reuse_port_supported, uvicorn_options
 
 log = logging.getLogger("service")
 
@@ -72,14 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         # Each worker is a process with its own counters: share them through files.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lstm-serve-metrics-")
     ensure_default_model(settings)
-    uvicorn.run(
-        "service.app:create_served_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level=settings.log_level,
-        log_config=None,  # keep configure_logging's JSON handler
-        access_log=False,  # RequestObserver writes the access log, with request ids
-        timeout_graceful_shutdown=30,
-    )
+    if settings.workers > 1 and reuse_port_supported():
+        Supervisor(settings).run()
+    else:  # one process, or no SO_REUSEPORT (not Linux/BSD): uvicorn's shared-socket workers
+        uvicorn.run(APP, workers=settings.workers, **uvicorn_options(settings))

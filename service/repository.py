@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
@@ -167,7 +168,8 @@ class ModelRepository:
             )
         await served.close()
         self._set(name, version, "UNAVAILABLE", reason)
-        QUEUE_DEPTH.remove(name, str(version))
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:  # files keep every label set there
+            QUEUE_DEPTH.remove(name, str(version))
         log.info("%s version %d %s", name, version, reason)
 
     def _set(self, name: str, version: int, state: VersionState, reason: str = "") -> None:
