@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from service.api import errors, health, metrics, repository, stream, v1, v2
 from service.api.hot_routes import HotRoutes
@@ -23,7 +24,13 @@ HOT_PATHS = {
 """The inference routes served by ``HotRoutes``, past FastAPI's per-request machinery."""
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> ASGIApp:
+    """The served ASGI stack: ``RequestObserver`` -> ``HotRoutes`` -> FastAPI.
+
+    The two wrappers sit outside FastAPI rather than in its middleware list so
+    that the hot routes skip Starlette's middleware layers too; every other
+    request still gets FastAPI's full handling (and ``/docs``).
+    """
     settings = settings or Settings()
     server = Server(settings)
 
@@ -54,13 +61,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(stream.router)
     app.include_router(repository.router)
     app.include_router(v2.router)
-    # Outermost last: the observer sees every request, hot ones included.
-    app.add_middleware(HotRoutes, fastapi=app, routers=[v1.router, v2.router], paths=HOT_PATHS)
-    app.add_middleware(RequestObserver)
-    return app
+    hot = HotRoutes(app, fastapi=app, routers=[v1.router, v2.router], paths=HOT_PATHS)
+    return RequestObserver(hot)  # outermost: every request is counted and logged
 
 
-def create_served_app() -> FastAPI:
+def create_served_app() -> ASGIApp:
     """The factory uvicorn imports in each worker process: logging first, then the app.
 
     Worker processes start fresh, so they configure logging themselves rather

@@ -69,6 +69,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "log_config": None,  # keep configure_logging's JSON handler
         "access_log": False,  # RequestObserver writes the access log, with request ids
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
+        # No X-Forwarded-For rewriting: nothing here uses the client address, and
+        # the middleware costs ~5% of a small request.
+        "proxy_headers": False,
     }
 
 
