@@ -61,7 +61,10 @@ class Settings(BaseSettings):
     )
     inter_op_threads: int = Field(default=1, ge=0)
     inference_threads: int = Field(
-        default=2, ge=1, description="onnxruntime calls in flight at once per process"
+        default=1,
+        ge=1,
+        description="onnxruntime calls in flight at once per process; with one worker per "
+        "core, 1 (measured: 2 only adds GIL and scheduler contention)",
     )
 
     # Dynamic batching (service/batching.py), per model version

@@ -77,7 +77,7 @@ def model_config(model: ServedModel, settings: Settings, policy: VersionPolicy) 
     """Triton's model configuration for one served version."""
     meta = model.metadata
     gpu = CUDA in model.runtime.providers
-    return {
+    config: dict[str, Any] = {
         "name": meta.name,
         "platform": PLATFORM,
         "backend": BACKEND,
@@ -90,3 +90,15 @@ def model_config(model: ServedModel, settings: Settings, policy: VersionPolicy) 
         ],
         "default_model_filename": meta.onnx.file,
     }
+    if settings.dynamic_batching:
+        # Triton's block for the same thing service/batching.py does; preferred sizes
+        # are not used (batches form from what is queued when a thread is free).
+        config["dynamic_batching"] = {
+            "max_queue_delay_microseconds": round(settings.max_queue_delay_ms * 1000),
+            "default_queue_policy": {
+                "timeout_action": "REJECT",
+                "default_timeout_microseconds": round(settings.request_timeout_s * 1e6),
+                "max_queue_size": settings.max_queue_size,
+            },
+        }
+    return config

@@ -93,8 +93,16 @@ def test_model_config(client: TestClient) -> None:
             {"name": "hn_1", "data_type": "TYPE_FP32", "dims": [1, 4]},
             {"name": "cn_1", "data_type": "TYPE_FP32", "dims": [1, 4]},
         ],
-        "instance_group": [{"count": 2, "kind": "KIND_CPU"}],
+        "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
         "default_model_filename": "model.onnx",
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": 0,
+            "default_queue_policy": {
+                "timeout_action": "REJECT",
+                "default_timeout_microseconds": 30_000_000,
+                "max_queue_size": 256,
+            },
+        },
     }
 
 
@@ -141,3 +149,10 @@ def test_unknown_model_or_version_is_404(client: TestClient, path: str, message:
     response = client.get(path)
     assert response.status_code == 404
     assert response.json() == {"error": message}
+
+
+def test_model_config_without_dynamic_batching(tiny_repository: Path) -> None:
+    with make_client(tiny_repository, dynamic_batching=False, inference_threads=3) as c:
+        config = c.get("/v2/models/tiny/config").json()
+    assert "dynamic_batching" not in config
+    assert config["instance_group"] == [{"count": 3, "kind": "KIND_CPU"}]
