@@ -169,6 +169,22 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
+_CHILDREN: dict[tuple[object, ...], Any] = {}
+
+
+def _child(metric: Counter | Histogram, *labels: str) -> Any:
+    """``metric.labels(*labels)``, remembered: the lookup costs more than the increment.
+
+    Bounded like the labels themselves: route templates, status codes, and model
+    names and versions only once the model was found.
+    """
+    key = (metric, *labels)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*labels)
+    return child
+
+
 _QUIET_ENDPOINTS = {"/metrics", "/v2/health/live", "/v2/health/ready"}
 
 
@@ -211,9 +227,11 @@ class RequestObserver:
         state = scope.get("state", {})
         model = str(state.get("model", ""))
         version = str(state.get("version", ""))
-        REQUESTS.labels(model, version, endpoint, str(status)).inc()
-        REQUEST_DURATION.labels(endpoint).observe(duration)
+        _child(REQUESTS, model, version, endpoint, str(status)).inc()
+        _child(REQUEST_DURATION, endpoint).observe(duration)
         level = logging.DEBUG if endpoint in _QUIET_ENDPOINTS else logging.INFO
+        if not access_log.isEnabledFor(level):
+            return
         access_log.log(
             level,
             "%s %s %d",

@@ -24,7 +24,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -86,6 +86,8 @@ class HotRoutes:
         request = Request(scope, receive)
         try:
             response = await route.endpoint(request, **params)
+        except ClientDisconnect:
+            return  # nobody is left to answer; a queued inference was dropped with the task
         except Exception as exc:
             response = response_for(request, exc)
         await response(scope, receive, send)

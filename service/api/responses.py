@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from service.errors import BadRequest, PayloadTooLarge
@@ -27,21 +27,32 @@ def json_response(
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than ``limit`` bytes before or while reading it."""
-    declared = request.headers.get("content-length")
+    """The request body, refusing more than ``limit`` bytes before or while reading it.
+
+    Reads the ASGI messages itself rather than through ``Request.stream()``: on
+    the hot routes every microsecond is a fraction of the request.
+    """
+    declared = next((v for k, v in request.scope["headers"] if k == b"content-length"), None)
     if declared is not None:
         if not declared.isdigit():
-            raise BadRequest(f"Content-Length {declared!r} is not a number of bytes")
+            raise BadRequest(
+                f"Content-Length {declared.decode('latin-1')!r} is not a number of bytes"
+            )
         if int(declared) > limit:
-            raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
+            raise PayloadTooLarge(f"request body is {int(declared)} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def parse_json(body: bytes) -> Any:
