@@ -36,8 +36,9 @@ import logging
 import math
 import time
 from collections import deque
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -200,7 +201,14 @@ def run_batch(
 
 
 class DynamicBatcher:
-    """The ``Scheduler`` that merges concurrent requests (see the module docstring)."""
+    """The ``Scheduler`` that merges concurrent requests (see the module docstring).
+
+    Driven by events, not by a task of its own: a batch is formed when a request
+    arrives and a slot is free, or when a batch finishes and work is queued (or
+    when a held batch's delay runs out). A single-sequence request therefore
+    costs one future and one timer here; each batch one executor hand-off and one
+    wake-up of the loop when it is done.
+    """
 
     def __init__(self, runtime: ModelRuntime, executor: Executor, options: BatchingOptions) -> None:
         self._runtime = runtime
@@ -208,10 +216,12 @@ class DynamicBatcher:
         self._options = options
         self._buckets: dict[int, _Bucket] = {}
         self._waiting = 0
-        self._wakeup = asyncio.Event()
-        self._slots = asyncio.Semaphore(options.slots)
-        self._task: asyncio.Task[None] | None = None
-        self._running: set[asyncio.Task[None]] = set()
+        self._free = options.slots
+        self._loop: asyncio.AbstractEventLoop | None = None  # known at the first request
+        self._hold: asyncio.TimerHandle | None = None
+        self._closing = False
+        self._soon = False
+        self._idle: asyncio.Event | None = None
         self.stats = BatcherStats()
 
     @property
@@ -219,21 +229,27 @@ class DynamicBatcher:
         return self._waiting
 
     async def submit(self, request: InferenceRequest) -> RunResult:
+        if self._closing:
+            raise Overloaded("the model version is being unloaded; retry")
         if self._waiting >= self._options.max_queue_size:
             raise queue_full(self._options.max_queue_size)
-        if self._task is None:  # built on a loader thread; the loop is only known here
-            self._task = asyncio.create_task(self._batch_forever(), name="batcher")
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         bucket = length_bucket(int(request.x.shape[1]), self._options.bucket_ratio)
         pending = _Pending(request, loop.create_future(), bucket)
-        queue = self._buckets.setdefault(bucket, _Bucket())
+        queue = self._buckets.get(bucket)
+        if queue is None:
+            queue = self._buckets[bucket] = _Bucket()
         queue.entries.append(pending)
         queue.sequences += request.batch_size
         self._waiting += 1
-        self._wakeup.set()
         timer = loop.call_later(
             max(0.0, request.deadline - time.monotonic()), self._expire, pending
         )
+        if not self._soon:
+            # Dispatch after this loop iteration, not now: requests whose bytes arrived
+            # in the same iteration (several connections' reads) then share one call.
+            self._soon = True
+            loop.call_soon(self._dispatch_soon)
         try:
             return await pending.future
         finally:
@@ -243,15 +259,17 @@ class DynamicBatcher:
                 self._dequeue(pending)
 
     async def close(self) -> None:
-        """Stop batching; batches already running finish, queued requests are refused."""
-        if self._task is not None:
-            self._task.cancel()
+        """Refuse queued and new requests; wait for the batches already running."""
+        self._closing = True
+        if self._hold is not None:
+            self._hold.cancel()
         for queue in self._buckets.values():
             while (head := queue.head()) is not None:
                 self._dequeue(head)
                 head.future.set_exception(Overloaded("the model version is being unloaded"))
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+        if self._free < self._options.slots:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
 
     # -- inside the batcher ---------------------------------------------------
 
@@ -270,64 +288,72 @@ class DynamicBatcher:
                 DeadlineExceeded("the request did not finish before its deadline")
             )
 
-    def _oldest(self) -> tuple[_Bucket, _Pending] | None:
-        best: tuple[_Bucket, _Pending] | None = None
+    def _oldest(self) -> _Bucket | None:
+        best: _Bucket | None = None
+        oldest = math.inf
         for queue in self._buckets.values():
             head = queue.head()
-            if head is not None and (
-                best is None or head.request.enqueued_at < best[1].request.enqueued_at
-            ):
-                best = (queue, head)
+            if head is not None and head.request.enqueued_at < oldest:
+                best, oldest = queue, head.request.enqueued_at
         return best
 
-    async def _next_batch(self) -> list[_Pending]:
+    def _take(self) -> list[_Pending] | None:
+        """The next batch, or None: nothing queued, or the oldest is waiting for company."""
+        queue = self._oldest()
+        if queue is None:
+            return None
         limit = self._options.max_batch_size
-        while True:
-            found = self._oldest()
-            if found is None:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            queue, head = found
-            hold = head.request.enqueued_at + self._options.max_queue_delay_s - time.monotonic()
-            if hold > 0 and queue.sequences < limit:
-                # Not full and still young: wait for company (or the delay), then look again.
-                self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), hold)
-                continue
-            batch: list[_Pending] = []
-            size = 0
-            while (nxt := queue.head()) is not None and (
-                not batch or size + nxt.request.batch_size <= limit
-            ):
-                self._dequeue(nxt)
-                batch.append(nxt)
-                size += nxt.request.batch_size
-            return batch
+        head = queue.head()
+        assert head is not None
+        hold = head.request.enqueued_at + self._options.max_queue_delay_s - time.monotonic()
+        if hold > 0 and queue.sequences < limit:
+            if self._hold is None and self._loop is not None:
+                self._hold = self._loop.call_later(hold, self._release_hold)
+            return None
+        batch: list[_Pending] = []
+        size = 0
+        while (nxt := queue.head()) is not None and (
+            not batch or size + nxt.request.batch_size <= limit
+        ):
+            self._dequeue(nxt)
+            batch.append(nxt)
+            size += nxt.request.batch_size
+        return batch
 
-    async def _batch_forever(self) -> None:
-        while True:
-            await self._slots.acquire()
+    def _release_hold(self) -> None:
+        self._hold = None
+        self._dispatch()
+
+    def _dispatch_soon(self) -> None:
+        self._soon = False
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Start batches while a slot is free and a batch is ready."""
+        while self._free > 0 and not self._closing and (batch := self._take()) is not None:
+            self._free -= 1
+            requests = [p.request for p in batch]
             try:
-                batch = await self._next_batch()
-            except BaseException:
-                self._slots.release()
-                raise
-            task = asyncio.create_task(self._run(batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+                done = self._executor.submit(run_batch, self._runtime, requests)
+            except RuntimeError as exc:  # the executor is shut down: the server is stopping
+                self._finish(batch, [exc] * len(batch))
+                continue
+            done.add_done_callback(partial(self._from_thread, batch))
 
-    async def _run(self, batch: list[_Pending]) -> None:
-        loop = asyncio.get_running_loop()
+    def _from_thread(
+        self, batch: list[_Pending], done: Future[list[RunResult | Exception]]
+    ) -> None:
+        """On the worker thread: hand the outcomes to the event loop."""
         try:
-            outcomes = await loop.run_in_executor(
-                self._executor, run_batch, self._runtime, [p.request for p in batch]
-            )
-        except Exception as exc:  # the executor itself failed (shut down): tell every caller
+            outcomes = done.result()
+        except Exception as exc:  # run_batch reports per request; this is the executor failing
             outcomes = [exc] * len(batch)
-        finally:
-            self._slots.release()
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            self._loop.call_soon_threadsafe(self._finish, batch, outcomes)
+
+    def _finish(self, batch: list[_Pending], outcomes: list[RunResult | Exception]) -> None:
+        self._free += 1
         ran = [
             p for p, o in zip(batch, outcomes, strict=True) if not isinstance(o, DeadlineExceeded)
         ]
@@ -343,3 +369,6 @@ class DynamicBatcher:
                 pending.future.set_exception(outcome)
             else:
                 pending.future.set_result(outcome)
+        if self._idle is not None and self._free == self._options.slots:
+            self._idle.set()
+        self._dispatch()

@@ -168,7 +168,7 @@ def test_batched_answers_equal_lone_answers(
 
 
 def test_concurrent_requests_share_calls(uni: ModelRuntime, executor: ThreadPoolExecutor) -> None:
-    """Sixteen single-sequence requests queued together run as two full batches of eight."""
+    """Sixteen single-sequence requests submitted together run as two full batches of eight."""
     rng = np.random.default_rng(0)
     requests = [make_request(rng, uni, [10]) for _ in range(16)]
     batcher = DynamicBatcher(uni, executor, BatchingOptions(max_batch_size=8, slots=1))
