@@ -43,7 +43,7 @@ from functools import partial
 import numpy as np
 
 from service.errors import DeadlineExceeded, Overloaded
-from service.inference import InferenceRequest, queue_full
+from service.inference import InferenceRequest, execute, queue_full
 from service.runtime import ModelRuntime, RunResult, State
 
 log = logging.getLogger(__name__)
@@ -178,14 +178,7 @@ def run_batch(
     if live:
         batch = merge(live, runtime)
         try:
-            result = runtime.run(
-                batch.x,
-                batch.lengths,
-                batch.states,
-                sequence_output=batch.want_sequence,
-                final_output=batch.want_final,
-                final_states=batch.want_states,
-            )
+            result = execute(runtime, batch)
         except Exception as exc:  # reach every caller; the batcher itself must survive
             log.exception("onnxruntime failed on a batch of %d sequences", batch.batch_size)
             parts: list[RunResult | Exception] = [exc] * len(live)

@@ -55,6 +55,18 @@ class Scheduler(Protocol):
     def queue_depth(self) -> int: ...
 
 
+def execute(runtime: ModelRuntime, request: InferenceRequest) -> RunResult:
+    """``session.run`` for exactly what the request asked; blocking, on a worker thread."""
+    return runtime.run(
+        request.x,
+        request.lengths,
+        request.states,
+        sequence_output=request.want_sequence,
+        final_output=request.want_final,
+        final_states=request.want_states,
+    )
+
+
 def queue_full(limit: int) -> Overloaded:
     return Overloaded(f"the model's queue is full ({limit} requests waiting); retry later")
 
@@ -70,14 +82,7 @@ def run_request(runtime: ModelRuntime, request: InferenceRequest) -> RunResult:
         raise Overloaded("the request waited past its deadline before it could run")
     metrics = runtime.metrics
     metrics.queue_duration.observe(start - request.enqueued_at)
-    result = runtime.run(
-        request.x,
-        request.lengths,
-        request.states,
-        sequence_output=request.want_sequence,
-        final_output=request.want_final,
-        final_states=request.want_states,
-    )
+    result = execute(runtime, request)
     metrics.compute_duration.observe(time.monotonic() - start)
     metrics.batch_sequences.observe(request.batch_size)
     return result

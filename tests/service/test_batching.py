@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from service.batching import BatchingOptions, DynamicBatcher, length_bucket
 from service.errors import DeadlineExceeded, Overloaded
-from service.inference import InferenceRequest
+from service.inference import InferenceRequest, execute
 from service.model import load_version
 from service.runtime import ModelRuntime, RunResult, RuntimeOptions, State
 
@@ -79,14 +79,7 @@ def make_request(
 
 
 def alone(runtime: ModelRuntime, r: InferenceRequest) -> RunResult:
-    return runtime.run(
-        r.x,
-        r.lengths,
-        r.states,
-        sequence_output=r.want_sequence,
-        final_output=r.want_final,
-        final_states=r.want_states,
-    )
+    return execute(runtime, r)
 
 
 def assert_same(got: RunResult, want: RunResult, r: InferenceRequest) -> None:
