@@ -221,6 +221,10 @@ class DynamicBatcher:
     def queue_depth(self) -> int:
         return self._waiting
 
+    @property
+    def options(self) -> BatchingOptions:
+        return self._options
+
     async def submit(self, request: InferenceRequest) -> RunResult:
         if self._closing:
             raise Overloaded("the model version is being unloaded; retry")

@@ -10,6 +10,7 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from service.batching import BatchingOptions, DynamicBatcher
 from service.inference import DirectScheduler, Scheduler
@@ -17,7 +18,7 @@ from service.model import ServedModel, load_version
 from service.repository import ModelRepository
 from service.runtime import ModelRuntime, RuntimeOptions
 from service.sequences import SequenceStore
-from service.settings import Settings
+from service.settings import ModelBatching, Settings
 from service.version_policy import VersionPolicy
 
 log = logging.getLogger(__name__)
@@ -49,17 +50,29 @@ class Server:
         self.live = True
         self._started = False
 
-    def make_scheduler(self, runtime: ModelRuntime) -> Scheduler:
+    def batching_options(self, model: str) -> BatchingOptions | None:
+        """The batcher's options for ``model`` (server-wide settings, then its own), or None."""
         settings = self.settings
-        if not settings.dynamic_batching:
-            return DirectScheduler(runtime, self.executor, settings.max_queue_size)
-        options = BatchingOptions(
-            max_batch_size=settings.max_batch_size,
-            max_queue_delay_s=settings.max_queue_delay_ms / 1000,
+        own = settings.model_batching.get(model, ModelBatching())
+
+        def pick(name: str) -> Any:
+            value = getattr(own, name)
+            return getattr(settings, name) if value is None else value
+
+        if not pick("dynamic_batching"):
+            return None
+        return BatchingOptions(
+            max_batch_size=pick("max_batch_size"),
+            max_queue_delay_s=pick("max_queue_delay_ms") / 1000,
             max_queue_size=settings.max_queue_size,
-            bucket_ratio=settings.batch_bucket_ratio,
+            bucket_ratio=pick("batch_bucket_ratio"),
             slots=settings.inference_threads,
         )
+
+    def make_scheduler(self, runtime: ModelRuntime) -> Scheduler:
+        options = self.batching_options(runtime.metadata.name)
+        if options is None:
+            return DirectScheduler(runtime, self.executor, self.settings.max_queue_size)
         return DynamicBatcher(runtime, self.executor, options)
 
     def load(self, version_dir: Path) -> ServedModel:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.version_policy import VersionPolicy
@@ -23,6 +23,17 @@ DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "models" / "reposi
 
 Device = Literal["auto", "cpu", "cuda"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class ModelBatching(BaseModel):
+    """One model's departures from the server-wide batching settings (unset: inherit)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dynamic_batching: bool | None = None
+    max_batch_size: int | None = Field(default=None, ge=1)
+    max_queue_delay_ms: float | None = Field(default=None, ge=0, le=1000)
+    batch_bucket_ratio: float | None = Field(default=None, gt=1)
 
 
 class Settings(BaseSettings):
@@ -88,6 +99,12 @@ class Settings(BaseSettings):
         gt=1,
         description="requests are batched with others whose padded length is within this "
         "factor, so short sequences do not pay for a long one's padding",
+    )
+
+    model_batching: dict[str, ModelBatching] = Field(
+        default_factory=dict,
+        description='per-model overrides, JSON: {"sunspots": {"max_batch_size": 8, '
+        '"max_queue_delay_ms": 2}}',
     )
 
     # Request limits: every payload and every wait is bounded.

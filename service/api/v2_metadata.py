@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from service.api.v2_tensors import TensorSpec, input_specs, output_specs
+from service.batching import DynamicBatcher
 from service.model import ServedModel
 from service.runtime import CUDA
 from service.settings import Settings
@@ -90,15 +91,16 @@ def model_config(model: ServedModel, settings: Settings, policy: VersionPolicy) 
         ],
         "default_model_filename": meta.onnx.file,
     }
-    if settings.dynamic_batching:
-        # Triton's block for the same thing service/batching.py does; preferred sizes
-        # are not used (batches form from what is queued when a thread is free).
+    if isinstance(model.scheduler, DynamicBatcher):
+        # Triton's block for what service/batching.py does; no preferred sizes: batches
+        # form from whatever is queued when an inference thread is free.
+        options = model.scheduler.options
         config["dynamic_batching"] = {
-            "max_queue_delay_microseconds": round(settings.max_queue_delay_ms * 1000),
+            "max_queue_delay_microseconds": round(options.max_queue_delay_s * 1e6),
             "default_queue_policy": {
                 "timeout_action": "REJECT",
                 "default_timeout_microseconds": round(settings.request_timeout_s * 1e6),
-                "max_queue_size": settings.max_queue_size,
+                "max_queue_size": options.max_queue_size,
             },
         }
     return config

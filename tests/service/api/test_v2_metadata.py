@@ -156,3 +156,12 @@ def test_model_config_without_dynamic_batching(tiny_repository: Path) -> None:
         config = c.get("/v2/models/tiny/config").json()
     assert "dynamic_batching" not in config
     assert config["instance_group"] == [{"count": 3, "kind": "KIND_CPU"}]
+
+
+def test_per_model_batching_overrides_show_in_the_config(tiny_repository: Path) -> None:
+    overrides = {"tiny": {"max_queue_delay_ms": 2.5}, "tiny_bi": {"dynamic_batching": False}}
+    with make_client(tiny_repository, model_batching=overrides) as c:
+        tiny = c.get("/v2/models/tiny/config").json()
+        tiny_bi = c.get("/v2/models/tiny_bi/config").json()
+    assert tiny["dynamic_batching"]["max_queue_delay_microseconds"] == 2500
+    assert "dynamic_batching" not in tiny_bi
