@@ -31,6 +31,10 @@ class PayloadTooLarge(ServingError):
     """The body is over the configured size."""
 
 
+class BodyTimeout(ServingError):
+    """The client did not send the whole body in time (a stalled or very slow upload)."""
+
+
 class Overloaded(ServingError):
     """The queue is full or the request waited past its deadline: try again later."""
 

@@ -114,6 +114,12 @@ class Settings(BaseSettings):
     max_queue_size: int = Field(
         default=256, ge=1, description="requests waiting for inference before 503s"
     )
+    max_connections: int = Field(
+        default=2048,
+        ge=1,
+        description="open connections (and requests) per worker process, the new one "
+        "counted; at the limit uvicorn answers 503 (bounds what a connection flood takes)",
+    )
     request_timeout_s: float = Field(
         default=30.0, gt=0, description="a request still queued past this gets a 503"
     )

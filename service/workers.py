@@ -72,6 +72,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # No X-Forwarded-For rewriting: nothing here uses the client address, and
         # the middleware costs ~5% of a small request.
         "proxy_headers": False,
+        "limit_concurrency": settings.max_connections,
     }
 
 

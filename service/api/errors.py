@@ -17,6 +17,7 @@ from starlette.responses import Response
 from service.api.responses import json_response
 from service.errors import (
     BadRequest,
+    BodyTimeout,
     InvalidInput,
     ModelNotFound,
     NotReady,
@@ -34,6 +35,7 @@ STATUS: dict[type[ServingError], int] = {
     SequenceNotFound: 404,
     SequenceLimit: 429,
     PayloadTooLarge: 413,
+    BodyTimeout: 408,
     InvalidInput: 422,
     Overloaded: 503,
     NotReady: 503,

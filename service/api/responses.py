@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -9,7 +10,7 @@ import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from service.errors import BadRequest, PayloadTooLarge
+from service.errors import BadRequest, BodyTimeout, PayloadTooLarge
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -26,12 +27,24 @@ def json_response(
     )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than ``limit`` bytes before or while reading it.
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The request body, refusing more than ``limit`` bytes or taking over ``timeout_s``.
 
-    Reads the ASGI messages itself rather than through ``Request.stream()``: on
-    the hot routes every microsecond is a fraction of the request.
+    The time bound stops a client that sends headers and then stalls from holding
+    a task and its buffers forever (uvicorn bounds idle keep-alive, not uploads).
     """
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read(request, limit)
+    except TimeoutError:
+        raise BodyTimeout(
+            f"the request body did not arrive within {timeout_s:g} s; send it whole and promptly"
+        ) from None
+
+
+async def _read(request: Request, limit: int) -> bytes:
+    """Reads the ASGI messages itself rather than through ``Request.stream()``: on the
+    hot routes every microsecond is a fraction of the request."""
     declared = next((v for k, v in request.scope["headers"] if k == b"content-length"), None)
     if declared is not None:
         if not declared.isdigit():

@@ -76,7 +76,9 @@ async def _predict(request: Request, name: str, version: int | None) -> Response
     model = server.repository.get(name, version)
     request.state.model, request.state.version = model.name, model.version
     settings = server.settings
-    payload = parse_json(await read_body(request, settings.max_body_bytes))
+    payload = parse_json(
+        await read_body(request, settings.max_body_bytes, settings.request_timeout_s)
+    )
     try:
         envelope = PredictRequest.model_validate(payload)
     except ValidationError as exc:

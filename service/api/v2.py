@@ -76,7 +76,9 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     settings = server.settings
     limit = settings.max_body_bytes
     body = decode_content(
-        await read_body(request, limit), request.headers.get("content-encoding"), limit
+        await read_body(request, limit, settings.request_timeout_s),
+        request.headers.get("content-encoding"),
+        limit,
     )
     parts = split_body(body, request.headers.get(HEADER_LENGTH))
     envelope = _envelope(parts.json)
