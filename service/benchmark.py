@@ -51,6 +51,9 @@ class Point:
     protocol: str
     batch: int
     concurrency: int
+    overload: float | None = None
+    """Open loop at this multiple of the previous point's requests/s, instead of closed."""
+    warmup_s: float = 1.0
 
 
 POINTS = (
@@ -59,6 +62,12 @@ POINTS = (
     Point("1 seq/request, 64 clients", "v1", 1, 64),
     Point("32 seq/request, 4 clients", "v1", 32, 4),
     Point("32 seq/request, 4 clients, V2 binary", "v2-binary", 32, 4),
+)
+# With batching on, overload follows: three times what the last point achieved,
+# offered at a fixed rate whatever the answers, then one client right after.
+OVERLOAD = (
+    Point("overload: 3x that rate, open loop", "v2-binary", 32, 0, overload=3.0),
+    Point("right after: 32 seq/request, 1 client", "v2-binary", 32, 1, warmup_s=0.0),
 )
 
 
@@ -161,22 +170,27 @@ class Server:
 
 
 def run_points(
-    env: dict[str, str], steps: int, seconds: float, repository: Path
+    env: dict[str, str], steps: int, seconds: float, repository: Path, points: tuple[Point, ...]
 ) -> list[tuple[Point, LoadResult, float]]:
     server = Server({**env, "LSTM_SERVE_MODEL_REPOSITORY": str(repository)})
     try:
         server.wait_ready()
-        rows = []
-        for point in POINTS:
+        rows: list[tuple[Point, LoadResult, float]] = []
+        for point in points:
+            rate = None
+            if point.overload is not None:
+                rate = point.overload * rows[-1][1].requests_per_s
             spec = LoadSpec(
                 url=server.url,
                 model=MODEL,
                 protocol=point.protocol,  # type: ignore[arg-type]
                 batch=point.batch,
                 timesteps=steps,
-                concurrency=point.concurrency,
+                concurrency=max(point.concurrency, 1),
+                rate=rate,
+                max_in_flight=4096,  # the server, not the client, must shed the excess
                 duration_s=seconds,
-                warmup_s=1.0,
+                warmup_s=point.warmup_s,
             )
             result = run_load(spec)
             rows.append((point, result, server.peak_rss))
@@ -190,18 +204,18 @@ def report(raw: dict[str, float], runs: dict[str, list[tuple[Point, LoadResult, 
     base = raw["sequences_per_s"]
     lines = [
         f"{'service':<13}{'load':<40}{'req/s':>8}{'seq/s':>9}{'p50 ms':>8}{'p99 ms':>8}"
-        f"{'x raw':>7}{'RSS MiB':>9}{'errors':>8}",
+        f"{'x raw':>7}{'RSS MiB':>9}  errors",
         f"{'raw ORT':<13}{'32 seq/call, 1 thread, in-process':<40}{'':>8}{base:>9.0f}"
         f"{raw['p50_ms']:>8.2f}{raw['p99_ms']:>8.2f}{1.0:>7.2f}{'':>9}{'':>8}",
     ]
     for name, rows in runs.items():
         for point, r, rss in rows:
             lat = r.latency_ms
-            errors = sum(r.errors.values())
+            errors = ",".join(f"{n} {code}" for code, n in r.errors.items()) or "0"
             lines.append(
                 f"{name:<13}{point.label:<40}{r.requests_per_s:>8.0f}{r.sequences_per_s:>9.0f}"
                 f"{lat['p50']:>8.2f}{lat['p99']:>8.2f}{r.sequences_per_s / base:>7.2f}"
-                f"{rss:>9.0f}{errors:>8}"
+                f"{rss:>9.0f}  {errors}"
             )
     return "\n".join(lines)
 
@@ -215,7 +229,7 @@ def plot(runs: dict[str, list[tuple[Point, LoadResult, float]]], path: Path) -> 
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for (name, rows), colour in zip(runs.items(), ("tab:red", "tab:blue"), strict=False):
-        sweep = [(p, r) for p, r, _ in rows if p.batch == 1]
+        sweep = [(p, r) for p, r, _ in rows if p.batch == 1 and p.overload is None]
         x = [r.sequences_per_s for _, r in sweep]
         for pct, style in (("p50", "o-"), ("p99", "^--")):
             ax.plot(x, [r.latency_ms[pct] for _, r in sweep], style, color=colour,
@@ -254,13 +268,17 @@ def main(argv: list[str] | None = None) -> None:
         "LSTM_SERVE_LOG_LEVEL": args.log_level,
     }
     runs: dict[str, list[tuple[Point, LoadResult, float]]] = {}
-    for name, batching in (("batching off", "false"), ("batching on", "true")):
+    for name, batching, points in (
+        ("batching off", "false", POINTS),
+        ("batching on", "true", POINTS + OVERLOAD),
+    ):
         print(f"{name} ...", file=sys.stderr)
         runs[name] = run_points(
             {**env, "LSTM_SERVE_DYNAMIC_BATCHING": batching},
             args.timesteps,
             args.seconds,
             args.repository,
+            points,
         )
     print(
         f"\n{MODEL}, T={args.timesteps}, {args.workers} uvicorn workers x 1 onnxruntime "
