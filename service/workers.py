@@ -73,6 +73,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # the middleware costs ~5% of a small request.
         "proxy_headers": False,
         "limit_concurrency": settings.max_connections,
+        "server_header": False,  # no "server: uvicorn" advertised on every response
     }
 
 
