@@ -1,7 +1,7 @@
 """Dynamic batching: concurrent requests for one model version become one onnxruntime call.
 
 As Triton's dynamic batcher and MLServer's adaptive batching do, requests wait in
-a bounded queue and a single batcher task per model version merges them, up to
+a bounded queue and the model version's batcher merges them, up to
 ``max_batch_size`` sequences, into one right-padded batch with ``lengths``. The
 exported graph feeds ``lengths`` to every LSTM's ``sequence_lens``, so padding
 changes nothing (uni- or bidirectional) and every request gets back exactly the
@@ -16,10 +16,11 @@ Three rules keep it fair and bounded:
   (geometric, ratio ``bucket_ratio``), and a batch takes requests from one bucket
   only, so a 500-step sequence never makes thirty 20-step ones pay for 480 steps
   of padding. The bucket whose oldest request is oldest goes first.
-- **Natural batching.** The batcher forms a batch only when an inference slot
-  (one of ``slots`` concurrent onnxruntime calls) is free. While every slot is
-  busy, requests accumulate, so batches grow with load without any added delay;
-  ``max_queue_delay_s`` can additionally hold a non-full batch for company.
+- **Natural batching.** A batch forms at the end of the event-loop iteration in
+  which requests arrived, or when an inference slot (one of ``slots`` concurrent
+  onnxruntime calls) frees up. While every slot is busy, requests accumulate, so
+  batches grow with load without any added delay; ``max_queue_delay_s`` can
+  additionally hold a non-full batch for company.
 - **Bounds.** At most ``max_queue_size`` requests wait; beyond that ``submit``
   fails at once with ``Overloaded``. Each request has a deadline: when it passes
   the caller gets ``Overloaded`` immediately, and if the request is still queued
@@ -45,6 +46,7 @@ import numpy as np
 from service.errors import DeadlineExceeded, Overloaded
 from service.inference import InferenceRequest, execute, queue_full
 from service.runtime import ModelRuntime, RunResult, State
+from service.state_codec import stack_states
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ def length_bucket(steps: int, ratio: float) -> int:
 
 @dataclass
 class BatcherStats:
-    """Counts since start, kept on the event loop's thread (tests and the benchmark read them)."""
+    """Counts since start, kept on the event loop's thread; the tests read them."""
 
     calls: int = 0
     """onnxruntime calls made."""
@@ -115,14 +117,7 @@ def merge(requests: list[InferenceRequest], runtime: ModelRuntime) -> InferenceR
         row += r.batch_size
     states: list[State] | None = None
     if any(r.states is not None for r in requests):
-        per_request = [r.states or runtime.zero_states(r.batch_size) for r in requests]
-        states = [
-            (
-                np.concatenate([s[layer][0] for s in per_request], axis=1),
-                np.concatenate([s[layer][1] for s in per_request], axis=1),
-            )
-            for layer in range(len(per_request[0]))
-        ]
+        states = stack_states([r.states or runtime.zero_states(r.batch_size) for r in requests])
     return InferenceRequest(
         x=x,
         lengths=np.concatenate([r.lengths for r in requests]),
@@ -165,32 +160,27 @@ def run_batch(
     """Merge, run once, split; on a worker thread. Requests past their deadline are skipped."""
     start = time.monotonic()
     metrics = runtime.metrics
-    live: list[InferenceRequest] = []
-    outcomes: dict[int, RunResult | Exception] = {}
-    for i, r in enumerate(requests):
-        if start > r.deadline:
-            outcomes[i] = DeadlineExceeded(
-                "the request waited past its deadline before it could run"
-            )
-        else:
-            live.append(r)
-            metrics.queue_duration.observe(start - r.enqueued_at)
+    expired = [start > r.deadline for r in requests]
+    live = [r for r, late in zip(requests, expired, strict=True) if not late]
+    parts: list[RunResult | Exception] = []
     if live:
+        for r in live:
+            metrics.queue_duration.observe(start - r.enqueued_at)
         batch = merge(live, runtime)
         try:
-            result = execute(runtime, batch)
+            parts = list(split(execute(runtime, batch), live))
         except Exception as exc:  # reach every caller; the batcher itself must survive
             log.exception("onnxruntime failed on a batch of %d sequences", batch.batch_size)
-            parts: list[RunResult | Exception] = [exc] * len(live)
-        else:
-            parts = list(split(result, live))
+            parts = [exc] * len(live)
         metrics.compute_duration.observe(time.monotonic() - start)
         metrics.batch_sequences.observe(batch.batch_size)
-        it = iter(parts)
-        for i in range(len(requests)):
-            if i not in outcomes:
-                outcomes[i] = next(it)
-    return [outcomes[i] for i in range(len(requests))]
+    answers = iter(parts)
+    return [
+        DeadlineExceeded("the request waited past its deadline before it could run")
+        if late
+        else next(answers)
+        for late in expired
+    ]
 
 
 class DynamicBatcher:

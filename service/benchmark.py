@@ -27,10 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,12 +122,10 @@ def tree_rss_mib(pid: int) -> float:
     return total
 
 
-class Server:
+class ServerProcess:
     """``python -m service`` on a free loopback port, with its memory sampled."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        import socket
-
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = int(s.getsockname()[1])
@@ -140,8 +140,6 @@ class Server:
         self._sampler = threading.Thread(target=self._sample, daemon=True)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        import urllib.request
-
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self.process.poll() is not None:
@@ -172,7 +170,7 @@ class Server:
 def run_points(
     env: dict[str, str], steps: int, seconds: float, repository: Path, points: tuple[Point, ...]
 ) -> list[tuple[Point, LoadResult, float]]:
-    server = Server({**env, "LSTM_SERVE_MODEL_REPOSITORY": str(repository)})
+    server = ServerProcess({**env, "LSTM_SERVE_MODEL_REPOSITORY": str(repository)})
     try:
         server.wait_ready()
         rows: list[tuple[Point, LoadResult, float]] = []

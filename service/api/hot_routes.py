@@ -18,21 +18,14 @@ startup, so a future dependency on a hot route cannot be silently skipped.
 from __future__ import annotations
 
 import inspect
-import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.errors import response_for
-
-log = logging.getLogger(__name__)
-
-Endpoint = Callable[..., Awaitable[Response]]
 
 
 def _direct(route: APIRoute) -> bool:

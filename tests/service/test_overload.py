@@ -14,17 +14,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from service.benchmark import tree_rss_mib
 from service.loadtest import LoadSpec, run_load
 from tests.conftest import ROOT, ServerProcess, reference
 
 DEFAULT_REPOSITORY = ROOT / "models" / "repository"
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 class PeakRss:
@@ -32,13 +26,13 @@ class PeakRss:
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
-        self.peak = rss_mib(pid)
+        self.peak = tree_rss_mib(pid)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
         while not self._stop.wait(0.05):
-            self.peak = max(self.peak, rss_mib(self.pid))
+            self.peak = max(self.peak, tree_rss_mib(self.pid))
 
     def __enter__(self) -> PeakRss:
         self._thread.start()
@@ -75,7 +69,7 @@ def test_overload_sheds_fast_keeps_memory_bounded_and_recovers(
         warmup_s=0.5,
         timeout_s=10.0,
     )
-    baseline = rss_mib(server.process.pid)
+    baseline = tree_rss_mib(server.process.pid)
     shed: list[httpx.Response] = []
 
     def probe() -> None:  # one 503 seen by a plain client, to read its headers

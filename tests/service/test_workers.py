@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from service.workers import listening_socket
 from tests.conftest import ServerProcess
@@ -97,15 +99,11 @@ def alive(pids: set[int]) -> set[int]:
     return {p for p in pids if Path(f"/proc/{p}").exists()}
 
 
-def test_the_port_is_checked_once_before_workers_start() -> None:
-    """A port held by a socket without SO_REUSEPORT cannot be shared: binding fails clearly."""
+def test_a_port_held_without_reuse_port_is_refused() -> None:
+    """Workers share a port only with each other: a socket that holds it alone wins."""
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
-        port = holder.getsockname()[1]
-        try:
-            listening_socket("127.0.0.1", port)
-        except OSError as exc:
-            assert exc.errno == 98  # EADDRINUSE
-        else:
-            raise AssertionError("bound a port another socket holds exclusively")
+        with pytest.raises(OSError) as refused:
+            listening_socket("127.0.0.1", holder.getsockname()[1])
+    assert refused.value.errno == errno.EADDRINUSE
