@@ -26,11 +26,12 @@ other column after ``timestep`` is a feature. Sequences may differ in length.
 from __future__ import annotations
 
 import csv
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from service.core.contract import file_sha256
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,6 @@ class Splits:
         if self.task == "classification":
             return len(self.classes or [])
         return int(self.train.y.shape[-1])
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _task_of(y: np.ndarray, steps: int, wanted: str | None) -> tuple[str, str, np.ndarray]:

@@ -14,7 +14,6 @@ The recipe (see ../shared/README.md for how each point was established):
 
 from __future__ import annotations
 
-import hashlib
 import io
 import platform
 import shutil
@@ -30,7 +29,7 @@ import torch
 from onnx import TensorProto, helper
 
 from models.architecture import StackedLSTM
-from service.contract import (
+from service.core.contract import (
     METADATA_FILENAME,
     MODEL_FILENAME,
     LayerSpec,
@@ -42,6 +41,7 @@ from service.contract import (
     StateNames,
     TensorNames,
     TrainingInfo,
+    file_sha256,
 )
 
 CHECKPOINT_FILENAME = "checkpoint.pt"
@@ -262,7 +262,7 @@ def export_model(
                 mean=model.x_mean.tolist(), std=model.x_std.tolist(), in_graph=True
             ),
             tensors=names,
-            onnx=OnnxInfo(opset=OPSET, sha256=hashlib.sha256(onnx_path.read_bytes()).hexdigest()),
+            onnx=OnnxInfo(opset=OPSET, sha256=file_sha256(onnx_path)),
             parity=parity,
             training=training,
             created_at=datetime.now(UTC),

@@ -24,10 +24,16 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from models.architecture import StackedLSTM
-from models.data import Dataset, Splits, file_sha256, load, standardization, valid_mask
+from models.data import Dataset, Splits, load, standardization, valid_mask
 from models.export import export_model
 from models.presets import PRESETS, Preset
-from service.contract import METADATA_FILENAME, DataProvenance, ModelMetadata, TrainingInfo
+from service.core.contract import (
+    METADATA_FILENAME,
+    DataProvenance,
+    ModelMetadata,
+    TrainingInfo,
+    file_sha256,
+)
 
 REPOSITORY = Path(__file__).resolve().parent / "repository"
 

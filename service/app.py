@@ -1,4 +1,4 @@
-"""``create_app()``: settings in, a FastAPI app out, with the core started in its lifespan."""
+"""``create_app()``: settings in, the served ASGI app out, with the core started in its lifespan."""
 
 from __future__ import annotations
 
@@ -9,29 +9,19 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from service.api import errors, health, metrics, repository, stream, v1, v2
-from service.api.hot_routes import HotRoutes
-from service.observability import RequestObserver, configure_logging
-from service.server import Server
+from service.core.server import Server
+from service.http import errors, health, metrics
+from service.http.asgi import HotRoutes, RequestObserver
+from service.http.v1 import routes as v1
+from service.http.v1 import stream
+from service.http.v2 import repository
+from service.http.v2 import routes as v2
+from service.logs import configure_logging
 from service.settings import Settings
 
-HOT_PATHS = {
-    "/v1/models/{name}:predict",
-    "/v1/models/{name}/versions/{version}:predict",
-    "/v2/models/{name}/infer",
-    "/v2/models/{name}/versions/{version}/infer",
-}
-"""The inference routes served by ``HotRoutes``, past FastAPI's per-request machinery."""
 
-
-def create_app(settings: Settings | None = None) -> ASGIApp:
-    """The served ASGI stack: ``RequestObserver`` -> ``HotRoutes`` -> FastAPI.
-
-    The two wrappers sit outside FastAPI rather than in its middleware list so
-    that the hot routes skip Starlette's middleware layers too; every other
-    request still gets FastAPI's full handling (and ``/docs``).
-    """
-    settings = settings or Settings()
+def build_fastapi(settings: Settings) -> FastAPI:
+    """The FastAPI app with every route, and the core (``app.state.server``) in its lifespan."""
     server = Server(settings)
 
     @asynccontextmanager
@@ -61,8 +51,17 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     app.include_router(stream.router)
     app.include_router(repository.router)
     app.include_router(v2.router)
-    hot = HotRoutes(app, fastapi=app, routers=[v1.router, v2.router], paths=HOT_PATHS)
-    return RequestObserver(hot)  # outermost: every request is counted and logged
+    return app
+
+
+def create_app(settings: Settings | None = None) -> ASGIApp:
+    """The served stack: ``RequestObserver`` -> ``HotRoutes`` -> FastAPI (``http/asgi.py``).
+
+    The two wrappers sit outside FastAPI rather than in its middleware list so
+    that the hot routes skip Starlette's middleware layers too; every other
+    request still gets FastAPI's full handling (and ``/docs``).
+    """
+    return RequestObserver(HotRoutes(build_fastapi(settings or Settings())))
 
 
 def create_served_app() -> ASGIApp:

@@ -16,8 +16,8 @@ import tempfile
 
 import uvicorn
 
-from service.observability import configure_logging
-from service.repository import scan
+from service.core.repository import scan
+from service.logs import configure_logging
 from service.settings import DEFAULT_REPOSITORY, ENV_PREFIX, Settings
 from service.workers import APP, Supervisor, reuse_port_supported, uvicorn_options
 

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.version_policy import VersionPolicy
+from service.core.version_policy import VersionPolicy
 
 ENV_PREFIX = "LSTM_SERVE_"
 

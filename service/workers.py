@@ -79,7 +79,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
 
 def _worker_main() -> None:
     """One worker process: its own socket, its own event loop, the whole app."""
-    from service.observability import configure_logging
+    from service.logs import configure_logging
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format == "json")

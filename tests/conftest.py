@@ -1,26 +1,23 @@
-"""Fixtures shared by every test package: tiny model repositories and real servers."""
+"""Fixtures shared by every test package: tiny model repositories, in-process apps and
+real servers (``service/loadtest/process.py``, the same helpers the benchmark uses)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+from fastapi.testclient import TestClient
 
 from models.testing import make_tiny_model
-from service.contract import ModelMetadata
+from service.app import create_app
+from service.core.contract import ModelMetadata
+from service.loadtest.process import ROOT, ServerProcess, start_server
+from service.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["ROOT", "ServerProcess", "make_client", "reference", "start_server"]
 
 
 @pytest.fixture(scope="session")
@@ -61,71 +58,6 @@ def reference(version_dir: Path, x: np.ndarray, lengths: np.ndarray) -> dict[str
     return dict(zip(outputs, session.run(outputs, feeds), strict=True))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class ServerProcess:
-    """A real ``python -m service`` on a loopback port, stopped by its own PID."""
-
-    process: subprocess.Popen[bytes]
-    url: str
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, sig)
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(timeout=10)
-
-
-def start_server(
-    repository: Path,
-    log_path: Path,
-    env: dict[str, str] | None = None,
-    wait_path: str = "/v2/health/ready",
-    ready_timeout: float = 60.0,
-) -> ServerProcess:
-    port = free_port()
-    full_env = {
-        **os.environ,
-        "LSTM_SERVE_HOST": "127.0.0.1",
-        "LSTM_SERVE_PORT": str(port),
-        "LSTM_SERVE_MODEL_REPOSITORY": str(repository),
-        **(env or {}),
-    }
-    log_file = log_path.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service"],
-        env=full_env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        cwd=ROOT,
-    )
-    server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
-        try:
-            if httpx.get(f"{server.url}{wait_path}", timeout=1.0).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    server.stop(signal.SIGKILL)
-    raise RuntimeError(f"server not ready after {ready_timeout}s:\n{server.log()}")
-
-
 @pytest.fixture
 def server_factory(tmp_path: Path) -> Iterator[object]:
     """Start servers with ``server_factory(repository, env)``; all are stopped afterwards."""
@@ -141,3 +73,17 @@ def server_factory(tmp_path: Path) -> Iterator[object]:
     yield factory
     for server in started:
         server.stop()
+
+
+def make_client(repository: Path, **overrides: object) -> TestClient:
+    """An in-process app (real onnxruntime, the real ASGI stack) over ``repository``."""
+    settings = Settings(model_repository=repository, **overrides)  # type: ignore[arg-type]
+    return TestClient(create_app(settings), raise_server_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def client(tiny_repository: Path) -> Iterator[TestClient]:
+    with make_client(
+        tiny_repository, max_instances=16, max_timesteps=64, max_body_bytes=65536
+    ) as c:
+        yield c

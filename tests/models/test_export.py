@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from models import export
 from models.architecture import StackedLSTM
 from models.export import ParityError, export_model, torch_reference
-from service.contract import ModelMetadata
+from service.core.contract import ModelMetadata
 
 CONFIGS = {
     "single": dict(layers=[5], bidirectional=False),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.contract import ModelMetadata
+from service.core.contract import ModelMetadata
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "models" / "repository"
 

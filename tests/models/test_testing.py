@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from models.testing import make_tiny_model
-from service.contract import ModelMetadata
+from service.core.contract import ModelMetadata
 
 
 def test_tiny_models_are_fast_valid_and_seeded(tmp_path: Path) -> None:

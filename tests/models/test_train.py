@@ -12,7 +12,7 @@ import pytest
 
 from models import train
 from models.data import load
-from service.contract import ModelMetadata
+from service.core.contract import ModelMetadata
 
 
 def synthetic_classes(path: Path, n: int = 48, steps: int = 12) -> Path:

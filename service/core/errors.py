@@ -1,0 +1,59 @@
+"""Errors the core raises. They carry meaning, not HTTP: ``http/errors.py`` maps them.
+
+Every message says what was wrong and what was expected, because it reaches the
+client verbatim.
+"""
+
+from __future__ import annotations
+
+
+class ServingError(Exception):
+    """Base of every error the service turns into a client-facing answer."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ModelNotFound(ServingError):
+    """No such model, or no such version of it, is loaded."""
+
+
+class InvalidInput(ServingError):
+    """The request is well-formed but does not fit the model (shape, values, limits)."""
+
+
+class BadRequest(ServingError):
+    """The request cannot be parsed at all (body not JSON, malformed binary framing)."""
+
+
+class PayloadTooLarge(ServingError):
+    """The body is over the configured size."""
+
+
+class BodyTimeout(ServingError):
+    """The client did not send the whole body in time (a stalled or very slow upload)."""
+
+
+class Overloaded(ServingError):
+    """The queue is full or the request waited past its deadline: try again later."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(Overloaded):
+    """The request's deadline passed before it was answered; its queued work was dropped."""
+
+
+class SequenceNotFound(ServingError):
+    """A continuing chunk named a sequence that is not live (never started, ended, evicted)."""
+
+
+class SequenceLimit(ServingError):
+    """Every sequence slot is taken by a live sequence."""
+
+
+class NotReady(ServingError):
+    """The model exists but is not ready to serve (loading, unloading, warming up)."""

@@ -1,0 +1,101 @@
+"""A loaded model version: its metadata, its onnxruntime session and its batcher."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.core.batching import DynamicBatcher
+from service.core.contract import METADATA_FILENAME, ModelMetadata, file_sha256
+from service.core.request import Outputs
+from service.core.runtime import ModelRuntime, RuntimeOptions
+
+
+def read_metadata(version_dir: Path) -> ModelMetadata:
+    """Parse and check ``metadata.json``; errors name the file so operators can find it."""
+    path = version_dir / METADATA_FILENAME
+    try:
+        return ModelMetadata.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing") from None
+    except ValueError as exc:
+        raise ValueError(f"{path} is not valid model metadata: {exc}") from exc
+
+
+BatcherFactory = Callable[[ModelRuntime], DynamicBatcher]
+
+WARMUP_SHAPES = ((1, 1), (1, 32), (8, 32))
+"""(batch, time) of the warm-up runs: onnxruntime allocates and plans on first use."""
+_WARMUP_OUTPUTS = Outputs(sequence=True, final=True, states=True)
+
+
+@dataclass
+class ServedModel:
+    """One model version ready to take requests: what it is, how it runs, who schedules it.
+
+    Requests go to ``batcher.submit``; the batcher also counts the requests that
+    hold this version, so that an unload can first hide the version from new
+    requests (the repository), then ``drain`` those already holding it, then close.
+    """
+
+    metadata: ModelMetadata
+    runtime: ModelRuntime
+    batcher: DynamicBatcher
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def version(self) -> int:
+        return self.metadata.version
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until no request holds this version; False if the wait ran out."""
+        return await self.batcher.drain(timeout_s)
+
+    async def close(self) -> None:
+        await self.batcher.close()
+
+
+def warm_up(runtime: ModelRuntime) -> None:
+    """Run the graph a few times so the first real request does not pay for setup."""
+    features = runtime.metadata.num_features
+    for batch, steps in WARMUP_SHAPES:
+        x = np.zeros((batch, steps, features), dtype=np.float32)
+        runtime.run(x, np.full(batch, steps, dtype=np.int64), None, _WARMUP_OUTPUTS)
+
+
+def load_version(
+    version_dir: Path, options: RuntimeOptions, make_batcher: BatcherFactory
+) -> ServedModel:
+    """Load and warm up one ``<name>/<version>/`` folder, refusing anything inconsistent.
+
+    The checks (metadata schema, folder names, file checksum, graph tensor names)
+    run here, once, so a corrupt or mismatched model fails at load with a message
+    naming the file rather than at the first request. Blocking: call from a thread.
+    """
+    metadata = read_metadata(version_dir)
+    if metadata.name != version_dir.parent.name or str(metadata.version) != version_dir.name:
+        raise ValueError(
+            f"{version_dir} holds metadata for {metadata.name!r} version {metadata.version}; "
+            "the folder must be <name>/<version>/ of the model it holds"
+        )
+    model_path = version_dir / metadata.onnx.file
+    if not model_path.is_file():
+        raise ValueError(f"{model_path} is missing")
+    digest = file_sha256(model_path)
+    if digest != metadata.onnx.sha256:
+        raise ValueError(
+            f"{model_path} has sha256 {digest[:12]}…, metadata.json expects "
+            f"{metadata.onnx.sha256[:12]}…: the file is corrupt or was replaced"
+        )
+    runtime = ModelRuntime(model_path, metadata, options)
+    warm_up(runtime)
+    return ServedModel(
+        metadata=metadata, runtime=runtime, batcher=make_batcher(runtime), path=version_dir
+    )

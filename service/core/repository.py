@@ -1,0 +1,239 @@
+"""The model repository on disk, and the model versions served from it.
+
+Layout, as in Triton: ``<root>/<name>/<version>/{model.onnx,metadata.json}``
+with integer versions. Each model's version policy picks the versions to serve.
+
+Changes are rolling and safe under traffic:
+- a version is loaded and warmed up completely before it becomes visible, so
+  "latest" switches atomically from one complete version to the next;
+- a version that fails to load is recorded with its error and the versions
+  already serving stay untouched;
+- a version leaving service is first hidden from new requests, then drained of
+  the requests that already hold it, then closed. Each request resolves its
+  version once, so no request mixes two versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from service.core.contract import METADATA_FILENAME
+from service.core.errors import ModelNotFound, NotReady
+from service.core.metrics import (
+    MODEL_LOAD_DURATION,
+    MODEL_LOAD_FAILURES,
+    MODEL_VERSIONS_LOADED,
+    QUEUE_DEPTH,
+)
+from service.core.model import ServedModel
+from service.core.version_policy import VersionPolicy
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+VersionState = Literal["READY", "LOADING", "UNLOADING", "UNAVAILABLE"]
+Loader = Callable[[Path], ServedModel]
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    """What happened to one version (Triton's repository index states)."""
+
+    name: str
+    version: int
+    state: VersionState
+    reason: str = ""
+
+
+def parse_version(version: str) -> int:
+    """Versions are positive integers; anything else names a version that cannot exist."""
+    if not version.isdigit() or int(version) < 1:
+        raise ModelNotFound(f"version {version!r} does not exist; versions are positive integers")
+    return int(version)
+
+
+def scan(root: Path) -> dict[str, list[int]]:
+    """Model names and their integer versions (ascending) that have a metadata file."""
+    found: dict[str, list[int]] = {}
+    if not root.is_dir():
+        return found
+    for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name)):
+        versions = sorted(
+            int(v.name)
+            for v in model_dir.iterdir()
+            if v.is_dir() and v.name.isdigit() and (v / METADATA_FILENAME).is_file()
+        )
+        if versions:
+            found[model_dir.name] = versions
+    return found
+
+
+class ModelRepository:
+    """Served versions by model name, and the status of every version tried."""
+
+    def __init__(
+        self,
+        root: Path,
+        loader: Loader,
+        default_policy: VersionPolicy | None = None,
+        policies: dict[str, VersionPolicy] | None = None,
+        drain_s: float = 30.0,
+    ) -> None:
+        self.root = root
+        self._loader = loader
+        self._default_policy = default_policy or VersionPolicy("latest")
+        self._policies = policies or {}
+        self._drain_s = drain_s
+        self._models: dict[str, dict[int, ServedModel]] = {}
+        self._status: dict[tuple[str, int], VersionStatus] = {}
+        self._lock = asyncio.Lock()  # one load or unload at a time
+
+    def policy(self, name: str) -> VersionPolicy:
+        return self._policies.get(name, self._default_policy)
+
+    # -- changes -------------------------------------------------------------
+
+    async def load_all(self) -> None:
+        for name in scan(self.root):
+            await self.load_model(name)
+
+    async def load_model(self, name: str) -> list[VersionStatus]:
+        """Bring ``name`` in line with its policy and the disk: load new, retire old.
+
+        Returns the versions that failed to load in this call (also in the log
+        and the index). Raises ModelNotFound when the disk has no version of it.
+        """
+        async with self._lock:
+            on_disk = scan(self.root).get(name)
+            if not on_disk:
+                raise ModelNotFound(f"model {name!r} has no version in the repository {self.root}")
+            wanted = self.policy(name).select(on_disk)
+            serving = dict(self._models.get(name, {}))
+            failed = [
+                status
+                for version in wanted
+                if version not in serving
+                and (status := await self._load_version(name, version)) is not None
+            ]
+            # Retire only once every wanted version had its chance: if the new
+            # version failed, the old one keeps serving.
+            loaded_wanted = [v for v in wanted if v in self._models.get(name, {})]
+            if loaded_wanted:
+                for version in [v for v in serving if v not in wanted]:
+                    await self._retire(name, version, "retired by version policy")
+            return failed
+
+    async def unload_model(self, name: str) -> None:
+        async with self._lock:
+            if name not in self._models:
+                raise ModelNotFound(f"model {name!r} is not loaded")
+            for version in list(self._models[name]):
+                await self._retire(name, version, "unloaded")
+
+    async def close(self) -> None:
+        async with self._lock:
+            for name in list(self._models):
+                for version in list(self._models[name]):
+                    await self._retire(name, version, "server stopped")
+
+    async def _load_version(self, name: str, version: int) -> VersionStatus | None:
+        """Load one version; its failure status if it failed, else None."""
+        self._set(name, version, "LOADING")
+        start = time.perf_counter()
+        try:
+            served = await asyncio.to_thread(self._loader, self.root / name / str(version))
+        except Exception as exc:  # any failure to load is reported, never fatal
+            log.error("failed to load %s version %d: %s", name, version, exc)
+            MODEL_LOAD_FAILURES.labels(name).inc()
+            self._set(name, version, "UNAVAILABLE", str(exc))
+            return self._status[(name, version)]
+        MODEL_LOAD_DURATION.labels(name).observe(time.perf_counter() - start)
+        self._models.setdefault(name, {})[version] = served
+        MODEL_VERSIONS_LOADED.labels(name).set(len(self._models[name]))
+        self._set(name, version, "READY")
+        log.info("serving %s version %d", name, version)
+        return None
+
+    async def _retire(self, name: str, version: int, reason: str) -> None:
+        served = self._models[name].pop(version)
+        if not self._models[name]:
+            del self._models[name]
+        MODEL_VERSIONS_LOADED.labels(name).set(len(self._models.get(name, {})))
+        self._set(name, version, "UNLOADING", reason)
+        if not await served.drain(self._drain_s):
+            log.warning(
+                "%s version %d still had requests after %.0fs", name, version, self._drain_s
+            )
+        await served.close()
+        self._set(name, version, "UNAVAILABLE", reason)
+        if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:  # files keep every label set there
+            QUEUE_DEPTH.remove(name, str(version))
+        log.info("%s version %d %s", name, version, reason)
+
+    def _set(self, name: str, version: int, state: VersionState, reason: str = "") -> None:
+        self._status[(name, version)] = VersionStatus(name, version, state, reason)
+
+    # -- reads ---------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        return sorted(self._models)
+
+    def versions(self, name: str) -> list[ServedModel]:
+        return [self._models[name][v] for v in sorted(self._models.get(name, {}))]
+
+    def statuses(self, name: str) -> list[VersionStatus]:
+        return [s for (n, _), s in sorted(self._status.items()) if n == name]
+
+    def index(self) -> list[VersionStatus]:
+        """Every version on disk or ever tried, with its state (the V2 repository index)."""
+        seen = dict(self._status)
+        for name, versions in scan(self.root).items():
+            for version in versions:
+                seen.setdefault(
+                    (name, version), VersionStatus(name, version, "UNAVAILABLE", "not loaded")
+                )
+        return [seen[key] for key in sorted(seen)]
+
+    def get(self, name: str, version: int | None = None) -> ServedModel:
+        """The requested version, or the newest served one; ModelNotFound names what exists."""
+        loaded = self._models.get(name)
+        if not loaded:
+            known = ", ".join(repr(n) for n in self.names()) or "none"
+            raise ModelNotFound(f"model {name!r} is not loaded; loaded models: {known}")
+        if version is None:
+            return loaded[max(loaded)]
+        if version not in loaded:
+            have = ", ".join(str(v) for v in sorted(loaded))
+            raise ModelNotFound(
+                f"model {name!r} has no loaded version {version}; loaded versions: {have}"
+            )
+        return loaded[version]
+
+    def resolve(self, name: str, version: int | None = None) -> ServedModel:
+        """Like ``get``, but ``NotReady`` rather than ``ModelNotFound`` while the version
+        asked for (or, without one, any version of the model) is loading or draining."""
+        try:
+            return self.get(name, version)
+        except ModelNotFound:
+            for status in self.statuses(name):
+                if status.state in ("LOADING", "UNLOADING") and version in (None, status.version):
+                    raise NotReady(
+                        f"model {name!r} version {status.version} is {status.state.lower()}; "
+                        "retry shortly"
+                    ) from None
+            raise
+
+    def all(self) -> list[ServedModel]:
+        return [m for name in self.names() for m in self.versions(name)]
+
+    def is_loading(self) -> bool:
+        return any(s.state == "LOADING" for s in self._status.values())

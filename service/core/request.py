@@ -1,0 +1,75 @@
+"""An inference request as the core sees it: arrays in, and which outputs to bring back.
+
+Routes turn their protocol's body into an ``InferenceRequest`` (arrays, not
+JSON) whose ``outputs`` says, once, which results the client wants: ``/v1``'s
+``return_sequences``, V2's requested output names and server-held state all
+become one ``Outputs`` value, read by ``ModelRuntime.run`` to ask onnxruntime
+for exactly those tensors.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from service.core.runtime import State
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Which results one onnxruntime call must return.
+
+    ``sequence``: the head at every timestep [B, T, K]; ``final``: the head at each
+    sequence's last valid step [B, K]; ``states``: every layer's final (h, c).
+    """
+
+    sequence: bool = True
+    final: bool = True
+    states: bool = False
+
+    def __or__(self, other: Outputs) -> Outputs:
+        return Outputs(
+            self.sequence or other.sequence, self.final or other.final, self.states or other.states
+        )
+
+    def with_states(self) -> Outputs:
+        return self if self.states else replace(self, states=True)
+
+
+FINAL = Outputs(sequence=False, final=True)
+SEQUENCE = Outputs(sequence=True, final=False)
+
+
+@dataclass
+class InferenceRequest:
+    """A right-padded batch of sequences for one model version.
+
+    ``x`` float32 [B, T, F]; ``lengths`` int64 [B], each in 1..T. ``states`` are
+    the initial (h, c) of every layer, or None for zeros. ``deadline`` is a
+    ``time.monotonic()`` instant after which the work is no longer wanted.
+    """
+
+    x: np.ndarray
+    lengths: np.ndarray
+    states: list[State] | None = None
+    outputs: Outputs = Outputs()
+    deadline: float = field(default_factory=lambda: time.monotonic() + 30.0)
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.x.shape[0])
+
+
+def first_non_finite(values: np.ndarray) -> tuple[int, ...] | None:
+    """The index of the first NaN or infinity in ``values``, or None when all are finite.
+
+    The one finiteness check of every decoder (``/v1`` instances, V2 tensors,
+    carried states): each names the place in its own terms.
+    """
+    finite = np.isfinite(values)
+    if finite.all():
+        return None
+    return tuple(int(i) for i in np.argwhere(~finite)[0])

@@ -1,0 +1,166 @@
+"""One onnxruntime session for one model version, and nothing about HTTP.
+
+``ModelRuntime.run`` is the single place where the service calls
+``session.run``. It is synchronous and thread-safe (onnxruntime sessions accept
+concurrent ``run`` calls and release the GIL), so callers run it in worker
+threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnxruntime as ort
+
+from service.core.contract import ModelMetadata
+from service.core.metrics import VersionMetrics
+
+if TYPE_CHECKING:  # request.py imports State from here
+    from service.core.request import Outputs
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+State = tuple[np.ndarray, np.ndarray]
+"""One layer's (h, c), each float32 [directions, batch, units]."""
+
+
+def choose_providers(device: str, available: Sequence[str] | None = None) -> list[str]:
+    """Providers to ask onnxruntime for, best first.
+
+    onnxruntime only warns when asked for a provider it lacks and silently runs on
+    CPU, so the choice is made here against what the installed wheel offers, and
+    the session's real providers are logged after it is built.
+    """
+    offered = list(ort.get_available_providers() if available is None else available)
+    if device == "cpu":
+        return [CPU]
+    if CUDA in offered:
+        return [CUDA, CPU]
+    if device == "cuda":
+        log.warning(
+            "CUDA was asked for but this onnxruntime offers only %s; running on CPU "
+            "(install onnxruntime-gpu instead of onnxruntime for CUDA)",
+            offered,
+        )
+    return [CPU]
+
+
+def stack_states(per_sequence: list[list[State]]) -> list[State]:
+    """Per-sequence states [directions, 1, units] -> batched [directions, B, units]."""
+    layers = len(per_sequence[0])
+    return [
+        (
+            np.concatenate([seq[i][0] for seq in per_sequence], axis=1),
+            np.concatenate([seq[i][1] for seq in per_sequence], axis=1),
+        )
+        for i in range(layers)
+    ]
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    device: str = "auto"
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+
+
+@dataclass
+class RunResult:
+    """What one ``session.run`` returned, by role rather than by graph name."""
+
+    sequence_output: np.ndarray | None = None
+    final_output: np.ndarray | None = None
+    final_states: list[State] = field(default_factory=list)
+
+
+class ModelRuntime:
+    """An onnxruntime session bound to the metadata that describes it."""
+
+    def __init__(self, model_path: Path, metadata: ModelMetadata, options: RuntimeOptions) -> None:
+        self.metadata = metadata
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = options.intra_op_threads
+        so.inter_op_num_threads = options.inter_op_threads
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(
+            str(model_path), sess_options=so, providers=choose_providers(options.device)
+        )
+        self.providers: list[str] = list(self.session.get_providers())
+        self._check_graph()
+        names = metadata.tensors
+        self._state_inputs = [(s.h, s.c) for s in names.initial_states]
+        self._state_outputs = [name for s in names.final_states for name in (s.h, s.c)]
+        norm = metadata.normalization
+        self._mean = np.asarray(norm.mean, dtype=np.float32)
+        self._std = np.asarray(norm.std, dtype=np.float32)
+        self._normalize = not norm.in_graph
+        self.metrics = VersionMetrics.of(metadata.name, metadata.version)
+        log.info(
+            "loaded %s version %d on %s", metadata.name, metadata.version, ",".join(self.providers)
+        )
+
+    def _check_graph(self) -> None:
+        """Refuse a graph whose tensors do not match its metadata, at load, not per request."""
+        t = self.metadata.tensors
+        want_in = {t.x, t.lengths} | {n for s in t.initial_states for n in (s.h, s.c)}
+        want_out = {t.sequence_output, t.final_output} | {
+            n for s in t.final_states for n in (s.h, s.c)
+        }
+        have_in = {i.name for i in self.session.get_inputs()}
+        have_out = {o.name for o in self.session.get_outputs()}
+        if want_in != have_in or not want_out <= have_out:
+            raise ValueError(
+                f"model.onnx does not match metadata.json: graph inputs {sorted(have_in)}, "
+                f"outputs {sorted(have_out)}; metadata names inputs {sorted(want_in)}, "
+                f"outputs {sorted(want_out)}"
+            )
+
+    def zero_states(self, batch: int) -> list[State]:
+        shapes = (self.metadata.state_shape(i, batch) for i in range(len(self.metadata.layers)))
+        return [(np.zeros(s, np.float32), np.zeros(s, np.float32)) for s in shapes]
+
+    def run(
+        self,
+        x: np.ndarray,
+        lengths: np.ndarray,
+        states: list[State] | None,
+        outputs: Outputs,
+    ) -> RunResult:
+        """Run a right-padded batch: x float32 [B, T, F], lengths int64 [B] in 1..T.
+
+        Asks onnxruntime only for the ``outputs`` wanted; the graph still computes
+        the LSTM states, but the head over every timestep is skipped when unused.
+        """
+        t = self.metadata.tensors
+        if self._normalize:
+            x = (x - self._mean) / self._std
+        feeds: dict[str, np.ndarray] = {t.x: x, t.lengths: lengths}
+        for (h_name, c_name), (h, c) in zip(
+            self._state_inputs, states or self.zero_states(x.shape[0]), strict=True
+        ):
+            feeds[h_name] = h
+            feeds[c_name] = c
+        names: list[str] = []
+        if outputs.sequence:
+            names.append(t.sequence_output)
+        if outputs.final:
+            names.append(t.final_output)
+        if outputs.states:
+            names.extend(self._state_outputs)
+        values = dict(zip(names, self.session.run(names, feeds), strict=True))
+        result = RunResult(
+            sequence_output=values.get(t.sequence_output),
+            final_output=values.get(t.final_output),
+        )
+        if outputs.states:
+            result.final_states = [(values[s.h], values[s.c]) for s in t.final_states]
+        return result

@@ -1,0 +1,107 @@
+"""The serving core as one object: settings, worker threads, the model repository.
+
+It knows nothing about HTTP. ``app.py`` starts it in the lifespan and routes
+reach it through ``request.app.state.server``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from service.core.batching import BatchingOptions, DynamicBatcher
+from service.core.model import ServedModel, load_version
+from service.core.repository import ModelRepository
+from service.core.runtime import ModelRuntime, RuntimeOptions
+from service.core.state import SequenceStore
+from service.core.version_policy import VersionPolicy
+from service.settings import ModelBatching, Settings
+
+log = logging.getLogger(__name__)
+
+
+class Server:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.executor = ThreadPoolExecutor(
+            max_workers=settings.inference_threads, thread_name_prefix="inference"
+        )
+        self.options = RuntimeOptions(
+            device=settings.device,
+            intra_op_threads=settings.intra_op_threads,
+            inter_op_threads=settings.inter_op_threads,
+        )
+        self.repository = ModelRepository(
+            settings.model_repository,
+            loader=self.load,
+            default_policy=VersionPolicy.parse(settings.version_policy),
+            policies={
+                name: VersionPolicy.parse(text)
+                for name, text in settings.model_version_policies.items()
+            },
+            drain_s=settings.unload_drain_s,
+        )
+        self.sequences = SequenceStore(settings.max_sequences, settings.sequence_idle_timeout_s)
+        self._evictor: asyncio.Task[None] | None = None
+        self.live = True
+        self._started = False
+
+    def batching_options(self, model: str) -> BatchingOptions | None:
+        """Dynamic batching's options for ``model`` (server-wide, then its own); None if off."""
+        settings = self.settings
+        own = settings.model_batching.get(model, ModelBatching())
+
+        def pick(name: str) -> Any:
+            value = getattr(own, name)
+            return getattr(settings, name) if value is None else value
+
+        if not pick("dynamic_batching"):
+            return None
+        return BatchingOptions(
+            max_batch_size=pick("max_batch_size"),
+            max_queue_delay_s=pick("max_queue_delay_ms") / 1000,
+            max_queue_size=settings.max_queue_size,
+            bucket_ratio=pick("batch_bucket_ratio"),
+            slots=settings.inference_threads,
+        )
+
+    def make_batcher(self, runtime: ModelRuntime) -> DynamicBatcher:
+        """The version's scheduler. Without dynamic batching a batch is one request: the
+        same batcher, so queueing, deadlines and metrics behave the same either way."""
+        options = self.batching_options(runtime.metadata.name) or BatchingOptions(
+            dynamic=False,
+            max_batch_size=1,
+            max_queue_size=self.settings.max_queue_size,
+            slots=self.settings.inference_threads,
+        )
+        return DynamicBatcher(runtime, self.executor, options)
+
+    def load(self, version_dir: Path) -> ServedModel:
+        """Load and warm up one version (blocking; the repository calls it in a thread)."""
+        return load_version(version_dir, self.options, self.make_batcher)
+
+    @property
+    def ready(self) -> bool:
+        """Started, at least one model serving, and nothing half-loaded."""
+        return self._started and bool(self.repository.names()) and not self.repository.is_loading()
+
+    async def start(self) -> None:
+        """Load and warm up every model before reporting ready."""
+        await self.repository.load_all()
+        loaded = [f"{m.name}:{m.version}" for m in self.repository.all()]
+        if not loaded:
+            log.warning("no model loaded from %s", self.settings.model_repository)
+        log.info("ready: %s", ", ".join(loaded) or "no models")
+        every = min(10.0, self.settings.sequence_idle_timeout_s / 2)
+        self._evictor = asyncio.create_task(self.sequences.evict_forever(every))
+        self._started = True
+
+    async def stop(self) -> None:
+        self._started = False
+        if self._evictor is not None:
+            self._evictor.cancel()
+        await self.repository.close()
+        self.executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,26 @@
+"""Liveness and readiness, at the Open Inference Protocol's paths.
+
+Live: the process answers. Ready: startup finished and at least one model is
+loaded, so an orchestrator sends no traffic before the models can take it.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from service.http.asgi import server_of
+from service.http.body import json_response
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/v2/health/live", summary="The process is up")
+async def live(request: Request) -> Response:
+    return json_response({"live": bool(server_of(request).live)})
+
+
+@router.get("/v2/health/ready", summary="Every model is loaded: send traffic")
+async def ready(request: Request) -> Response:
+    is_ready = bool(server_of(request).ready)
+    return json_response({"ready": is_ready}, status=200 if is_ready else 503)

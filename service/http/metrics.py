@@ -1,0 +1,52 @@
+"""``GET /metrics`` in the Prometheus text format, and the HTTP layer's request metrics.
+
+With several worker processes each keeps its own counters; when
+``PROMETHEUS_MULTIPROC_DIR`` is set (``lstm-serve`` sets it for workers > 1)
+the answer aggregates every worker's files, so a scrape of any one process sees
+the whole server.
+"""
+
+from __future__ import annotations
+
+import os
+
+from fastapi import APIRouter
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+from starlette.responses import Response
+
+from service.core.metrics import LATENCY_BUCKETS
+
+router = APIRouter(tags=["metrics"])
+
+REQUESTS = Counter(
+    "lstm_requests_total",
+    "HTTP requests answered, by model, version, route template and status code.",
+    ["model", "version", "endpoint", "code"],
+)
+REQUEST_DURATION = Histogram(
+    "lstm_request_duration_seconds",
+    "Time from the request's first byte to its response, by route template.",
+    ["endpoint"],
+    buckets=LATENCY_BUCKETS,
+)
+
+
+def _registry() -> CollectorRegistry:
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return registry
+    return REGISTRY
+
+
+@router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+async def metrics() -> Response:
+    return Response(generate_latest(_registry()), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,1 @@
+"""TF-Serving-style REST (``/v1``): predict, model status, and the WebSocket stream."""

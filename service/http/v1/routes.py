@@ -1,0 +1,200 @@
+"""TF-Serving-style REST: ``/v1/models/{name}[/versions/{v}]:predict`` and model status.
+
+Routes are thin: read the body (``http/body.py``), validate the envelope with
+pydantic, turn the instances into arrays (``instances.py``), hand them to the
+model version's batcher (``core/batching.py``, through ``core/state.py`` when the
+request carries or continues state), and shape the answer (``predictions.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from starlette.responses import Response
+
+from service.core import state
+from service.core.errors import InvalidInput
+from service.core.model import ServedModel
+from service.core.repository import parse_version
+from service.core.request import FINAL, SEQUENCE, InferenceRequest
+from service.core.server import Server
+from service.http.asgi import hot, server_of
+from service.http.body import json_response, parse_json, read_body
+from service.http.errors import describe_validation_errors
+from service.http.v1.instances import decode_instances
+from service.http.v1.predictions import format_predictions
+from service.http.v1.state_json import decode_state, encode_states
+
+router = APIRouter(prefix="/v1", tags=["v1"])
+
+
+class PredictRequest(BaseModel):
+    """The envelope only: ``instances`` stay raw lists until numpy reads them in one go."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    instances: list[Any] = Field(
+        description="sequences, each a list of timesteps, each a list of the model's features"
+    )
+    return_sequences: StrictBool = Field(
+        default=False,
+        description="true: one prediction per timestep (Keras return_sequences=True); "
+        "false: one per sequence, at its last timestep",
+    )
+    # Server-held state (Keras stateful=True across requests), as Triton's sequence batcher.
+    sequence_id: Any = Field(default=None, description="integer or string id of the sequence")
+    sequence_start: StrictBool = False
+    sequence_end: StrictBool = False
+    # Client-carried state: any replica can continue the sequence.
+    initial_states: list[dict[str, Any] | None] | None = None
+    return_states: StrictBool = False
+
+    def state_options(self) -> state.StateOptions:
+        return state.StateOptions(
+            sequence_id=state.parse_sequence_id(self.sequence_id),
+            sequence_start=self.sequence_start,
+            sequence_end=self.sequence_end,
+            initial_states=self.initial_states,
+            return_states=self.return_states,
+        )
+
+
+async def _predict(request: Request, name: str, version: int | None) -> Response:
+    server = server_of(request)
+    model = server.repository.get(name, version)
+    request.state.model, request.state.version = model.name, model.version
+    settings = server.settings
+    payload = parse_json(
+        await read_body(request, settings.max_body_bytes, settings.request_timeout_s)
+    )
+    try:
+        envelope = PredictRequest.model_validate(payload)
+    except ValidationError as exc:
+        raise InvalidInput(describe_validation_errors(exc.errors())) from None
+    if len(envelope.instances) > settings.max_instances:
+        raise InvalidInput(
+            f"instances has {len(envelope.instances)} sequences; the limit is "
+            f"{settings.max_instances}"
+        )
+    meta = model.metadata
+    x, lengths = decode_instances(
+        envelope.instances,
+        features=meta.num_features,
+        model=meta.name,
+        max_timesteps=settings.max_timesteps,
+    )
+    inference = InferenceRequest(
+        x=x,
+        lengths=lengths,
+        outputs=SEQUENCE if envelope.return_sequences else FINAL,
+        deadline=time.monotonic() + settings.request_timeout_s,
+    )
+    options = envelope.state_options()
+    if options.stateful:
+        result = await state.infer(
+            model,
+            server.sequences,
+            inference,
+            options,
+            lambda token, i: decode_state(meta, token, f"initial_states[{i}]"),
+        )
+    else:
+        result = await model.batcher.submit(inference)
+    answer: dict[str, Any] = {
+        "model": meta.name,
+        "version": str(meta.version),
+        "predictions": format_predictions(meta, result, lengths, envelope.return_sequences),
+    }
+    if envelope.sequence_id is not None:
+        answer["sequence_id"] = envelope.sequence_id
+    if options.return_states:
+        answer["states"] = encode_states(meta, result.final_states)
+    return json_response(answer)
+
+
+@hot(router, "/models/{name}:predict", summary="Predict with the latest version")
+async def predict(request: Request, name: str) -> Response:
+    return await _predict(request, name, None)
+
+
+@hot(router, "/models/{name}/versions/{version}:predict", summary="Predict with one version")
+async def predict_version(request: Request, name: str, version: str) -> Response:
+    return await _predict(request, name, parse_version(version))
+
+
+def describe(model: ServedModel) -> dict[str, Any]:
+    """What a client needs to call the model, and what an operator needs to trust it."""
+    meta = model.metadata
+    training = meta.training
+    return {
+        "name": meta.name,
+        "version": str(meta.version),
+        "task": meta.task,
+        "target": meta.target,
+        "inputs": {
+            "instances": {
+                "shape": [-1, -1, meta.num_features],
+                "dtype": "float32",
+                "features": meta.feature_names,
+            }
+        },
+        "outputs": {
+            "final": {"shape": [-1, meta.output_size]},
+            "sequence": {"shape": [-1, -1, meta.output_size]},
+        },
+        "classes": meta.classes,
+        "layers": [layer.model_dump() for layer in meta.layers],
+        "bidirectional": meta.bidirectional,
+        "stateful": not meta.bidirectional,
+        "metrics": training.metrics if training else {},
+        "parity_max_abs_diff": meta.parity.max_abs_diff,
+        "providers": model.runtime.providers,
+        "created_at": meta.created_at.isoformat(),
+    }
+
+
+# Triton's repository states as TF-Serving's model_version_status states.
+_TF_STATES = {
+    "READY": "AVAILABLE",
+    "LOADING": "LOADING",
+    "UNLOADING": "UNLOADING",
+    "UNAVAILABLE": "END",
+}
+
+
+def _status(server: Server, name: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "version": str(s.version),
+            "state": _TF_STATES[s.state],
+            "status": {
+                "error_code": "UNKNOWN" if s.state == "UNAVAILABLE" else "OK",
+                "error_message": s.reason,
+            },
+        }
+        for s in server.repository.statuses(name)
+    ]
+
+
+@router.get("/models", summary="Loaded models")
+async def list_models(request: Request) -> Response:
+    server = server_of(request)
+    return json_response(
+        {"models": [describe(server.repository.get(n)) for n in server.repository.names()]}
+    )
+
+
+@router.get("/models/{name}", summary="A model's latest version and the status of all")
+async def model_status(request: Request, name: str) -> Response:
+    server = server_of(request)
+    model = server.repository.get(name)
+    return json_response({**describe(model), "model_version_status": _status(server, name)})
+
+
+@router.get("/models/{name}/versions/{version}", summary="One version of a model")
+async def version_status(request: Request, name: str, version: str) -> Response:
+    server = server_of(request)
+    return json_response(describe(server.repository.get(name, parse_version(version))))

@@ -1,0 +1,123 @@
+"""Streaming over a WebSocket: timesteps in as they happen, per-timestep outputs out.
+
+``/v1/models/{name}/stream`` (or ``.../versions/{v}/stream``) keeps one
+sequence per connection, its (h, c) held by the connection itself, so closing
+the socket frees it. Messages, JSON both ways:
+
+- ``{"timesteps": [[f1, ..., fF], ...]}`` (one or several timesteps) ->
+  ``{"predictions": [one per timestep], "steps": <total so far>}``
+- ``{"reset": true}`` -> ``{"reset": true, "steps": 0}`` (zero state again)
+- ``{"end": true}`` -> ``{"ended": true, "steps": n}``, then a normal close (1000)
+
+A bad message gets ``{"error": "..."}`` and the stream goes on. Messages are
+handled one at a time: a client that sends faster than the model computes fills
+the socket's bounded receive queue and then TCP's window, which slows the client
+(backpressure) instead of growing memory here.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from service.core.errors import InvalidInput, ServingError
+from service.core.model import ServedModel
+from service.core.repository import parse_version
+from service.core.request import SEQUENCE, InferenceRequest
+from service.core.runtime import State
+from service.core.server import Server
+from service.core.state import check_stateful
+from service.http.asgi import server_of
+from service.http.v1.instances import decode_sequence
+from service.http.v1.predictions import format_predictions
+
+router = APIRouter(prefix="/v1", tags=["v1 streaming"])
+
+POLICY_VIOLATION = 1008
+
+
+async def _send(websocket: WebSocket, message: dict[str, Any]) -> None:
+    await websocket.send_text(orjson.dumps(message, option=orjson.OPT_SERIALIZE_NUMPY).decode())
+
+
+async def _step(
+    server: Server, model: ServedModel, message: Any, states: list[State]
+) -> tuple[dict[str, Any], list[State], int]:
+    """Handle one ``timesteps`` message: its answer, the new state, timesteps consumed."""
+    if not isinstance(message, dict) or set(message) != {"timesteps"}:
+        raise InvalidInput(
+            'a message is {"timesteps": [[...], ...]}, {"reset": true} or {"end": true}'
+        )
+    meta = model.metadata
+    x = decode_sequence(
+        message["timesteps"],
+        features=meta.num_features,
+        model=meta.name,
+        max_timesteps=server.settings.max_timesteps,
+        name="timesteps",
+    )
+    lengths = np.array([len(x)], dtype=np.int64)
+    result = await model.batcher.submit(
+        InferenceRequest(
+            x=x[None],
+            lengths=lengths,
+            states=states,
+            outputs=SEQUENCE.with_states(),  # the connection holds the state
+            deadline=time.monotonic() + server.settings.request_timeout_s,
+        )
+    )
+    predictions = format_predictions(meta, result, lengths, return_sequences=True)[0]
+    return {"predictions": predictions}, result.final_states, len(x)
+
+
+async def _serve(websocket: WebSocket, name: str, version: str | None) -> None:
+    server = server_of(websocket)
+    await websocket.accept()
+    try:
+        model = server.repository.get(name, None if version is None else parse_version(version))
+        check_stateful(model)
+    except ServingError as exc:
+        await _send(websocket, {"error": exc.message})
+        await websocket.close(POLICY_VIOLATION)
+        return
+    states = model.runtime.zero_states(1)
+    steps = 0
+    try:
+        while True:
+            raw = await websocket.receive_text()
+            try:
+                message = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                await _send(websocket, {"error": f"message is not valid JSON: {exc}"})
+                continue
+            if message == {"end": True}:
+                await _send(websocket, {"ended": True, "steps": steps})
+                await websocket.close(1000)
+                return
+            if message == {"reset": True}:
+                states, steps = model.runtime.zero_states(1), 0
+                await _send(websocket, {"reset": True, "steps": 0})
+                continue
+            try:
+                answer, states, consumed = await _step(server, model, message, states)
+            except ServingError as exc:
+                await _send(websocket, {"error": exc.message})
+                continue
+            steps += consumed
+            await _send(websocket, {**answer, "steps": steps})
+    except WebSocketDisconnect:
+        return  # the client left; its state goes with the connection
+
+
+@router.websocket("/models/{name}/stream")
+async def stream(websocket: WebSocket, name: str) -> None:
+    await _serve(websocket, name, None)
+
+
+@router.websocket("/models/{name}/versions/{version}/stream")
+async def stream_version(websocket: WebSocket, name: str, version: str) -> None:
+    await _serve(websocket, name, version)

@@ -1,0 +1,171 @@
+"""The Open Inference Protocol (KServe V2) as Triton speaks it, so its clients and tools work.
+
+``GET /v2``, ``GET /v2/models/{m}[/versions/{v}]`` (+ ``/ready``, ``/config``) and
+``POST .../infer``, with the binary tensor data extension both ways and Triton's
+sequence extension (``parameters.sequence_id``, routed to ``core/state.py``).
+Health routes live in ``http/health.py``, the repository extension in
+``repository.py``.
+
+Routes are thin: resolve the model, read the body (``http/body.py``), split it
+and turn its tensors into the core's arrays and back (``tensors.py``), validate
+the envelope (``schema.py``), and hand the arrays to the model version's
+batcher like ``/v1`` does.
+
+Status codes follow the protocol (``http/errors.py``'s V2 table): a request that
+does not fit the model is a 400 here (``/v1`` answers 422 for the same core
+error), an unknown model or version 404, a loading one or a full queue 503, all
+with ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from service.core import state
+from service.core.errors import BadRequest
+from service.core.model import ServedModel
+from service.core.repository import parse_version
+from service.core.request import InferenceRequest, Outputs
+from service.core.server import Server
+from service.http.asgi import hot, server_of
+from service.http.body import decode_content, json_response, read_body
+from service.http.errors import describe_validation_errors
+from service.http.v2.metadata import model_config, model_metadata, server_metadata
+from service.http.v2.schema import InferenceRequestBody
+from service.http.v2.tensors import (
+    HEADER_LENGTH,
+    Limits,
+    binary_response,
+    decode_inputs,
+    encode_outputs,
+    select_outputs,
+    slice_buffers,
+    split_body,
+)
+
+router = APIRouter(prefix="/v2", tags=["v2"])
+
+
+def resolve(server: Server, name: str, version: str | None) -> ServedModel:
+    """The served version asked for; 503 rather than 404 while it is loading or draining."""
+    return server.repository.resolve(name, None if version is None else parse_version(version))
+
+
+def _envelope(payload: Any) -> InferenceRequestBody:
+    if not isinstance(payload, dict):
+        raise BadRequest("the inference request must be a JSON object with 'inputs'")
+    try:
+        return InferenceRequestBody.model_validate(payload)
+    except ValidationError as exc:
+        raise BadRequest(describe_validation_errors(exc.errors())) from None
+
+
+async def infer(request: Request, name: str, version: str | None) -> Response:
+    server = server_of(request)
+    model = resolve(server, name, version)
+    request.state.model, request.state.version = model.name, model.version
+    settings = server.settings
+    limit = settings.max_body_bytes
+    body = decode_content(
+        await read_body(request, limit, settings.request_timeout_s),
+        request.headers.get("content-encoding"),
+        limit,
+    )
+    parts = split_body(body, request.headers.get(HEADER_LENGTH))
+    envelope = _envelope(parts.json)
+    options = envelope.state_options()
+    buffers = slice_buffers(parts.tail, envelope.inputs)
+    meta = model.metadata
+    x, lengths = decode_inputs(
+        envelope.inputs, buffers, meta, Limits(settings.max_instances, settings.max_timesteps)
+    )
+    selected = select_outputs(envelope.outputs, meta, envelope.binary_data_output())
+    roles = {choice.spec.role for choice in selected}
+    wait_s = min(settings.request_timeout_s, envelope.timeout_s() or settings.request_timeout_s)
+    inference = InferenceRequest(
+        x=x,
+        lengths=lengths,
+        outputs=Outputs(
+            sequence="sequence" in roles, final="final" in roles, states=bool(roles & {"h", "c"})
+        ),
+        deadline=time.monotonic() + wait_s,
+    )
+    if options.stateful:
+        result = await state.infer(model, server.sequences, inference, options)
+    else:
+        result = await model.batcher.submit(inference)
+    outputs, arrays = encode_outputs(selected, result)
+    header: dict[str, Any] = {"model_name": meta.name, "model_version": str(meta.version)}
+    if envelope.id is not None:
+        header["id"] = envelope.id
+    header["outputs"] = outputs
+    return binary_response(header, arrays) if arrays else json_response(header)
+
+
+# The infer routes come first: routes are matched in order, and these are the hot ones.
+@hot(router, "/models/{name}/infer", summary="Infer with the latest version")
+async def model_infer(request: Request, name: str) -> Response:
+    return await infer(request, name, None)
+
+
+@hot(router, "/models/{name}/versions/{version}/infer", summary="Infer with one version")
+async def version_infer(request: Request, name: str, version: str) -> Response:
+    return await infer(request, name, version)
+
+
+@router.get("", summary="Server metadata and the protocol extensions it supports")
+async def metadata(request: Request) -> Response:
+    return json_response(server_metadata(request.app.version))
+
+
+def _describe(request: Request, name: str, version: str | None) -> Response:
+    server = server_of(request)
+    model = resolve(server, name, version)
+    versions = [m.version for m in server.repository.versions(name)]
+    return json_response(model_metadata(model, versions))
+
+
+def _ready(request: Request, name: str, version: str | None) -> Response:
+    model = resolve(server_of(request), name, version)
+    return json_response({"name": model.name, "version": str(model.version), "ready": True})
+
+
+def _config(request: Request, name: str, version: str | None) -> Response:
+    server = server_of(request)
+    model = resolve(server, name, version)
+    return json_response(model_config(model, server.settings, server.repository.policy(name)))
+
+
+@router.get("/models/{name}", summary="Inputs and outputs of a model's latest version")
+async def model(request: Request, name: str) -> Response:
+    return _describe(request, name, None)
+
+
+@router.get("/models/{name}/versions/{version}", summary="Inputs and outputs of one version")
+async def model_version(request: Request, name: str, version: str) -> Response:
+    return _describe(request, name, version)
+
+
+@router.get("/models/{name}/ready", summary="200 when the model can take requests")
+async def model_ready(request: Request, name: str) -> Response:
+    return _ready(request, name, None)
+
+
+@router.get("/models/{name}/versions/{version}/ready", summary="200 when the version can")
+async def version_ready(request: Request, name: str, version: str) -> Response:
+    return _ready(request, name, version)
+
+
+@router.get("/models/{name}/config", summary="Triton model configuration (perf_analyzer)")
+async def config(request: Request, name: str) -> Response:
+    return _config(request, name, None)
+
+
+@router.get("/models/{name}/versions/{version}/config", summary="Configuration of one version")
+async def version_config(request: Request, name: str, version: str) -> Response:
+    return _config(request, name, version)

@@ -1,0 +1,249 @@
+"""The serving benchmark, in one run: ``python -m service.loadtest.benchmark``.
+
+Not a test: it prints figures, as ratios against a baseline measured minutes
+apart on the same machine, because absolute numbers on a shared box mean little.
+
+- **Baseline**: the default model in a plain in-process onnxruntime session, one
+  intra-op thread, batches of 32 sequences back to back: the compute limit of
+  one core, with no HTTP, no JSON and no queueing.
+- **The service**, started as users start it (``python -m service``: uvicorn,
+  ``--workers`` processes, one onnxruntime thread each), once with dynamic
+  batching off and once on, driven by the project's own client (``run_load``,
+  a separate process's worth of asyncio on the same cores) at:
+  single-sequence requests at concurrency 1, 16 and 64, and 32-sequence
+  requests at concurrency 4, as ``/v1`` JSON (and V2 binary for the latter).
+
+Every row reports requests/s, sequences/s, p50/p99 latency, the fraction of
+the baseline's sequences/s, and the server's peak resident memory (all worker
+processes). The access log is off (``LSTM_SERVE_LOG_LEVEL=warning``), as an
+operator would run a service at thousands of requests per second; ``--log-level
+info`` measures it on.
+
+    python -m service.loadtest.benchmark --seconds 5 --json bench.json --plot bench.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from service.core.contract import ModelMetadata
+from service.loadtest import LoadResult, LoadSpec, run_load
+from service.loadtest.process import PeakRss, ServerProcess
+from service.settings import DEFAULT_REPOSITORY
+
+MODEL = "basic_motions"
+
+
+@dataclass(frozen=True)
+class Point:
+    label: str
+    protocol: str
+    batch: int
+    concurrency: int
+    overload: float | None = None
+    """Open loop at this multiple of the previous point's requests/s, instead of closed."""
+    warmup_s: float = 1.0
+
+
+POINTS = (
+    Point("1 seq/request, 1 client", "v1", 1, 1),
+    Point("1 seq/request, 16 clients", "v1", 1, 16),
+    Point("1 seq/request, 64 clients", "v1", 1, 64),
+    Point("32 seq/request, 4 clients", "v1", 32, 4),
+    Point("32 seq/request, 4 clients, V2 binary", "v2-binary", 32, 4),
+)
+# With batching on, overload follows: three times what the last point achieved,
+# offered at a fixed rate whatever the answers, then one client right after.
+OVERLOAD = (
+    Point("overload: 3x that rate, open loop", "v2-binary", 32, 0, overload=3.0),
+    Point("right after: 32 seq/request, 1 client", "v2-binary", 32, 1, warmup_s=0.0),
+)
+
+
+def raw_baseline(version_dir: Path, batch: int, steps: int, seconds: float) -> dict[str, float]:
+    """Sequences/s and per-call latency of onnxruntime alone, one thread, back to back."""
+    meta = ModelMetadata.model_validate_json((version_dir / "metadata.json").read_bytes())
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(version_dir / "model.onnx"), so, ["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds: dict[str, np.ndarray] = {
+        meta.tensors.x: rng.normal(size=(batch, steps, meta.num_features)).astype(np.float32),
+        meta.tensors.lengths: np.full(batch, steps, np.int64),
+    }
+    for i, names in enumerate(meta.tensors.initial_states):
+        feeds[names.h] = feeds[names.c] = np.zeros(meta.state_shape(i, batch), np.float32)
+    outputs = [meta.tensors.final_output]
+    for _ in range(20):
+        session.run(outputs, feeds)
+    latencies: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        session.run(outputs, feeds)
+        latencies.append(time.perf_counter() - start)
+    ms = np.array(latencies) * 1000
+    return {
+        "sequences_per_s": batch * len(ms) / (ms.sum() / 1000),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
+
+
+def run_points(
+    env: dict[str, str], steps: int, seconds: float, repository: Path, points: tuple[Point, ...]
+) -> list[tuple[Point, LoadResult, float]]:
+    server = ServerProcess(repository, env)
+    try:
+        server.wait_ready(timeout=120.0)
+        return _measure(server, steps, seconds, points)
+    finally:
+        server.stop(timeout=60.0)
+
+
+def _measure(
+    server: ServerProcess, steps: int, seconds: float, points: tuple[Point, ...]
+) -> list[tuple[Point, LoadResult, float]]:
+    with PeakRss(server.process.pid, every_s=0.1) as memory:
+        rows: list[tuple[Point, LoadResult, float]] = []
+        for point in points:
+            rate = None
+            if point.overload is not None:
+                rate = point.overload * rows[-1][1].requests_per_s
+            spec = LoadSpec(
+                url=server.url,
+                model=MODEL,
+                protocol=point.protocol,  # type: ignore[arg-type]
+                batch=point.batch,
+                timesteps=steps,
+                concurrency=max(point.concurrency, 1),
+                rate=rate,
+                max_in_flight=4096,  # the server, not the client, must shed the excess
+                duration_s=seconds,
+                warmup_s=point.warmup_s,
+            )
+            result = run_load(spec)
+            rows.append((point, result, memory.peak))
+            print(f"  {point.label}: {result.requests_per_s:.0f} req/s", file=sys.stderr)
+        return rows
+
+
+def report(raw: dict[str, float], runs: dict[str, list[tuple[Point, LoadResult, float]]]) -> str:
+    base = raw["sequences_per_s"]
+    lines = [
+        f"{'service':<13}{'load':<40}{'req/s':>8}{'seq/s':>9}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'x raw':>7}{'RSS MiB':>9}  errors",
+        f"{'raw ORT':<13}{'32 seq/call, 1 thread, in-process':<40}{'':>8}{base:>9.0f}"
+        f"{raw['p50_ms']:>8.2f}{raw['p99_ms']:>8.2f}{1.0:>7.2f}{'':>9}{'':>8}",
+    ]
+    for name, rows in runs.items():
+        for point, r, rss in rows:
+            lat = r.latency_ms
+            errors = ",".join(f"{n} {code}" for code, n in r.errors.items()) or "0"
+            lines.append(
+                f"{name:<13}{point.label:<40}{r.requests_per_s:>8.0f}{r.sequences_per_s:>9.0f}"
+                f"{lat['p50']:>8.2f}{lat['p99']:>8.2f}{r.sequences_per_s / base:>7.2f}"
+                f"{rss:>9.0f}  {errors}"
+            )
+    return "\n".join(lines)
+
+
+def plot(runs: dict[str, list[tuple[Point, LoadResult, float]]], path: Path) -> None:
+    """p50 and p99 against achieved sequences/s for the single-sequence sweep, off vs on."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for (name, rows), colour in zip(runs.items(), ("tab:red", "tab:blue"), strict=False):
+        sweep = [(p, r) for p, r, _ in rows if p.batch == 1 and p.overload is None]
+        x = [r.sequences_per_s for _, r in sweep]
+        for pct, style in (("p50", "o-"), ("p99", "^--")):
+            ax.plot(x, [r.latency_ms[pct] for _, r in sweep], style, color=colour,
+                    label=f"{name}: {pct}")  # fmt: skip
+        for p, r in sweep:
+            ax.annotate(f"c={p.concurrency}", (r.sequences_per_s, r.latency_ms["p99"]),
+                        textcoords="offset points", xytext=(4, 4), fontsize=8)  # fmt: skip
+    ax.set_xlabel("achieved throughput (sequences/s)")
+    ax.set_ylabel("latency (ms)")
+    ax.set_yscale("log")
+    ax.set_title(f"{MODEL}, single-sequence /v1 requests: latency vs throughput")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m service.loadtest.benchmark", description=__doc__
+    )
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per point")
+    parser.add_argument("--timesteps", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    parser.add_argument("--log-level", default="warning", choices=["info", "warning"])
+    parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--plot", type=Path, help="write the latency/throughput PNG here")
+    args = parser.parse_args(argv)
+
+    print("raw onnxruntime ...", file=sys.stderr)
+    raw = raw_baseline(args.repository / MODEL / "1", 32, args.timesteps, args.seconds)
+    env = {
+        "LSTM_SERVE_WORKERS": str(args.workers),
+        "LSTM_SERVE_INFERENCE_THREADS": "1",
+        "LSTM_SERVE_INTRA_OP_THREADS": "1",
+        "LSTM_SERVE_LOG_LEVEL": args.log_level,
+    }
+    runs: dict[str, list[tuple[Point, LoadResult, float]]] = {}
+    for name, batching, points in (
+        ("batching off", "false", POINTS),
+        ("batching on", "true", POINTS + OVERLOAD),
+    ):
+        print(f"{name} ...", file=sys.stderr)
+        runs[name] = run_points(
+            {**env, "LSTM_SERVE_DYNAMIC_BATCHING": batching},
+            args.timesteps,
+            args.seconds,
+            args.repository,
+            points,
+        )
+    print(
+        f"\n{MODEL}, T={args.timesteps}, {args.workers} uvicorn workers x 1 onnxruntime "
+        f"thread, {os.cpu_count()} cores shared with the client, {args.seconds:g} s per point\n"
+    )
+    print(report(raw, runs))
+    if args.json:
+        payload: dict[str, Any] = {
+            "raw": raw,
+            "settings": {**vars(args), "json": str(args.json), "plot": str(args.plot),
+                         "repository": str(args.repository)},
+            "runs": {
+                name: [
+                    {**r.to_dict(), "label": p.label, "server_peak_rss_mib": rss,
+                     "fraction_of_raw": r.sequences_per_s / raw["sequences_per_s"]}
+                    for p, r, rss in rows
+                ]
+                for name, rows in runs.items()
+            },
+        }  # fmt: skip
+        args.json.write_text(json.dumps(payload, indent=2, default=str))
+    if args.plot:
+        plot(runs, args.plot)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Process logging: one JSON object per line (or plain text), set up once per process.
+
+``lstm-serve`` and every worker process call ``configure_logging`` at start;
+the access log itself is written by ``http/asgi.py``'s ``RequestObserver``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the request fields passed as ``extra``."""
+
+    _FIELDS = ("request_id", "method", "path", "model", "version", "status", "duration_ms")
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for field in self._FIELDS:
+            if hasattr(record, field):
+                entry[field] = getattr(record, field)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
+
+
+def configure_logging(level: str, json_logs: bool = True) -> None:
+    """Root logging for the process; uvicorn's own loggers propagate to it."""
+    handler = logging.StreamHandler()
+    if json_logs:
+        formatter: logging.Formatter = JsonFormatter()
+        formatter.converter = time.gmtime
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    # RequestObserver writes the access log (with request ids); uvicorn's would double it.
+    uvicorn_access = logging.getLogger("uvicorn.access")
+    uvicorn_access.handlers[:] = []
+    uvicorn_access.propagate = False

@@ -1,0 +1,66 @@
+"""SequenceStore on its own: eviction, the cap, ordering of chunks of one sequence."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.core.errors import SequenceLimit, SequenceNotFound
+from service.core.model import ServedModel
+from service.core.request import InferenceRequest
+from service.core.server import Server
+from service.core.state import SequenceStore
+from service.settings import Settings
+
+
+async def loaded_model(root: Path) -> tuple[Server, ServedModel]:
+    server = Server(Settings(model_repository=root))
+    await server.repository.load_all()
+    return server, server.repository.get("tiny")
+
+
+def chunk(steps: int = 2, value: float = 0.5) -> InferenceRequest:
+    x = np.full((1, steps, 3), value, np.float32)
+    return InferenceRequest(x=x, lengths=np.array([steps]))
+
+
+def test_cap_idle_eviction_and_memory_accounting(tiny_repository: Path) -> None:
+    async def scenario() -> None:
+        _, model = await loaded_model(tiny_repository)
+        store = SequenceStore(max_sequences=2, idle_timeout_s=60)
+        await store.run_chunk("a", model, chunk(), start=True, end=False)
+        await store.run_chunk("b", model, chunk(), start=True, end=False)
+        assert store.live == 2 and store.state_bytes == 2 * 2 * (8 + 4) * 4
+        with pytest.raises(SequenceLimit, match="2 sequences are live, the configured maximum"):
+            await store.run_chunk("c", model, chunk(), start=True, end=False)
+        assert store.evict_idle(now=time.monotonic() + 61) == 2
+        await store.run_chunk("c", model, chunk(), start=True, end=False)
+        with pytest.raises(SequenceNotFound, match="sequence 'a' is not live"):
+            await store.run_chunk("a", model, chunk(), start=False, end=False)
+        await store.run_chunk("c", model, chunk(), start=False, end=True)
+        assert store.live == 0 and store.state_bytes == 0
+
+    asyncio.run(scenario())
+
+
+def test_concurrent_chunks_of_one_sequence_run_in_arrival_order(tiny_repository: Path) -> None:
+    """Ten chunks fired at once give exactly what ten chunks sent one by one give."""
+
+    async def scenario() -> None:
+        _, model = await loaded_model(tiny_repository)
+        values = [0.1 * i for i in range(10)]
+        store = SequenceStore(max_sequences=4, idle_timeout_s=60)
+        await store.run_chunk("seq", model, chunk(1, 0.0), start=True, end=False)
+        together = await asyncio.gather(
+            *(store.run_chunk("seq", model, chunk(3, v), start=False, end=False) for v in values)
+        )
+        await store.run_chunk("one", model, chunk(1, 0.0), start=True, end=False)
+        for v, got in zip(values, together, strict=True):
+            alone = await store.run_chunk("one", model, chunk(3, v), start=False, end=False)
+            np.testing.assert_array_equal(got.final_output, alone.final_output)
+
+    asyncio.run(scenario())
