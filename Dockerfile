@@ -72,11 +72,17 @@ WORKDIR /tmp
 ENTRYPOINT ["lstm-bench"]
 CMD ["--help"]
 
+# ---------------------------------------------------------------- serving venv
+# The same environment less the load-testing code, which the server never imports
+# (tests/test_architecture.py checks that it starts without it).
+FROM builder AS runtime-venv
+RUN rm -rf /opt/venv/lib/python3*/site-packages/service/loadtest /opt/venv/bin/lstm-bench
+
 # ---------------------------------------------------------------- serving image
 FROM base AS runtime
 LABEL org.opencontainers.image.title="lstm-serve" \
       org.opencontainers.image.description="Stacked LSTMs exported to ONNX, served with onnxruntime"
-COPY --from=builder /opt/venv /opt/venv
+COPY --from=runtime-venv /opt/venv /opt/venv
 COPY deploy/docker/healthcheck.py /usr/local/lib/lstm-serve/healthcheck.py
 # Root-owned and world-readable: the server reads the models and cannot change them.
 # Mount a repository over /models to serve other models; checkpoint.pt files (torch

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from service.loadtest.process import free_port  # noqa: E402  (the checkout's, as above)
 
 MODEL = "basic_motions"
 FEATURES = 6
@@ -57,12 +58,6 @@ def docker(*args: str, check_rc: bool = True, timeout: float = 120.0) -> str:
     if check_rc and result.returncode != 0:
         raise CheckFailed(f"docker {' '.join(args)} failed: {result.stderr.strip()}")
     return result.stdout.strip()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -147,15 +142,20 @@ def is_live(url: str) -> bool:
 
 
 def check_image(image: str) -> None:
-    """No torch, no compiler, no checkpoint, a numeric non-root user, in the image itself."""
+    """No torch, no load-testing code, no compiler, no checkpoint, a numeric non-root user."""
     probe = (
         "import importlib.util, pathlib, shutil; "
         "print(importlib.util.find_spec('torch') is None, "
+        "importlib.util.find_spec('service.loadtest') is None, shutil.which('lstm-bench'), "
         "[c for c in ('gcc', 'cc', 'g++', 'clang') if shutil.which(c)], "
         "sorted(str(p) for p in pathlib.Path('/models').rglob('checkpoint.pt')))"
     )
     out = docker("run", "--rm", "--network", "none", "--entrypoint", "python", image, "-c", probe)
-    check(out == "True [] []", "image has no torch, no compiler and no checkpoint.pt", out)
+    check(
+        out == "True True None [] []",
+        "image has no torch, no load-testing code, no compiler and no checkpoint.pt",
+        out,
+    )
     user = docker("image", "inspect", "--format", "{{.Config.User}}", image)
     check(user == f"{UID}:{UID}", "image runs as a numeric non-root user", user)
 

@@ -1,6 +1,7 @@
 """ONNX export with dynamic batch and time, ``sequence_lens`` wiring, and a parity check.
 
-The recipe (see ../shared/README.md for how each point was established):
+The recipe (each point measured with torch 2.13 and onnxruntime 1.31, and held by
+``tests/models/test_export.py``):
 - The TorchScript exporter (``dynamo=False``) at opset 17: each ``nn.LSTM``
   becomes one ONNX ``LSTM`` op and the time axis stays dynamic. The dynamo
   exporter freezes T to the example's length, so it is not used.

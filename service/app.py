@@ -20,6 +20,10 @@ from service.logs import configure_logging
 from service.settings import Settings
 
 
+HOT_ROUTERS = [v1.router, v2.router]
+"""The routers whose ``@hot`` routes (predict, infer) are served straight from ASGI."""
+
+
 def build_fastapi(settings: Settings) -> FastAPI:
     """The FastAPI app with every route, and the core (``app.state.server``) in its lifespan."""
     server = Server(settings)
@@ -61,7 +65,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     that the hot routes skip Starlette's middleware layers too; every other
     request still gets FastAPI's full handling (and ``/docs``).
     """
-    return RequestObserver(HotRoutes(build_fastapi(settings or Settings())))
+    return RequestObserver(HotRoutes(build_fastapi(settings or Settings()), HOT_ROUTERS))
 
 
 def create_served_app() -> ASGIApp:

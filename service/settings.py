@@ -78,7 +78,7 @@ class Settings(BaseSettings):
         "core, 1 (measured: 2 only adds GIL and scheduler contention)",
     )
 
-    # Dynamic batching (service/batching.py), per model version
+    # Dynamic batching (service/core/batching.py), per model version
     dynamic_batching: bool = Field(
         default=True, description="merge concurrent requests into one onnxruntime call"
     )

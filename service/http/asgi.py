@@ -184,14 +184,21 @@ def _direct(route: APIRoute) -> bool:
 class HotRoutes:
     """ASGI middleware in front of FastAPI for the routes declared with ``@hot``."""
 
-    def __init__(self, fastapi: FastAPI) -> None:
+    def __init__(self, fastapi: FastAPI, routers: list[APIRouter]) -> None:
+        """Serve the ``@hot`` routes of ``routers`` (each included in ``fastapi``).
+
+        The routers' own route lists are read, not the app's: FastAPI may include
+        a router lazily, as a single entry standing for all of its routes.
+        """
         self.app = fastapi
         self.routes: list[APIRoute] = []
-        for route in fastapi.routes:
+        for route in (r for router in routers for r in router.routes):
             if isinstance(route, APIRoute) and getattr(route.endpoint, _HOT, False):
                 if not _direct(route):
                     raise TypeError(f"{route.path} cannot be served directly: {route.endpoint}")
                 self.routes.append(route)
+        if not self.routes:
+            raise ValueError("none of these routers declares a @hot route")
 
     def skipped_middleware(self) -> list[str]:
         """Middleware added to FastAPI, which requests on the hot routes would not pass."""
@@ -228,20 +235,20 @@ class HotRoutes:
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Refuse to start when FastAPI has middleware the hot routes would skip.
 
-        Answered as ``lifespan.startup.failed`` (not an exception): uvicorn then
-        stops with the message instead of taking the app for one without lifespan.
+        As Starlette's router does with a failing startup: ``lifespan.startup.failed``
+        first (uvicorn then stops, with the message, instead of taking the app for
+        one without lifespan support), then the error itself.
         """
         skipped = self.skipped_middleware()
         if not skipped:
             await self.app(scope, receive, send)
             return
-        message = await receive()
-        assert message["type"] == "lifespan.startup"
-        await send(
-            {
-                "type": "lifespan.startup.failed",
-                "message": f"middleware {', '.join(skipped)} was added to the FastAPI app, but "
-                "the inference routes are served past FastAPI's middleware stack "
-                "(service/http/asgi.py): wrap the ASGI app returned by create_app() instead",
-            }
+        error = (
+            f"middleware {', '.join(skipped)} was added to the FastAPI app, but the inference "
+            "routes are served past FastAPI's middleware stack (service/http/asgi.py): wrap "
+            "the ASGI app that create_app() returns instead"
         )
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.failed", "message": error})
+        raise RuntimeError(error)

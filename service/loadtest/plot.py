@@ -2,8 +2,9 @@
 
 Plotting against achieved (not offered) throughput shows the knee honestly: an
 overloaded server's points bunch up at its ceiling while latency climbs.
-matplotlib is imported here only, with the Agg backend, so neither the client
-nor the server needs a display or pays matplotlib's import time.
+matplotlib is imported inside the plotting function (as in the benchmark's),
+with the Agg backend, so neither the client nor the server needs a display or
+pays matplotlib's import time.
 """
 
 from __future__ import annotations
