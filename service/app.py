@@ -19,7 +19,6 @@ from service.http.v2 import routes as v2
 from service.logs import configure_logging
 from service.settings import Settings
 
-
 HOT_ROUTERS = [v1.router, v2.router]
 """The routers whose ``@hot`` routes (predict, infer) are served straight from ASGI."""
 
