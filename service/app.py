@@ -11,6 +11,7 @@ from starlette.types import ASGIApp
 
 from service.api import errors, health, metrics, repository, stream, v1, v2
 from service.api.hot_routes import HotRoutes
+from service.http.ui.routes import router as ui_router
 from service.observability import RequestObserver, configure_logging
 from service.server import Server
 from service.settings import Settings
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     app.include_router(stream.router)
     app.include_router(repository.router)
     app.include_router(v2.router)
+    app.include_router(ui_router)
     hot = HotRoutes(app, fastapi=app, routers=[v1.router, v2.router], paths=HOT_PATHS)
     return RequestObserver(hot)  # outermost: every request is counted and logged
 
