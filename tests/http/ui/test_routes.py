@@ -43,7 +43,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(repository: Path) -> Iterator[TestClient]:
-    settings = Settings(model_repository=repository, version_policy="all")  # type: ignore[arg-type]
+    settings = Settings(model_repository=repository, version_policy="all")
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         yield c
 
@@ -152,10 +152,11 @@ _ALLOWED_URLS = {"http://www.w3.org/2000/svg"}
 def test_static_files_name_no_external_address() -> None:
     files = [p for p in STATIC.iterdir() if p.is_file()]
     assert {p.name for p in files} >= {"index.html", "app.js", "plot.js", "style.css"}
+    address = re.compile(r"(?:https?:)?//[A-Za-z0-9.-]+\.[A-Za-z]{2,}[^\s\"'`)]*")
     found = {
         (p.name, url)
         for p in files
-        for url in re.findall(r"(?:https?:)?//[A-Za-z0-9.-]+\.[A-Za-z]{2,}[^\s\"'`)]*", p.read_text())
+        for url in address.findall(p.read_text())
         if url not in _ALLOWED_URLS
     }
     assert not found, f"static files refer to outside addresses: {sorted(found)}"
@@ -165,14 +166,19 @@ def test_the_package_ships_the_static_files() -> None:
     """A non-editable install must carry the page: pyproject lists it as package data."""
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
     patterns = config["tool"]["setuptools"]["package-data"]["service"]
-    shipped = {p.relative_to(ROOT / "service") for pat in patterns for p in (ROOT / "service").glob(pat)}
-    assert {p.relative_to(ROOT / "service") for p in STATIC.iterdir() if p.is_file()} <= shipped
+    package = ROOT / "service"
+    shipped = {p.relative_to(package) for pattern in patterns for p in package.glob(pattern)}
+    assert {p.relative_to(package) for p in STATIC.iterdir() if p.is_file()} <= shipped
 
 
 @pytest.mark.parametrize(
     ("host", "address"),
-    [("127.0.0.1", "http://127.0.0.1:8000/ui/"), ("0.0.0.0", "http://127.0.0.1:8000/ui/"),
-     ("::", "http://[::1]:8000/ui/"), ("example.internal", "http://example.internal:8000/ui/")],
+    [
+        ("127.0.0.1", "http://127.0.0.1:8000/ui/"),
+        ("0.0.0.0", "http://127.0.0.1:8000/ui/"),
+        ("::", "http://[::1]:8000/ui/"),
+        ("example.internal", "http://example.internal:8000/ui/"),
+    ],
 )
 def test_page_address(host: str, address: str) -> None:
     assert page_address(host, 8000) == address
