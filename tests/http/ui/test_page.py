@@ -231,6 +231,7 @@ def test_example_predict_in_both_modes_plots_the_api_answer(
 
     assert watched.errors == []
     assert watched.requests and watched.outside_requests() == []
+    assert f"the page for people: {served.url}/ui/" in served.log()
 
 
 def test_streaming_receives_every_step_and_stops_and_resets(served: Any, watched: Watched) -> None:
@@ -319,4 +320,28 @@ def test_a_malformed_paste_shows_the_servers_message(
     assert page.evaluate("localStorage.length + sessionStorage.length") == 0
     assert page.evaluate("document.cookie") == ""
     assert "secret-key-1" not in page.inner_text("#curl-snippet")
+    assert watched.outside_requests() == []
+
+
+def test_a_forecast_is_plotted_against_its_input(served: Any, watched: Watched) -> None:
+    """Regression (sunspots, per-timestep): the outputs and the input on one time axis."""
+    page = open_page(watched, served.url)
+    page.select_option("#model-select", label="sunspots — version 1")
+    page.wait_for_function("() => window.lstmUi.state.model?.name === 'sunspots'")
+    values = [5.0, 24.4, 42.0, 63.5, 53.8, 62.0, 48.5, 43.9, 18.6, 5.7, 3.6, 1.4]
+    page.fill("#paste", "year_value\n" + "\n".join(str(v) for v in values))  # CSV, a header
+    page.click("#use-paste")
+    page.click("#predict")
+    page.wait_for_function("() => window.lstmUi.plots['output-chart']?.series.length === 2")
+    drawn = plotted(page, "output-chart")
+    response = httpx.post(
+        f"{served.url}/v1/models/sunspots/versions/1:predict",
+        json={"instances": [[[v] for v in values]], "return_sequences": True},
+        timeout=30,
+    )
+    forecast = [step[0] for step in response.json()["predictions"][0]]
+    assert [s["name"] for s in drawn["series"]] == ["output", "input: sunspot_number"]
+    assert_close(drawn["series"][0]["values"], forecast)
+    assert drawn["series"][1]["values"] == values
+    assert page.is_hidden("#error")
     assert watched.outside_requests() == []

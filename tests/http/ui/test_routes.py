@@ -17,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from models.data import Dataset
-from models.examples import EXAMPLES_FILENAME, select_examples, write_examples
+from models.examples import EXAMPLES_FILENAME, write_examples
 from models.testing import make_tiny_model
 from service.app import create_app
 from service.http.ui import routes
@@ -136,13 +136,6 @@ def test_the_shipped_model_ships_one_example_per_class() -> None:
     assert [e["label"] for e in examples] == meta["classes"]
     assert all(len(step) == meta["num_features"] for e in examples for step in e["timesteps"])
     assert (version / EXAMPLES_FILENAME).stat().st_size < 100_000
-
-
-def test_select_examples_without_classes_takes_the_first_few() -> None:
-    data = Dataset(np.zeros((9, 4, 1), np.float32), np.zeros((9, 4, 1), np.float32), np.full(9, 4))
-    examples = select_examples(data, None, limit=3)
-    assert [e["name"] for e in examples] == ["test #0", "test #1", "test #2"]
-    assert all(e["label"] is None for e in examples)
 
 
 # Namespace identifiers are names, not addresses: nothing fetches them.
