@@ -49,9 +49,7 @@ def select_examples(
     """
     if classes is not None and data.y.ndim == 1:
         chosen = [
-            int(i)
-            for k in range(len(classes))
-            for i in np.flatnonzero(data.y == k)[:per_class]
+            int(i) for k in range(len(classes)) for i in np.flatnonzero(data.y == k)[:per_class]
         ][:limit]
     else:
         chosen = list(range(min(limit, len(data))))
