@@ -190,11 +190,13 @@ def test_example_predict_in_both_modes_plots_the_api_answer(
     assert page.inner_text("#final-label") == answer[-1]["label"]
     assert page.inner_text("#true-label") == "walking"
     screenshot = Path(os.environ.get("LSTM_UI_SCREENSHOT", tmp_path / "ui.png"))
+    page.evaluate("() => window.scrollTo(0, 0)")  # boxes in page coordinates
     box = page.locator("#predict-section").bounding_box()
     assert box is not None
     # Down to the plotted answer: the README's picture, kept small.
     height = box["y"] + box["height"] + 8
-    page.screenshot(path=str(screenshot), clip={"x": 0, "y": 0, "width": 1150, "height": height})
+    clip = {"x": 0, "y": 0, "width": 1150, "height": height}
+    page.screenshot(path=str(screenshot), full_page=True, clip=clip)  # type: ignore[arg-type]
 
     # The curl snippet is what the page sent: replaying it gives the same answer.
     body = curl_body(page)
