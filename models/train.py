@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from models.architecture import StackedLSTM
 from models.data import Dataset, Splits, load, standardization, valid_mask
+from models.examples import write_examples
 from models.export import export_model
 from models.presets import PRESETS, Preset
 from service.core.contract import (
@@ -293,6 +294,8 @@ def run(argv: list[str] | None = None) -> Path:
         dropout=args.dropout,
         training=training,
     )
+    # A few test sequences for people trying the model (the service's page at /ui/).
+    write_examples(path, splits.test, splits.classes)
     parity = ModelMetadata.model_validate_json((path / METADATA_FILENAME).read_bytes()).parity
     print(
         f"exported {path}: onnxruntime matches torch within {parity.max_abs_diff:.2g} "

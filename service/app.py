@@ -12,6 +12,7 @@ from starlette.types import ASGIApp
 from service.core.server import Server
 from service.http import errors, health, metrics
 from service.http.asgi import HotRoutes, RequestObserver
+from service.http.ui.routes import router as ui_router
 from service.http.v1 import routes as v1
 from service.http.v1 import stream
 from service.http.v2 import repository
@@ -54,6 +55,7 @@ def build_fastapi(settings: Settings) -> FastAPI:
     app.include_router(stream.router)
     app.include_router(repository.router)
     app.include_router(v2.router)
+    app.include_router(ui_router)
     return app
 
 
