@@ -6,9 +6,8 @@ Content-Security-Policy that allows only this origin (scripts, styles, images,
 fetches and the WebSocket), so the page provably loads nothing from elsewhere,
 and ``nosniff`` so a browser never reinterprets a file's type.
 
-The server is read through ``request.app.state.server`` and typed here by the
-little this module uses of it (``_Server``), so the UI depends on no internal
-module of the service and survives its reorganisation.
+Versions and models resolve as on ``/v1`` (``core/repository.py``), so the page
+and the API agree on what exists.
 """
 
 from __future__ import annotations
@@ -19,12 +18,16 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Protocol
 
 import orjson
 from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import RedirectResponse, Response
+
+from service.core.errors import ModelNotFound
+from service.core.model import ServedModel
+from service.core.repository import parse_version
+from service.http.asgi import server_of
 
 log = logging.getLogger("service.ui")
 
@@ -58,35 +61,6 @@ SECURITY_HEADERS = {
 }
 
 
-class _Metadata(Protocol):
-    num_features: int
-
-
-class _ServedModel(Protocol):
-    metadata: _Metadata
-    path: Path
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def version(self) -> int: ...
-
-
-class _Repository(Protocol):
-    def get(self, name: str, version: int | None = None) -> _ServedModel: ...
-
-
-class _Settings(Protocol):
-    host: str
-    port: int
-
-
-class _Server(Protocol):
-    repository: _Repository
-    settings: _Settings
-
-
 class Example(BaseModel):
     """One shipped sequence, as ``models/examples.py`` writes it."""
 
@@ -117,7 +91,7 @@ class _Cached:
 _examples_cache: dict[Path, _Cached] = {}
 
 
-def _read_examples(model: _ServedModel) -> bytes:
+def _read_examples(model: ServedModel) -> bytes:
     """The version's examples as the JSON the page gets, parsed, checked and cached.
 
     Cached per version folder and revalidated by the file's mtime and size, so a
@@ -192,10 +166,8 @@ def page_address(host: str, port: int) -> str:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Say where the page is once the models have loaded (this runs inside the app's lifespan)."""
-    server: _Server | None = getattr(app.state, "server", None)
-    if server is not None:
-        settings = server.settings
-        log.info("the page for people: %s", page_address(settings.host, settings.port))
+    settings = app.state.server.settings
+    log.info("the page for people: %s", page_address(settings.host, settings.port))
     yield
 
 
@@ -221,13 +193,11 @@ async def index() -> Response:
 @router.get("/ui/models/{name}/versions/{version}/examples")
 async def examples(request: Request, name: str, version: str) -> Response:
     """The version's shipped example sequences; 404 ``{"error": ...}`` when it has none."""
-    if not version.isdigit() or int(version) < 1:
-        return _error(404, f"version {version!r} does not exist; versions are positive integers")
-    server: _Server = request.app.state.server
-    # An unknown model or version raises the service's own 404, answered by the app.
-    model = server.repository.get(name, int(version))
     try:
+        model = server_of(request).repository.get(name, parse_version(version))
         body = _read_examples(model)
+    except ModelNotFound as exc:
+        return _error(404, exc.message)
     except ExamplesUnavailable as exc:
         return _error(404, str(exc))
     return Response(body, media_type="application/json", headers=SECURITY_HEADERS)
