@@ -183,8 +183,8 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"onnxruntime matches Keras {result.keras_version} model.predict within "
             f"{result.max_abs_diff:.2g} (tolerance {result.tolerance:g}) over "
-            f"{len(result.cases)} shapes" + (f" and {len(result.chunks)} streamed chunks"
-                                              if result.chunks else "")
+            f"{len(result.cases)} shapes"
+            + (f" and {len(result.chunks)} streamed chunks" if result.chunks else "")
         )
 
 

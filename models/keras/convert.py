@@ -59,7 +59,7 @@ def _fold(weight: Tensor, merge: str | None) -> Tensor:
     return weight
 
 
-def _set_lstm(lstm: torch.nn.LSTM, spec: LSTMSpec, file: KerasFile, merge: str | None) -> None:
+def _set_lstm(lstm: torch.nn.Module, spec: LSTMSpec, file: KerasFile, merge: str | None) -> None:
     per_direction = 3 if spec.use_bias else 2
     directions = 2 if spec.bidirectional else 1
     arrays = _arrays(file, spec.name, per_direction * directions)
@@ -121,9 +121,7 @@ def convert(spec: KerasModelSpec, file: KerasFile, classes: list[str] | None) ->
         if spec.normalization is not None:
             mean, std = normalization(spec, file)
             model.set_normalization(torch.from_numpy(mean), torch.from_numpy(std))
-    return Converted(
-        model.eval(), "sequence" if head.per_timestep else "final", classes, binary
-    )
+    return Converted(model.eval(), "sequence" if head.per_timestep else "final", classes, binary)
 
 
 def normalization(spec: KerasModelSpec, file: KerasFile) -> tuple[np.ndarray, np.ndarray]:

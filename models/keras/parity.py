@@ -86,7 +86,9 @@ class _Onnx:
         feeds: dict[str, np.ndarray] = {names.x: x, names.lengths: lengths}
         flat = [n for s in names.initial_states for n in (s.h, s.c)]
         feeds.update(zip(flat, states, strict=True))
-        served = names.sequence_output if self.converted.target == "sequence" else names.final_output
+        served = (
+            names.sequence_output if self.converted.target == "sequence" else names.final_output
+        )
         outs = [served] + [n for s in names.final_states for n in (s.h, s.c)]
         result = self.session.run(outs, feeds)
         value = result[0][..., 1:2] if self.converted.binary_sigmoid else result[0]
@@ -162,7 +164,8 @@ def check(
     if not worst <= TOLERANCE:
         raise KerasParityError(
             f"the exported model differs from Keras by {worst:.3g} (tolerance {TOLERANCE:g}): "
-            f"{[(b, t, g) for b, t, _, g in cases]}, streamed chunks {chunks}; nothing was published"
+            f"{[(b, t, g) for b, t, _, g in cases]}, streamed chunks {chunks}; "
+            "nothing was published"
         )
     return KerasParity(
         keras_version=str(keras.__version__),

@@ -387,10 +387,10 @@ def parse(model_config: dict[str, Any]) -> KerasModelSpec:
         raise UnsupportedModel(
             f"the input shape {shape} is not (batch, timesteps, features) with known features"
         )
-    batch, steps, features = shape
+    batch, steps, features = shape[0], shape[1], int(shape[2])
     return KerasModelSpec(
         name=model_name,
-        num_features=int(features),
+        num_features=features,
         timesteps=steps,
         batch_size=batch,
         lstms=lstms,
