@@ -41,7 +41,11 @@ NOT_CHECKED = (
 
 
 def _training(
-    file: KerasFile, spec: KerasModelSpec, parity: keras_parity.KerasParity | None, params: int
+    file: KerasFile,
+    spec: KerasModelSpec,
+    parity: keras_parity.KerasParity | None,
+    params: int,
+    note: str,
 ) -> TrainingInfo:
     """Where the model came from and how closely it was checked, in the metadata's
     ``training`` block: the schema has no Keras field, and this block is where a
@@ -60,7 +64,7 @@ def _training(
         "head": f"{head.kind}({head.units}, activation={head.activation})",
         "keras_params": params,
         "keras_parity": (
-            NOT_CHECKED
+            note
             if parity is None
             else f"checked against Keras {parity.keras_version} ({parity.backend} backend) "
             f"model.predict: {len(parity.cases)} shapes, {len(parity.chunks)} streamed chunks"
@@ -95,8 +99,10 @@ def import_keras(
     *,
     classes: list[str] | None = None,
     check_keras: bool = True,
-) -> tuple[Path, keras_parity.KerasParity | None]:
-    """Convert, export, check against Keras, publish; returns (version folder, Keras parity).
+) -> tuple[Path, keras_parity.KerasParity | None, str]:
+    """Convert, export, check against Keras, publish: (version folder, Keras parity, note).
+
+    The note says what the Keras check found when there is no parity figure.
 
     The version is exported into a hidden staging folder of the repository (the
     server skips names starting with a dot), checked there, its metadata
@@ -123,19 +129,26 @@ def import_keras(
             target=converted.target,
             dropout=spec.dropout,
         )
-        result = None
+        result, note = None, NOT_CHECKED
         if keras is not None:
-            result = keras_parity.check(keras, path, staged, spec, converted)
+            try:
+                result = keras_parity.check(keras, path, staged, spec, converted)
+            except keras_parity.KerasLoadError as error:
+                note = f"not checked against Keras ({error}); {NOT_CHECKED.split('; ')[1]}"
+                print(f"lstm-import: warning: {note}", file=sys.stderr)
         params = int(summary.rsplit("Total params: ", 1)[1].replace(",", ""))
         meta_path = staged / METADATA_FILENAME
         meta = ModelMetadata.model_validate_json(meta_path.read_bytes())
         meta = ModelMetadata.model_validate(
-            {**meta.model_dump(), "training": _training(file, spec, result, params).model_dump()}
+            {
+                **meta.model_dump(),
+                "training": _training(file, spec, result, params, note).model_dump(),
+            }
         )
         meta_path.write_text(meta.model_dump_json(indent=2) + "\n")
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(staged), str(target))
-    return target, result
+    return target, result, note
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -158,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     try:
-        path, result = import_keras(
+        path, result, note = import_keras(
             args.path,
             args.repository,
             args.name,
@@ -178,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         f"(tolerance {meta.parity.tolerance:g})"
     )
     if result is None:
-        print(f"parity {NOT_CHECKED}")
+        print(f"parity {note}")
     else:
         print(
             f"onnxruntime matches Keras {result.keras_version} model.predict within "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,36 @@ def _vars_in_order(group: h5py.Group) -> list[np.ndarray]:
     return out
 
 
+def _snake_case(name: str) -> str:
+    """Keras's ``naming.to_snake_case``, which names the weight groups."""
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _group_names(config: dict[str, Any]) -> dict[str, str]:
+    """Layer name -> its group in ``model.weights.h5``.
+
+    Keras 3 does not name the groups after the layers but after their classes,
+    numbered in order (``lstm``, ``lstm_1``, ...), so a model whose layers were
+    named ``lstm_2`` and ``lstm_3`` by Keras's global counter still stores them
+    as ``lstm`` and ``lstm_1``.
+    """
+    inner = config.get("config", {})
+    layers = inner if isinstance(inner, list) else inner.get("layers", [])
+    used: dict[str, int] = {}
+    names: dict[str, str] = {}
+    for layer in layers:
+        key = _snake_case(layer["class_name"])
+        if key in used:
+            used[key] += 1
+            key = f"{key}_{used[key]}"
+        else:
+            used[key] = 0
+        names[layer.get("config", {}).get("name", layer.get("name", key))] = key
+    return names
+
+
 def _read_keras(path: Path) -> KerasFile:
     with zipfile.ZipFile(path) as archive:
         config = json.loads(archive.read("config.json"))
@@ -65,10 +96,11 @@ def _read_keras(path: Path) -> KerasFile:
         weights = archive.read("model.weights.h5")
     arrays: dict[str, list[np.ndarray]] = {}
     with h5py.File(io.BytesIO(weights), "r") as f:
-        layers = f.get("layers")
-        if isinstance(layers, h5py.Group):
-            for name in layers:
-                arrays[name] = _vars_in_order(layers[name])
+        groups = f.get("layers")
+        if isinstance(groups, h5py.Group):
+            for name, key in _group_names(config).items():
+                if key in groups:
+                    arrays[name] = _vars_in_order(groups[key])
     return KerasFile(path, "keras", str(meta.get("keras_version", "unknown")), config, arrays)
 
 
