@@ -28,6 +28,7 @@ from models.keras.convert import keras_summary
 from models.keras.spec import UnsupportedModel, parse
 from models.keras.weights import read
 from service.contract import ModelMetadata
+from tests.conftest import reference
 from tests.models import keras_models
 
 TOLERANCE = 1e-5
@@ -376,3 +377,57 @@ def test_without_keras_it_imports_and_says_what_was_checked(
         {"units": 64, "bidirectional": False},
         {"units": 32, "bidirectional": False},
     ]
+
+
+def _keras2_h5(model: keras.Model, path: Path) -> None:
+    """The tutorial as tf.keras 2 writes it: ``batch_input_shape`` on the first LSTM,
+    no InputLayer, weight names ending in ``:0``, byte-string attributes."""
+    import h5py
+
+    lstm = {"activation": "tanh", "recurrent_activation": "sigmoid", "use_bias": True}
+    layers = [
+        {
+            "class_name": "LSTM",
+            "config": {
+                "name": "lstm",
+                "units": 64,
+                "return_sequences": True,
+                "batch_input_shape": [None, 10, 2],
+                **lstm,
+            },
+        },
+        {"class_name": "LSTM", "config": {"name": "lstm_1", "units": 32, **lstm}},
+        {"class_name": "Dense", "config": {"name": "dense", "units": 4, "activation": "softmax"}},
+    ]
+    config = {"class_name": "Sequential", "config": {"name": "sequential", "layers": layers}}
+    with h5py.File(path, "w") as f:
+        f.attrs["model_config"] = json.dumps(config).encode()
+        f.attrs["keras_version"] = b"2.15.0"
+        root = f.create_group("model_weights")
+        for spec, layer in zip(layers, model.layers, strict=True):
+            name = spec["config"]["name"]
+            parts = ["lstm_cell/kernel", "lstm_cell/recurrent_kernel", "lstm_cell/bias"]
+            if spec["class_name"] == "Dense":
+                parts = ["kernel", "bias"]
+            names = [f"{name}/{part}:0" for part in parts]
+            group = root.create_group(name)
+            group.attrs["weight_names"] = [n.encode() for n in names]
+            for weight_name, value in zip(names, layer.get_weights(), strict=True):
+                group.create_dataset(weight_name, data=value)
+
+
+def test_a_tf_keras_2_h5_file_imports_exactly(tmp_path: Path) -> None:
+    """No Keras 2 here to write one, so the file is written as Keras 2 lays it out;
+    Keras 3 cannot reload it, so the comparison is with the model it was written from."""
+    model = keras_models.randomize(keras_models.tutorial(), 5)
+    _keras2_h5(model, tmp_path / "old.h5")
+    version_dir, _, _ = keras_import.import_keras(
+        tmp_path / "old.h5", tmp_path / "repository", "old", classes=list("abcd")
+    )
+    meta = metadata(version_dir)
+    assert meta.training is not None
+    assert meta.training.hyperparameters["keras_version_saved"] == "2.15.0"
+    x = np.random.default_rng(2).normal(size=(3, 13, 2)).astype(np.float32)
+    got = reference(version_dir, x, np.full(3, 13, np.int64))["final_output"]
+    want = np.asarray(model.predict(x, verbose=0))
+    np.testing.assert_allclose(got, want, atol=TOLERANCE)
