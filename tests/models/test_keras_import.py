@@ -431,3 +431,12 @@ def test_a_tf_keras_2_h5_file_imports_exactly(tmp_path: Path) -> None:
     got = reference(version_dir, x, np.full(3, 13, np.int64))["final_output"]
     want = np.asarray(model.predict(x, verbose=0))
     np.testing.assert_allclose(got, want, atol=TOLERANCE)
+
+
+def test_lstm_trains_summary_shows_keras_counts_beside_pytorch() -> None:
+    from models.architecture import StackedLSTM
+
+    lines = StackedLSTM(2, [64, 32], 4).summary().splitlines()
+    assert f"{'lstm_0 (LSTM)':<30}{'(None, None, 64)':<22}{17408:>10,}{17152:>10,}" in lines
+    assert f"{'lstm_1 (LSTM)':<30}{'(None, None, 32)':<22}{12544:>10,}{12416:>10,}" in lines
+    assert lines[-3].startswith(f"Keras-equivalent params: {17152 + 12416 + 132:,} ")
