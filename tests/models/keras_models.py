@@ -1,0 +1,136 @@
+"""The Keras tutorials' stacked LSTMs, built in real Keras 3 (PyTorch backend) for tests.
+
+Tiny except the tutorial's own 64 -> 32 classifier (its parameter counts are the
+point). No training: every LSTM and Dense array is set to seeded random values,
+biases included (Keras initialises them to zeros and ones, which would hide a
+wrong bias conversion).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+from collections.abc import Callable
+
+import keras
+import numpy as np
+from keras import layers as L
+
+
+def randomize(model: keras.Model, seed: int) -> keras.Model:
+    """Random weights in every recurrent and dense layer; Normalization keeps its statistics."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, L.LSTM | L.Bidirectional | L.Dense | L.TimeDistributed):
+            # Kernels scaled by their fan-in, as trained ones are: larger random
+            # recurrent weights make the dynamics chaotic, and then float32
+            # rounding alone grows past any tolerance over a hundred steps.
+            layer.set_weights(
+                [
+                    rng.normal(
+                        scale=0.5 if w.ndim == 1 else w.shape[0] ** -0.5, size=w.shape
+                    ).astype("float32")
+                    for w in layer.get_weights()
+                ]
+            )
+    return model
+
+
+def tutorial() -> keras.Model:
+    """The tutorial's own code, ``input_shape`` and all."""
+    return keras.Sequential(
+        [
+            L.LSTM(64, return_sequences=True, input_shape=(10, 2)),
+            L.LSTM(32),
+            L.Dense(4, activation="softmax"),
+        ]
+    )
+
+
+def bidirectional() -> keras.Model:
+    """Bidirectional stack: concat into the second layer, sum into the head."""
+    return keras.Sequential(
+        [
+            keras.Input((None, 3)),
+            L.Bidirectional(L.LSTM(8, return_sequences=True)),
+            L.Dropout(0.2),
+            L.Bidirectional(L.LSTM(4), merge_mode="sum"),
+            L.Dense(3, activation="softmax"),
+        ]
+    )
+
+
+def per_timestep() -> keras.Model:
+    """A per-timestep regressor with a TimeDistributed head."""
+    return keras.Sequential(
+        [
+            keras.Input((None, 2)),
+            L.LSTM(8, return_sequences=True),
+            L.LSTM(4, return_sequences=True),
+            L.TimeDistributed(L.Dense(2)),
+        ]
+    )
+
+
+def masked() -> keras.Model:
+    """Functional, Masking for padded sequences, a bidirectional top, a binary sigmoid."""
+    inputs = keras.Input((None, 3))
+    h = L.Masking(mask_value=0.0)(inputs)
+    h = L.Bidirectional(L.LSTM(6, return_sequences=True), merge_mode="ave")(h)
+    h = L.Bidirectional(L.LSTM(4))(h)
+    return keras.Model(inputs, L.Dense(1, activation="sigmoid")(h))
+
+
+def masked_unidirectional() -> keras.Model:
+    """Sequential, Masking: the final output is the state at each sequence's last real step."""
+    return keras.Sequential(
+        [
+            keras.Input((None, 3)),
+            L.Masking(),
+            L.LSTM(6, return_sequences=True),
+            L.LSTM(4),
+            L.Dense(3, activation="softmax"),
+        ]
+    )
+
+
+STATEFUL_BATCH = 2
+
+
+def stateful() -> keras.Model:
+    """``stateful=True`` with a fixed batch size, per-timestep outputs (Dense on a sequence)."""
+    return keras.Sequential(
+        [
+            keras.Input(batch_shape=(STATEFUL_BATCH, None, 3)),
+            L.LSTM(8, return_sequences=True, stateful=True),
+            L.LSTM(4, return_sequences=True, stateful=True),
+            L.Dense(2),
+        ]
+    )
+
+
+NORMALIZATION_MEAN = np.array([5.0, -2.0], np.float32)
+NORMALIZATION_STD = np.array([3.0, 0.5], np.float32)
+
+
+def normalized() -> keras.Model:
+    """A Normalization layer adapted on data far from zero mean, a softmax Activation."""
+    norm = L.Normalization()
+    rng = np.random.default_rng(7)
+    norm.adapt(rng.normal(size=(64, 5, 2)) * NORMALIZATION_STD + NORMALIZATION_MEAN)
+    return keras.Sequential(
+        [keras.Input((None, 2)), norm, L.LSTM(8), L.Dense(3), L.Activation("softmax")]
+    )
+
+
+BUILDERS: dict[str, Callable[[], keras.Model]] = {
+    "tutorial": tutorial,
+    "bidirectional": bidirectional,
+    "per_timestep": per_timestep,
+    "masked": masked,
+    "masked_unidirectional": masked_unidirectional,
+    "stateful": stateful,
+    "normalized": normalized,
+}

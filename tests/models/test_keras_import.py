@@ -1,0 +1,442 @@
+"""lstm-import: the tutorials' Keras models, saved as .keras and .h5, served equal to Keras.
+
+Real Keras 3 (PyTorch backend) builds and saves the models and answers
+``model.predict``; ``lstm-import`` publishes them into a temporary repository;
+a real server answers through ``/v1`` and V2; every answer is compared with
+Keras's at 1e-5.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import httpx
+import keras
+import numpy as np
+import pytest
+from keras import layers as L
+
+from models import keras_import
+from models.keras import parity as keras_parity
+from models.keras.convert import keras_summary
+from models.keras.spec import UnsupportedModel, parse
+from models.keras.weights import read
+from service.contract import ModelMetadata
+from tests.conftest import reference
+from tests.models import keras_models
+
+TOLERANCE = 1e-5
+FORMATS = ("keras", "h5")
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[keras.Model, Path]]:
+    """Every tutorial model, saved in both formats and imported: name_format -> (model, version)."""
+    files = tmp_path_factory.mktemp("keras")
+    repository = tmp_path_factory.mktemp("repository")
+    out = {}
+    for seed, (kind, build) in enumerate(keras_models.BUILDERS.items()):
+        model = keras_models.randomize(build(), seed)
+        for fmt in FORMATS:
+            path = files / f"{kind}.{fmt}"
+            model.save(path)
+            classes = ["no", "yes"] if kind == "masked" else None
+            version_dir, _, _ = keras_import.import_keras(
+                path, repository, f"{kind}_{fmt}", classes=classes
+            )
+            out[f"{kind}_{fmt}"] = (model, version_dir)
+    return out
+
+
+def metadata(version_dir: Path) -> ModelMetadata:
+    return ModelMetadata.model_validate_json((version_dir / "metadata.json").read_bytes())
+
+
+def test_the_tutorials_parameter_counts_are_keras_own(tmp_path: Path) -> None:
+    model = keras_models.tutorial()
+    model.save(tmp_path / "t.keras")
+    file = read(tmp_path / "t.keras")
+    summary = keras_summary(parse(file.config), file)
+    assert "lstm (LSTM)" in summary and f"{17152:>10,}" in summary
+    assert f"{12416:>10,}" in summary and f"{132:>10,}" in summary
+    assert summary.splitlines()[-1] == f"Total params: {model.count_params():,}"  # 29,700
+
+
+def test_every_import_records_its_keras_parity(
+    imported: dict[str, tuple[keras.Model, Path]],
+) -> None:
+    for name, (_, version_dir) in imported.items():
+        training = metadata(version_dir).training
+        assert training is not None, name
+        if name == "masked_h5":  # Keras cannot read back this legacy file; the test checks it
+            assert training.hyperparameters["keras_parity"] == (
+                f"not checked against Keras (Keras {keras.__version__} could not load masked.h5: "
+                "Unknown layer: 'NotEqual'. Please ensure you are using a "
+                "`keras.utils.custom_object_scope` and that this object is included in the "
+                "scope. See https://www.tensorflow.org/guide/keras/save_and_serialize"
+                "#registering_the_custom_object for details.); "
+                "checked against its own PyTorch rebuild only"
+            )
+            continue
+        gap = training.metrics["keras_parity_max_abs_diff"]
+        assert isinstance(gap, float) and gap <= TOLERANCE, (name, gap)
+        assert training.hyperparameters["keras_parity"].startswith(  # type: ignore[union-attr]
+            f"checked against Keras {keras.__version__} (torch backend)"
+        )
+        assert metadata(version_dir).parity.max_abs_diff <= 1e-4  # torch vs onnxruntime
+    stateful = metadata(imported["stateful_keras"][1])
+    assert stateful.target == "sequence" and stateful.training is not None
+    assert stateful.training.hyperparameters["stateful"] is True
+    assert metadata(imported["masked_h5"][1]).classes == ["no", "yes"]
+    norm = metadata(imported["normalized_keras"][1]).normalization
+    np.testing.assert_allclose(norm.mean, keras_models.NORMALIZATION_MEAN, atol=0.6)
+
+
+def _inputs(kind: str, features: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A batch for ``kind``: ragged and zero-padded where the model masks, full otherwise."""
+    batch = keras_models.STATEFUL_BATCH if kind == "stateful" else 3
+    steps = 9
+    x = rng.normal(size=(batch, steps, features)).astype(np.float32)
+    if kind == "normalized":
+        x = x * keras_models.NORMALIZATION_STD + keras_models.NORMALIZATION_MEAN
+    lengths = np.full(batch, steps, np.int64)
+    if kind.startswith("masked"):
+        lengths = np.array([9, 4, 1], np.int64)
+        for i, n in enumerate(lengths):
+            x[i, n:] = 0.0
+    return x, lengths
+
+
+def _served(prediction: Any) -> np.ndarray:
+    """A /v1 prediction (a labelled one or values, or a list of those) as an array."""
+    if isinstance(prediction, dict):
+        return np.array(prediction["probabilities"])
+    if prediction and isinstance(prediction[0], dict):
+        return np.array([p["probabilities"] for p in prediction])
+    return np.array(prediction)
+
+
+def test_served_answers_equal_keras_through_both_protocols(
+    imported: dict[str, tuple[keras.Model, Path]], server_factory: Callable[..., Any]
+) -> None:
+    repository = next(iter(imported.values()))[1].parent.parent
+    server = server_factory(repository)
+    rng = np.random.default_rng(0)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for name, (model, version_dir) in imported.items():
+            kind = name.rsplit("_", 1)[0]
+            meta = metadata(version_dir)
+            x, lengths = _inputs(kind, meta.num_features, rng)
+            for layer in model.layers:
+                if getattr(layer, "stateful", False):
+                    layer.reset_states()
+            want = np.asarray(model.predict(x, batch_size=len(x), verbose=0))
+            per_step = meta.target == "sequence"
+            if kind == "masked":  # one sigmoid unit: served as (1 - p, p)
+                want = np.concatenate([1 - want, want], axis=-1)
+            instances = [x[i, :n].tolist() for i, n in enumerate(lengths)]
+            body = {"instances": instances, "return_sequences": per_step}
+            v1 = client.post(f"/v1/models/{name}:predict", json=body)
+            assert v1.status_code == 200, v1.text
+            for i, (prediction, n) in enumerate(
+                zip(v1.json()["predictions"], lengths, strict=True)
+            ):
+                expected = want[i, :n] if per_step else want[i]
+                np.testing.assert_allclose(
+                    _served(prediction), expected, atol=TOLERANCE, err_msg=name
+                )
+            output = "sequence_output" if per_step else "final_output"
+            v2 = client.post(
+                f"/v2/models/{name}/infer",
+                json={
+                    "inputs": [
+                        {
+                            "name": "x",
+                            "shape": list(x.shape),
+                            "datatype": "FP32",
+                            "data": x.ravel().tolist(),
+                        },
+                        {
+                            "name": "lengths",
+                            "shape": [len(x)],
+                            "datatype": "INT64",
+                            "data": lengths.tolist(),
+                        },
+                    ],
+                    "outputs": [{"name": output}],
+                },
+            )
+            assert v2.status_code == 200, v2.text
+            out = v2.json()["outputs"][0]
+            got = np.array(out["data"], np.float32).reshape(out["shape"])
+            if per_step:
+                for i, n in enumerate(lengths):
+                    np.testing.assert_allclose(
+                        got[i, :n], want[i, :n], atol=TOLERANCE, err_msg=name
+                    )
+            else:
+                np.testing.assert_allclose(got, want, atol=TOLERANCE, err_msg=name)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_stateful_model_streamed_equals_keras_chunk_by_chunk(
+    imported: dict[str, tuple[keras.Model, Path]],
+    server_factory: Callable[..., Any],
+    fmt: str,
+) -> None:
+    """Server-held state (sequence_id) and client-carried state, one stream per Keras row."""
+    model, version_dir = imported[f"stateful_{fmt}"]
+    name = f"stateful_{fmt}"
+    server = server_factory(version_dir.parent.parent)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(keras_models.STATEFUL_BATCH, 11, 3)).astype(np.float32)
+    for layer in model.layers:
+        if getattr(layer, "stateful", False):
+            layer.reset_states()
+    chunks = [(0, 4), (4, 5), (5, 11)]
+    want = [np.asarray(model.predict(x[:, a:b], batch_size=len(x), verbose=0)) for a, b in chunks]
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        carried: list[Any] = [None] * len(x)
+        for c, (a, b) in enumerate(chunks):
+            for row in range(len(x)):
+                held = client.post(
+                    f"/v1/models/{name}:predict",
+                    json={
+                        "instances": [x[row, a:b].tolist()],
+                        "return_sequences": True,
+                        "sequence_id": f"row-{row}",
+                        "sequence_start": c == 0,
+                        "sequence_end": c == len(chunks) - 1,
+                    },
+                )
+                assert held.status_code == 200, held.text
+                got = np.array(held.json()["predictions"][0])
+                np.testing.assert_allclose(got, want[c][row], atol=TOLERANCE)
+                client_side = client.post(
+                    f"/v1/models/{name}:predict",
+                    json={
+                        "instances": [x[row, a:b].tolist()],
+                        "return_sequences": True,
+                        "return_states": True,
+                        "initial_states": [carried[row]],
+                    },
+                )
+                assert client_side.status_code == 200, client_side.text
+                carried[row] = client_side.json()["states"][0]
+                got = np.array(client_side.json()["predictions"][0])
+                np.testing.assert_allclose(got, want[c][row], atol=TOLERANCE)
+
+
+def _lstm_stack(*middle: keras.layers.Layer) -> keras.Model:
+    return keras.Sequential([keras.Input((None, 2)), *middle])
+
+
+REFUSED: dict[str, tuple[Callable[[], keras.Model], str]] = {
+    "activation": (
+        lambda: _lstm_stack(L.LSTM(4, activation="relu", name="rnn"), L.Dense(2, name="out")),
+        "layer 'rnn' (LSTM): activation='relu' is not supported; only 'tanh' exports exactly",
+    ),
+    "recurrent_activation": (
+        lambda: _lstm_stack(
+            L.LSTM(4, recurrent_activation="hard_sigmoid", name="rnn"), L.Dense(2, name="out")
+        ),
+        "layer 'rnn' (LSTM): recurrent_activation='hard_sigmoid' is not supported; "
+        "only 'sigmoid' exports exactly",
+    ),
+    "go_backwards": (
+        lambda: _lstm_stack(L.LSTM(4, go_backwards=True, name="rnn"), L.Dense(2, name="out")),
+        "layer 'rnn' (LSTM): go_backwards=True is not supported; "
+        "use Bidirectional for a backward pass",
+    ),
+    "merge_mode": (
+        lambda: _lstm_stack(
+            L.Bidirectional(L.LSTM(4), merge_mode="mul", name="bi"), L.Dense(2, name="out")
+        ),
+        "layer 'bi' (Bidirectional): merge_mode='mul' is not supported; "
+        "use one of concat, sum, ave",
+    ),
+    "head_activation": (
+        lambda: _lstm_stack(L.LSTM(4, name="rnn"), L.Dense(2, activation="relu", name="out")),
+        "layer 'out' (Dense): activation='relu' is not supported; "
+        "the head's activation must be one of softmax, sigmoid, linear",
+    ),
+    "multi_label": (
+        lambda: _lstm_stack(L.LSTM(4, name="rnn"), L.Dense(3, activation="sigmoid", name="out")),
+        "layer 'out' (Dense): sigmoid over 3 units (multi-label) is not supported; "
+        "use softmax, or sigmoid over one unit for a binary classifier",
+    ),
+    "two_dense": (
+        lambda: _lstm_stack(
+            L.LSTM(4, name="rnn"), L.Dense(8, name="hidden"), L.Dense(2, name="out")
+        ),
+        "layer 'out' (Dense) follows the dense head 'hidden'; "
+        "only one Dense layer (and an Activation) may follow the LSTMs",
+    ),
+    "gru": (
+        lambda: _lstm_stack(L.GRU(4, name="rnn"), L.Dense(2, name="out")),
+        "layer 'rnn' (GRU) is not supported; supported: " + "InputLayer, Masking, "
+        "Normalization, LSTM, Bidirectional(LSTM), Dense, TimeDistributed(Dense), "
+        "Activation, Dropout and its kin",
+    ),
+    "no_head": (
+        lambda: _lstm_stack(L.LSTM(4, name="rnn")),
+        "the model ends at layer 'rnn' without a Dense head; add Dense(units)",
+    ),
+    "mixed_directions": (
+        lambda: _lstm_stack(
+            L.Bidirectional(L.LSTM(4, return_sequences=True), name="bi"),
+            L.LSTM(3, name="rnn"),
+            L.Dense(2, name="out"),
+        ),
+        "bidirectional=True on some LSTM layers only is not supported: bi=True, rnn=False",
+    ),
+    "stateful_some": (
+        lambda: keras.Sequential(
+            [
+                keras.Input(batch_shape=(2, None, 2)),
+                L.LSTM(4, return_sequences=True, stateful=True, name="a"),
+                L.LSTM(3, name="b"),
+                L.Dense(2, name="out"),
+            ]
+        ),
+        "stateful=True on some LSTM layers only is not supported: a=True, b=False",
+    ),
+}
+
+
+def _branching() -> keras.Model:
+    inputs = keras.Input((None, 2), name="x")
+    a = L.LSTM(4, name="left")(inputs)
+    b = L.LSTM(4, name="right")(inputs)
+    return keras.Model(inputs, L.Dense(2, name="out")(L.Add(name="add")([a, b])))
+
+
+REFUSED["branching"] = (
+    _branching,
+    "layer 'add' (Add) takes 2 inputs; only a chain of layers is supported",
+)
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_what_cannot_be_served_exactly_is_refused_by_name(tmp_path: Path, case: str) -> None:
+    build, message = REFUSED[case]
+    path = tmp_path / "m.keras"
+    build().save(path)
+    with pytest.raises(UnsupportedModel) as error:
+        keras_import.import_keras(path, tmp_path / "repository", "m")
+    assert str(error.value) == message
+    assert not (tmp_path / "repository" / "m").exists()
+
+
+def test_the_command_refuses_with_the_reason_and_status_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "m.h5"
+    REFUSED["go_backwards"][0]().save(path)
+    with pytest.raises(SystemExit) as exit_:
+        keras_import.main([str(path), "--name", "m", "--repository", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == f"lstm-import: {REFUSED['go_backwards'][1]}\n"
+
+
+def test_above_the_keras_tolerance_nothing_is_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "m.keras"
+    keras_models.randomize(keras_models.per_timestep(), 0).save(path)
+    monkeypatch.setattr(keras_parity, "TOLERANCE", -1.0)  # no gap passes
+    with pytest.raises(keras_parity.KerasParityError, match="nothing was published"):
+        keras_import.import_keras(path, tmp_path / "repository", "m")
+    assert [p.name for p in (tmp_path / "repository").iterdir()] == []
+
+
+def test_without_keras_it_imports_and_says_what_was_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "m.keras"
+    keras_models.randomize(keras_models.tutorial(), 3).save(path)
+    monkeypatch.setattr(keras_parity, "load_keras", lambda: None)
+    keras_import.main(
+        [str(path), "--name", "har", "--classes", "a,b,c,d", "--repository", str(tmp_path)]
+    )
+    printed = capsys.readouterr().out
+    assert f"{17152:>10,}" in printed and f"{12416:>10,}" in printed
+    assert printed.splitlines()[-1] == f"parity {keras_import.NOT_CHECKED}"
+    meta = metadata(tmp_path / "har" / "1")
+    assert meta.classes == ["a", "b", "c", "d"] and meta.training is not None
+    assert meta.training.hyperparameters["keras_parity"] == keras_import.NOT_CHECKED
+    assert meta.training.metrics == {}
+    config = json.loads((tmp_path / "har" / "1" / "metadata.json").read_text())
+    assert config["layers"] == [
+        {"units": 64, "bidirectional": False},
+        {"units": 32, "bidirectional": False},
+    ]
+
+
+def _keras2_h5(model: keras.Model, path: Path) -> None:
+    """The tutorial as tf.keras 2 writes it: ``batch_input_shape`` on the first LSTM,
+    no InputLayer, weight names ending in ``:0``, byte-string attributes."""
+    import h5py
+
+    lstm = {"activation": "tanh", "recurrent_activation": "sigmoid", "use_bias": True}
+    layers = [
+        {
+            "class_name": "LSTM",
+            "config": {
+                "name": "lstm",
+                "units": 64,
+                "return_sequences": True,
+                "batch_input_shape": [None, 10, 2],
+                **lstm,
+            },
+        },
+        {"class_name": "LSTM", "config": {"name": "lstm_1", "units": 32, **lstm}},
+        {"class_name": "Dense", "config": {"name": "dense", "units": 4, "activation": "softmax"}},
+    ]
+    config = {"class_name": "Sequential", "config": {"name": "sequential", "layers": layers}}
+    with h5py.File(path, "w") as f:
+        f.attrs["model_config"] = json.dumps(config).encode()
+        f.attrs["keras_version"] = b"2.15.0"
+        root = f.create_group("model_weights")
+        for spec, layer in zip(layers, model.layers, strict=True):
+            name = spec["config"]["name"]
+            parts = ["lstm_cell/kernel", "lstm_cell/recurrent_kernel", "lstm_cell/bias"]
+            if spec["class_name"] == "Dense":
+                parts = ["kernel", "bias"]
+            names = [f"{name}/{part}:0" for part in parts]
+            group = root.create_group(name)
+            group.attrs["weight_names"] = [n.encode() for n in names]
+            for weight_name, value in zip(names, layer.get_weights(), strict=True):
+                group.create_dataset(weight_name, data=value)
+
+
+def test_a_tf_keras_2_h5_file_imports_exactly(tmp_path: Path) -> None:
+    """No Keras 2 here to write one, so the file is written as Keras 2 lays it out;
+    Keras 3 cannot reload it, so the comparison is with the model it was written from."""
+    model = keras_models.randomize(keras_models.tutorial(), 5)
+    _keras2_h5(model, tmp_path / "old.h5")
+    version_dir, _, _ = keras_import.import_keras(
+        tmp_path / "old.h5", tmp_path / "repository", "old", classes=list("abcd")
+    )
+    meta = metadata(version_dir)
+    assert meta.training is not None
+    assert meta.training.hyperparameters["keras_version_saved"] == "2.15.0"
+    x = np.random.default_rng(2).normal(size=(3, 13, 2)).astype(np.float32)
+    got = reference(version_dir, x, np.full(3, 13, np.int64))["final_output"]
+    want = np.asarray(model.predict(x, verbose=0))
+    np.testing.assert_allclose(got, want, atol=TOLERANCE)
+
+
+def test_lstm_trains_summary_shows_keras_counts_beside_pytorch() -> None:
+    from models.architecture import StackedLSTM
+
+    lines = StackedLSTM(2, [64, 32], 4).summary().splitlines()
+    assert f"{'lstm_0 (LSTM)':<30}{'(None, None, 64)':<22}{17408:>10,}{17152:>10,}" in lines
+    assert f"{'lstm_1 (LSTM)':<30}{'(None, None, 32)':<22}{12544:>10,}{12416:>10,}" in lines
+    assert lines[-3].startswith(f"Keras-equivalent params: {17152 + 12416 + 132:,} ")
