@@ -157,7 +157,7 @@ def torch_reference(
     return {name: out.numpy() for name, out in zip(names, outputs, strict=True)}
 
 
-def _scaled_gap(got: np.ndarray, want: np.ndarray) -> float:
+def scaled_gap(got: np.ndarray, want: np.ndarray) -> float:
     """Largest |got - want|, relative to the output's magnitude where that exceeds 1.
 
     Probabilities and hidden states live in [-1, 1], so this is their absolute
@@ -186,7 +186,7 @@ def check_parity(model: StackedLSTM, onnx_path: Path, names: TensorNames, seed: 
         got = dict(zip(want, session.run(list(want), feeds), strict=True))
         valid = np.arange(steps)[None, :] < lengths[:, None]
         gap = max(
-            _scaled_gap(
+            scaled_gap(
                 got[k][valid] if k == "sequence_output" else got[k],
                 want[k][valid] if k == "sequence_output" else want[k],
             )

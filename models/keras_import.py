@@ -25,14 +25,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-from models.data import file_sha256
 from models.export import export_model
 from models.keras import parity as keras_parity
 from models.keras.convert import Converted, convert, keras_summary
 from models.keras.spec import KerasModelSpec, UnsupportedModel, parse
 from models.keras.weights import KerasFile, read
 from models.train import REPOSITORY, next_version
-from service.contract import METADATA_FILENAME, DataProvenance, ModelMetadata, TrainingInfo
+from service.core.contract import (
+    METADATA_FILENAME,
+    DataProvenance,
+    ModelMetadata,
+    TrainingInfo,
+    file_sha256,
+)
 
 NOT_CHECKED = (
     "not checked against Keras (keras is not installed); "

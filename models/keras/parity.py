@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from models.export import _scaled_gap
+from models.export import scaled_gap
 from models.keras.convert import Converted
 from models.keras.spec import KerasModelSpec
-from service.contract import METADATA_FILENAME, MODEL_FILENAME, ModelMetadata
+from service.core.contract import METADATA_FILENAME, MODEL_FILENAME, ModelMetadata
 
 TOLERANCE = 1e-5
 SHAPES = ((1, 1), (3, 7), (5, 16))  # (batch, time); stateful models use their own batch
@@ -108,8 +108,8 @@ class _Onnx:
 def _gap(got: np.ndarray, want: np.ndarray, lengths: np.ndarray, per_step: bool) -> float:
     if per_step:  # padded steps are never served: compare the valid ones
         valid = np.arange(got.shape[1])[None, :] < lengths[:, None]
-        return _scaled_gap(got[valid], want[valid])
-    return _scaled_gap(got, want)
+        return scaled_gap(got[valid], want[valid])
+    return scaled_gap(got, want)
 
 
 def check(

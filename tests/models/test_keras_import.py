@@ -27,7 +27,7 @@ from models.keras import parity as keras_parity
 from models.keras.convert import keras_summary
 from models.keras.spec import UnsupportedModel, parse
 from models.keras.weights import read
-from service.contract import ModelMetadata
+from service.core.contract import ModelMetadata
 from tests.conftest import reference
 from tests.models import keras_models
 
