@@ -70,7 +70,9 @@ class BatchingOptions:
     bucket_ratio: float = 2.0
     """Padded lengths within one bucket differ by less than this factor."""
     slots: int = 2
-    """onnxruntime calls of this version in flight at once."""
+    """onnxruntime calls of this version handed to the inference threads at once. Without
+    dynamic batching, as many as the queue holds: the threads then never wait for the
+    event loop to hand them the next request."""
 
 
 def length_bucket(steps: int, ratio: float) -> int:
@@ -259,8 +261,12 @@ class DynamicBatcher:
     async def _submit(self, request: InferenceRequest) -> RunResult:
         if self._closing:
             raise Overloaded("the model version is being unloaded; retry")
-        if self._waiting >= self._options.max_queue_size:
-            raise queue_full(self._options.max_queue_size)
+        limit = self._options.max_queue_size
+        # Batching merges what waits, so only waiting requests count against the queue;
+        # without it every accepted request is handed to the inference threads at once
+        # (they queue there, each its own call), so all of them count.
+        if (self._waiting if self._options.dynamic else self._in_flight - 1) >= limit:
+            raise queue_full(limit)
         loop = self._loop = asyncio.get_running_loop()
         bucket = length_bucket(int(request.x.shape[1]), self._options.bucket_ratio)
         pending = _Pending(request, loop.create_future(), bucket)

@@ -75,7 +75,7 @@ class Server:
             dynamic=False,
             max_batch_size=1,
             max_queue_size=self.settings.max_queue_size,
-            slots=self.settings.inference_threads,
+            slots=self.settings.max_queue_size,
         )
         return DynamicBatcher(runtime, self.executor, options)
 

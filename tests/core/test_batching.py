@@ -254,6 +254,37 @@ def test_a_full_queue_refuses_at_once(uni: ModelRuntime, gate: Gate) -> None:
     assert [type(r).__name__ for r in results[3:]] == ["RunResult"] * 3
 
 
+def test_without_dynamic_batching_every_request_is_its_own_call_and_all_count(
+    uni: ModelRuntime, gate: Gate
+) -> None:
+    """Batching off: accepted requests go straight to the threads, at most max_queue_size."""
+    rng = np.random.default_rng(5)
+    options = BatchingOptions(dynamic=False, max_batch_size=1, max_queue_size=3, slots=3)
+    batcher = DynamicBatcher(uni, gate.executor, options)
+
+    async def scenario() -> list[RunResult | BaseException]:
+        accepted = [
+            asyncio.ensure_future(batcher.submit(make_request(rng, uni, [4]))) for _ in range(3)
+        ]
+        await asyncio.sleep(0.05)
+        assert batcher.queue_depth == 0 and batcher.in_flight == 3  # all handed to threads
+        refused = await asyncio.gather(
+            *(batcher.submit(make_request(rng, uni, [4])) for _ in range(2)),
+            return_exceptions=True,
+        )
+        gate.open()
+        done = await asyncio.gather(*accepted, return_exceptions=True)
+        await batcher.close()
+        return list(refused) + list(done)
+
+    results = asyncio.run(scenario())
+    for exc in results[:2]:
+        assert isinstance(exc, Overloaded)
+        assert exc.message == "the model's queue is full (3 requests waiting); retry later"
+    assert [type(r).__name__ for r in results[2:]] == ["RunResult"] * 3
+    assert (batcher.stats.calls, batcher.stats.requests) == (3, 3)
+
+
 def test_a_request_past_its_deadline_fails_and_its_work_is_dropped(
     uni: ModelRuntime, gate: Gate
 ) -> None:
