@@ -3,9 +3,12 @@
 Not a test: it prints figures, as ratios against a baseline measured minutes
 apart on the same machine, because absolute numbers on a shared box mean little.
 
-- **Baseline**: the default model in a plain in-process onnxruntime session, one
-  intra-op thread, batches of 32 sequences back to back: the compute limit of
-  one core, with no HTTP, no JSON and no queueing.
+- **The machine's limit**: the default model in plain onnxruntime, batches of 32
+  sequences back to back, no HTTP, no JSON, no queueing, using all the cores the
+  service uses: as many one-thread processes as the service has workers, and one
+  session with onnxruntime's default threads; the larger of the two. Every row's
+  ``x mach`` divides by it; ``x 1thr`` divides by one one-thread session (a
+  core's worth), the figure earlier versions of this table used.
 - **The service**, started as users start it (``python -m service``: uvicorn,
   ``--workers`` processes, one onnxruntime thread each), once with dynamic
   batching off and once on, driven by the project's own client (``run_load``,
@@ -13,8 +16,8 @@ apart on the same machine, because absolute numbers on a shared box mean little.
   single-sequence requests at concurrency 1, 16 and 64, and 32-sequence
   requests at concurrency 4, as ``/v1`` JSON (and V2 binary for the latter).
 
-Every row reports requests/s, sequences/s, p50/p99 latency, the fraction of
-the baseline's sequences/s, and the server's peak resident memory (all worker
+Every row reports requests/s, sequences/s, p50/p99 latency, the fractions of
+the two baselines' sequences/s, and the server's peak resident memory (all worker
 processes). The access log is off (``LSTM_SERVE_LOG_LEVEL=warning``), as an
 operator would run a service at thousands of requests per second; ``--log-level
 info`` measures it on.
@@ -26,9 +29,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,11 +75,16 @@ OVERLOAD = (
 )
 
 
-def raw_baseline(version_dir: Path, batch: int, steps: int, seconds: float) -> dict[str, float]:
-    """Sequences/s and per-call latency of onnxruntime alone, one thread, back to back."""
+def raw_baseline(
+    version_dir: Path, batch: int, steps: int, seconds: float, threads: int = 1
+) -> dict[str, float]:
+    """Sequences/s and per-call latency of onnxruntime alone, back to back.
+
+    ``threads`` intra-op threads; 0 is onnxruntime's default (one per core).
+    """
     meta = ModelMetadata.model_validate_json((version_dir / "metadata.json").read_bytes())
     so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
+    so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     session = ort.InferenceSession(str(version_dir / "model.onnx"), so, ["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
@@ -139,13 +149,47 @@ def _measure(
         return rows
 
 
-def report(raw: dict[str, float], runs: dict[str, list[tuple[Point, LoadResult, float]]]) -> str:
-    base = raw["sequences_per_s"]
+def _one_process(args: tuple[Path, int, int, float]) -> dict[str, float]:
+    return raw_baseline(*args)
+
+
+def machine_limit(
+    version_dir: Path, batch: int, steps: int, seconds: float, processes: int
+) -> dict[str, Any]:
+    """What the machine's cores can compute, measured two ways, the larger taken.
+
+    ``processes`` one-thread sessions in as many processes at once (how the service
+    uses the cores: one worker process each), and one in-process session with
+    onnxruntime's default threads. Either can win depending on the machine.
+    """
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(processes, mp_context=context) as pool:
+        parts = list(pool.map(_one_process, [(version_dir, batch, steps, seconds)] * processes))
+    parallel = sum(part["sequences_per_s"] for part in parts)
+    default = raw_baseline(version_dir, batch, steps, seconds, threads=0)["sequences_per_s"]
+    return {
+        "sequences_per_s": max(parallel, default),
+        "processes_x_1_thread": parallel,
+        "default_threads": default,
+        "processes": processes,
+    }
+
+
+def report(
+    raw: dict[str, float],
+    machine: dict[str, Any],
+    runs: dict[str, list[tuple[Point, LoadResult, float]]],
+) -> str:
+    """The table: every figure as a fraction of the machine (and of one thread)."""
+    one = raw["sequences_per_s"]
+    limit = machine["sequences_per_s"]
     lines = [
         f"{'service':<13}{'load':<40}{'req/s':>8}{'seq/s':>9}{'p50 ms':>8}{'p99 ms':>8}"
-        f"{'x raw':>7}{'RSS MiB':>9}  errors",
-        f"{'raw ORT':<13}{'32 seq/call, 1 thread, in-process':<40}{'':>8}{base:>9.0f}"
-        f"{raw['p50_ms']:>8.2f}{raw['p99_ms']:>8.2f}{1.0:>7.2f}{'':>9}{'':>8}",
+        f"{'x mach':>7}{'x 1thr':>7}{'RSS MiB':>9}  errors",
+        f"{'raw ORT':<13}{'32 seq/call, all cores (the limit)':<40}{'':>8}{limit:>9.0f}"
+        f"{'':>8}{'':>8}{1.0:>7.2f}{limit / one:>7.2f}{'':>9}{'':>8}",
+        f"{'raw ORT':<13}{'32 seq/call, 1 thread, in-process':<40}{'':>8}{one:>9.0f}"
+        f"{raw['p50_ms']:>8.2f}{raw['p99_ms']:>8.2f}{one / limit:>7.2f}{1.0:>7.2f}{'':>9}{'':>8}",
     ]
     for name, rows in runs.items():
         for point, r, rss in rows:
@@ -153,8 +197,8 @@ def report(raw: dict[str, float], runs: dict[str, list[tuple[Point, LoadResult, 
             errors = ",".join(f"{n} {code}" for code, n in r.errors.items()) or "0"
             lines.append(
                 f"{name:<13}{point.label:<40}{r.requests_per_s:>8.0f}{r.sequences_per_s:>9.0f}"
-                f"{lat['p50']:>8.2f}{lat['p99']:>8.2f}{r.sequences_per_s / base:>7.2f}"
-                f"{rss:>9.0f}  {errors}"
+                f"{lat['p50']:>8.2f}{lat['p99']:>8.2f}{r.sequences_per_s / limit:>7.2f}"
+                f"{r.sequences_per_s / one:>7.2f}{rss:>9.0f}  {errors}"
             )
     return "\n".join(lines)
 
@@ -201,7 +245,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     print("raw onnxruntime ...", file=sys.stderr)
-    raw = raw_baseline(args.repository / MODEL / "1", 32, args.timesteps, args.seconds)
+    version_dir = args.repository / MODEL / "1"
+    raw = raw_baseline(version_dir, 32, args.timesteps, args.seconds)
+    print("the machine's limit (all cores) ...", file=sys.stderr)
+    machine = machine_limit(version_dir, 32, args.timesteps, args.seconds, args.workers)
     env = {
         "LSTM_SERVE_WORKERS": str(args.workers),
         "LSTM_SERVE_INFERENCE_THREADS": "1",
@@ -225,16 +272,18 @@ def main(argv: list[str] | None = None) -> None:
         f"\n{MODEL}, T={args.timesteps}, {args.workers} uvicorn workers x 1 onnxruntime "
         f"thread, {os.cpu_count()} cores shared with the client, {args.seconds:g} s per point\n"
     )
-    print(report(raw, runs))
+    print(report(raw, machine, runs))
     if args.json:
         payload: dict[str, Any] = {
             "raw": raw,
+            "machine": machine,
             "settings": {**vars(args), "json": str(args.json), "plot": str(args.plot),
                          "repository": str(args.repository)},
             "runs": {
                 name: [
                     {**r.to_dict(), "label": p.label, "server_peak_rss_mib": rss,
-                     "fraction_of_raw": r.sequences_per_s / raw["sequences_per_s"]}
+                     "fraction_of_raw": r.sequences_per_s / raw["sequences_per_s"],
+                     "fraction_of_machine": r.sequences_per_s / machine["sequences_per_s"]}
                     for p, r, rss in rows
                 ]
                 for name, rows in runs.items()
