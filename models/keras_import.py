@@ -28,7 +28,8 @@ from pathlib import Path
 from models.export import export_model
 from models.keras import parity as keras_parity
 from models.keras.convert import Converted, convert, keras_summary
-from models.keras.spec import KerasModelSpec, UnsupportedModel, parse
+from models.keras.graph import UnsupportedModel
+from models.keras.spec import KerasModelSpec, parse
 from models.keras.weights import KerasFile, read
 from models.train import REPOSITORY, next_version
 from service.core.contract import (

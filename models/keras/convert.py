@@ -26,7 +26,8 @@ import torch
 from torch import Tensor
 
 from models.architecture import StackedLSTM
-from models.keras.spec import KerasModelSpec, LSTMSpec, UnsupportedModel
+from models.keras.graph import UnsupportedModel
+from models.keras.spec import KerasModelSpec, LSTMSpec
 from models.keras.weights import KerasFile
 
 KERAS_EPSILON = 1e-7  # keras.config.epsilon(), Normalization's floor on the std

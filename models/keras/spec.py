@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from models.keras.graph import MASK_OPS, UnsupportedModel, input_shape, layer_list
+
 # Layers that do nothing at inference (Keras runs them with training=False).
 NO_OPS = frozenset(
     {
@@ -30,17 +32,12 @@ NO_OPS = frozenset(
 )
 # Functional graphs record a Masking layer's mask as these op layers; the mask
 # itself becomes ``lengths``.
-MASK_OPS = frozenset({"NotEqual", "Any"})
 SUPPORTED = (
     "InputLayer, Masking, Normalization, LSTM, Bidirectional(LSTM), Dense, "
     "TimeDistributed(Dense), Activation, Dropout and its kin"
 )
 HEAD_ACTIVATIONS = ("softmax", "sigmoid", "linear")
 MERGE_MODES = ("concat", "sum", "ave")
-
-
-class UnsupportedModel(ValueError):
-    """The Keras model uses something the exported graph cannot compute exactly."""
 
 
 @dataclass(frozen=True)
@@ -113,92 +110,6 @@ class KerasModelSpec:
     @property
     def bidirectional(self) -> bool:
         return self.lstms[0].bidirectional
-
-
-def _input_shape(cfg: dict[str, Any]) -> list[int | None] | None:
-    for key in ("batch_shape", "batch_input_shape"):
-        if cfg.get(key) is not None:
-            return list(cfg[key])
-    return None
-
-
-def _layer_list(model_config: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
-    """The model's layers in order: a Sequential's list, or a Functional chain."""
-    kind = model_config.get("class_name")
-    cfg = model_config.get("config", {})
-    if kind == "Sequential":
-        layers = cfg if isinstance(cfg, list) else cfg.get("layers", [])
-        return (cfg.get("name", "sequential") if isinstance(cfg, dict) else "sequential"), layers
-    if kind in ("Functional", "Model"):
-        return cfg.get("name", "model"), _chain(cfg)
-    raise UnsupportedModel(
-        f"a {kind} model is not supported; save a Sequential or Functional model"
-    )
-
-
-def _inbound(layer: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """(layers feeding the layer's data inputs, layers feeding only its ``mask``)."""
-    nodes = layer.get("inbound_nodes") or []
-    if len(nodes) > 1:
-        raise UnsupportedModel(f"layer {layer.get('name')!r} is called more than once (shared)")
-    if not nodes:
-        return [], []
-    node = nodes[0]
-    if isinstance(node, dict):  # Keras 3
-        data = _histories(node.get("args", []))
-        kwargs = node.get("kwargs", {})
-        mask = _histories(kwargs.get("mask"))
-        others = _histories({k: v for k, v in kwargs.items() if k != "mask"})
-        return data + others, mask
-    # Keras 2: [[name, node_index, tensor_index, kwargs], ...]
-    return [entry[0] for entry in node], []
-
-
-def _histories(value: Any) -> list[str]:
-    """Names of the layers whose tensors appear anywhere in a Keras 3 node's args."""
-    if isinstance(value, dict):
-        if "keras_history" in value:
-            return [str(value["keras_history"][0])]
-        return [n for v in value.values() for n in _histories(v)]
-    if isinstance(value, list):
-        return [n for v in value for n in _histories(v)]
-    return []
-
-
-def _chain(cfg: dict[str, Any]) -> list[dict[str, Any]]:
-    """Walk a Functional graph from its output back to its input; refuse anything else."""
-    by_name = {layer["name"]: layer for layer in cfg["layers"]}
-    inputs, outputs = cfg.get("input_layers", []), cfg.get("output_layers", [])
-    if inputs and not isinstance(inputs[0], list):
-        inputs = [inputs]
-    if outputs and not isinstance(outputs[0], list):
-        outputs = [outputs]
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise UnsupportedModel(
-            f"the model has {len(inputs)} inputs and {len(outputs)} outputs; one of each is served"
-        )
-    chain, name, mask_sources = [], outputs[0][0], set()
-    while True:
-        layer = by_name[name]
-        chain.append(layer)
-        data, mask = _inbound(layer)
-        mask_sources.update(mask)
-        if not data:
-            break
-        if len(data) > 1:
-            raise UnsupportedModel(
-                f"layer {name!r} ({layer['class_name']}) takes {len(data)} inputs; "
-                "only a chain of layers is supported"
-            )
-        name = data[0]
-    on_chain = {layer["name"] for layer in chain}
-    for layer in cfg["layers"]:
-        if layer["name"] not in on_chain and layer["class_name"] not in MASK_OPS:
-            raise UnsupportedModel(
-                f"layer {layer['name']!r} ({layer['class_name']}) is not on the single path "
-                "from input to output; only a chain of layers is supported"
-            )
-    return list(reversed(chain))
 
 
 def _check_lstm(name: str, cfg: dict[str, Any], kind: str = "LSTM") -> None:
@@ -300,7 +211,7 @@ def _dense(layer: dict[str, Any], after_sequences: bool) -> DenseSpec:
 
 def parse(model_config: dict[str, Any]) -> KerasModelSpec:
     """The typed description of a Keras stacked LSTM, or ``UnsupportedModel`` saying why not."""
-    model_name, layers = _layer_list(model_config)
+    model_name, layers = layer_list(model_config)
     shape: list[int | None] | None = None
     lstms: list[LSTMSpec] = []
     head: DenseSpec | None = None
@@ -311,7 +222,7 @@ def parse(model_config: dict[str, Any]) -> KerasModelSpec:
         kind, cfg = layer["class_name"], layer.get("config", {})
         name = cfg.get("name", layer.get("name", kind.lower()))
         if shape is None:
-            shape = _input_shape(cfg) or (layer.get("build_config") or {}).get("input_shape")
+            shape = input_shape(cfg) or (layer.get("build_config") or {}).get("input_shape")
         if kind == "InputLayer" or kind in MASK_OPS:
             continue
         if kind in NO_OPS:

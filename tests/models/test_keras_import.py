@@ -25,7 +25,8 @@ from keras import layers as L
 from models import keras_import
 from models.keras import parity as keras_parity
 from models.keras.convert import keras_summary
-from models.keras.spec import UnsupportedModel, parse
+from models.keras.graph import UnsupportedModel
+from models.keras.spec import parse
 from models.keras.weights import read
 from service.core.contract import ModelMetadata
 from tests.conftest import reference
