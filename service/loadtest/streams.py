@@ -1,0 +1,181 @@
+"""Streams at scale: many concurrent sequences, one timestep per message.
+
+``python -m service.loadtest.streams --streams 1000 --seconds 10`` starts the
+service (or targets ``--url``) and drives ``--streams`` sequences at once, each
+sending one timestep, waiting for its answer, and sending the next, for a
+bounded time, two ways:
+
+- ``ws``: one WebSocket per stream (``/v1/models/{m}/stream``), the state held
+  by the connection;
+- ``v1``: server-held state over keep-alive HTTP (``sequence_id``, the first
+  step with ``sequence_start``), one connection per stream.
+
+It reports steps/s and the latency of a step (p50/p99). Steps of different
+streams that arrive together share one onnxruntime call (each step is a
+one-sequence request with its states; the batcher merges them), so steps/s can
+exceed the single-sequence request rate. Loopback only, bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+import websockets
+
+from service.loadtest.client import encode_request
+from service.loadtest.process import ServerProcess
+from service.loadtest.spec import Target, is_loopback, parse_target
+from service.settings import DEFAULT_REPOSITORY
+
+Mode = Literal["ws", "v1"]
+
+
+@dataclass
+class Tally:
+    """Steps answered, their latencies, and failures, across every stream."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def fail(self, why: str) -> None:
+        self.errors[why] = self.errors.get(why, 0) + 1
+
+
+def _step(rng: np.random.Generator, features: int) -> list[list[float]]:
+    return [[round(float(v), 4) for v in rng.normal(size=features)]]
+
+
+async def _ws_stream(
+    url: str, model: str, features: int, end: float, seed: int, tally: Tally
+) -> None:
+    rng = np.random.default_rng(seed)
+    uri = url.replace("http://", "ws://", 1) + f"/v1/models/{model}/stream"
+    try:
+        async with websockets.connect(uri, max_size=2**20, compression=None) as ws:
+            while time.monotonic() < end:
+                start = time.perf_counter()
+                await ws.send(orjson.dumps({"timesteps": _step(rng, features)}).decode())
+                answer = orjson.loads(await ws.recv())
+                if "error" in answer:
+                    tally.fail(str(answer["error"])[:80])
+                    return
+                tally.latencies.append(time.perf_counter() - start)
+    except (OSError, websockets.WebSocketException) as exc:
+        tally.fail(type(exc).__name__)
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    lowered = head.lower()
+    at = lowered.find(b"content-length:")
+    length = int(lowered[at + 15 : lowered.find(b"\r\n", at)]) if at >= 0 else 0
+    await reader.readexactly(length)
+    return status
+
+
+async def _v1_stream(
+    url: str, model: str, features: int, end: float, seed: int, tally: Tally
+) -> None:
+    rng = np.random.default_rng(seed)
+    target: Target = parse_target(url)
+    path = f"/v1/models/{model}:predict"
+    headers = (("Content-Type", "application/json"),)
+    try:
+        reader, writer = await asyncio.open_connection(target.host, target.port)
+    except OSError as exc:
+        tally.fail(type(exc).__name__)
+        return
+    first = True
+    try:
+        while time.monotonic() < end:
+            body: dict[str, Any] = {"instances": [_step(rng, features)], "sequence_id": seed}
+            if first:
+                body["sequence_start"] = True
+            start = time.perf_counter()
+            writer.write(encode_request(target, "POST", path, orjson.dumps(body), headers))
+            status = await _read_response(reader)
+            if status != 200:
+                tally.fail(f"HTTP {status}")
+                return
+            first = False
+            tally.latencies.append(time.perf_counter() - start)
+    except (OSError, asyncio.IncompleteReadError) as exc:
+        tally.fail(type(exc).__name__)
+    finally:
+        writer.close()
+
+
+async def drive(
+    url: str, mode: Mode, model: str, features: int, streams: int, seconds: float
+) -> dict[str, Any]:
+    """``streams`` sequences for ``seconds``; steps/s and per-step latency."""
+    if not is_loopback(parse_target(url).host):
+        raise SystemExit("streams only ever targets loopback addresses")
+    tally = Tally()
+    stream = _ws_stream if mode == "ws" else _v1_stream
+    started = time.monotonic()
+    end = started + seconds
+    await asyncio.gather(*(stream(url, model, features, end, i + 1, tally) for i in range(streams)))
+    elapsed = time.monotonic() - started
+    ms = np.array(tally.latencies) * 1000 if tally.latencies else np.array([np.nan])
+    return {
+        "mode": mode,
+        "streams": streams,
+        "steps": len(tally.latencies),
+        "steps_per_s": len(tally.latencies) / elapsed,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "errors": tally.errors,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m service.loadtest.streams", description=__doc__)
+    parser.add_argument("--url", help="a running server (loopback); default: start one")
+    parser.add_argument("--model", default="basic_motions")
+    parser.add_argument("--features", type=int, default=6)
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--mode", choices=["ws", "v1", "both"], default="both")
+    parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    server = None
+    url = args.url
+    if url is None:
+        env = {"LSTM_SERVE_WORKERS": str(args.workers), "LSTM_SERVE_LOG_LEVEL": "warning"}
+        server = ServerProcess(args.repository, env)
+        server.wait_ready(timeout=120.0)
+        url = server.url
+    modes: list[Mode] = ["ws", "v1"] if args.mode == "both" else [args.mode]
+    try:
+        results = [
+            asyncio.run(drive(url, m, args.model, args.features, args.streams, args.seconds))
+            for m in modes
+        ]
+    finally:
+        if server is not None:
+            server.stop()
+    for r in results:
+        print(
+            f"{r['mode']:>3}: {r['streams']} streams, {r['steps_per_s']:.0f} steps/s, "
+            f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, errors {r['errors'] or 0}",
+            file=sys.stderr,
+        )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
