@@ -34,7 +34,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,8 @@ import onnxruntime as ort
 
 from service.core.contract import ModelMetadata
 from service.loadtest import LoadResult, LoadSpec, run_load
-from service.loadtest.process import PeakRss, ServerProcess
+from service.loadtest.budget import stage_costs
+from service.loadtest.process import PeakRss, ServerProcess, tree_cpu_s
 from service.settings import DEFAULT_REPOSITORY
 
 MODEL = "basic_motions"
@@ -58,6 +59,16 @@ class Point:
     overload: float | None = None
     """Open loop at this multiple of the previous point's requests/s, instead of closed."""
     warmup_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured point: the load's figures, the server's peak RSS and CPU per request."""
+
+    point: Point
+    result: LoadResult
+    rss_mib: float
+    cpu_us_per_request: float
 
 
 POINTS = (
@@ -113,7 +124,7 @@ def raw_baseline(
 
 def run_points(
     env: dict[str, str], steps: int, seconds: float, repository: Path, points: tuple[Point, ...]
-) -> list[tuple[Point, LoadResult, float]]:
+) -> list[Row]:
     server = ServerProcess(repository, env)
     try:
         server.wait_ready(timeout=120.0)
@@ -124,13 +135,13 @@ def run_points(
 
 def _measure(
     server: ServerProcess, steps: int, seconds: float, points: tuple[Point, ...]
-) -> list[tuple[Point, LoadResult, float]]:
+) -> list[Row]:
     with PeakRss(server.process.pid, every_s=0.1) as memory:
-        rows: list[tuple[Point, LoadResult, float]] = []
+        rows: list[Row] = []
         for point in points:
             rate = None
             if point.overload is not None:
-                rate = point.overload * rows[-1][1].requests_per_s
+                rate = point.overload * rows[-1].result.requests_per_s
             spec = LoadSpec(
                 url=server.url,
                 model=MODEL,
@@ -141,10 +152,15 @@ def _measure(
                 rate=rate,
                 max_in_flight=4096,  # the server, not the client, must shed the excess
                 duration_s=seconds,
-                warmup_s=point.warmup_s,
+                warmup_s=0.0,
             )
+            if point.warmup_s:  # apart, so that the CPU measured below is the point's own
+                run_load(replace(spec, duration_s=point.warmup_s))
+            cpu_before = tree_cpu_s(server.process.pid)
             result = run_load(spec)
-            rows.append((point, result, memory.peak))
+            cpu_s = tree_cpu_s(server.process.pid) - cpu_before
+            answered = sum((result.ok, *result.errors.values()))
+            rows.append(Row(point, result, memory.peak, cpu_s / max(answered, 1) * 1e6))
             print(f"  {point.label}: {result.requests_per_s:.0f} req/s", file=sys.stderr)
         return rows
 
@@ -178,7 +194,7 @@ def machine_limit(
 def report(
     raw: dict[str, float],
     machine: dict[str, Any],
-    runs: dict[str, list[tuple[Point, LoadResult, float]]],
+    runs: dict[str, list[Row]],
 ) -> str:
     """The table: every figure as a fraction of the machine (and of one thread)."""
     one = raw["sequences_per_s"]
@@ -192,7 +208,8 @@ def report(
         f"{raw['p50_ms']:>8.2f}{raw['p99_ms']:>8.2f}{one / limit:>7.2f}{1.0:>7.2f}{'':>9}{'':>8}",
     ]
     for name, rows in runs.items():
-        for point, r, rss in rows:
+        for row in rows:
+            point, r, rss = row.point, row.result, row.rss_mib
             lat = r.latency_ms
             errors = ",".join(f"{n} {code}" for code, n in r.errors.items()) or "0"
             lines.append(
@@ -203,7 +220,36 @@ def report(
     return "\n".join(lines)
 
 
-def plot(runs: dict[str, list[tuple[Point, LoadResult, float]]], path: Path) -> None:
+def budget_report(rows: list[Row], version_dir: Path, steps: int, workers: int) -> str:
+    """Each closed-loop point's CPU per request, split into the steps of ``budget.py``.
+
+    The server's figure is measured (process tree CPU over the point / requests);
+    the steps are timed in this process for the same body; what is left is the
+    HTTP server, the event loop and the ASGI stack. ``merge_with`` (requests per
+    call) is estimated as the clients per worker, up to a full batch of 32.
+    """
+    steps_shown = ("parse", "validate", "decode", "merge", "session.run", "encode")
+    lines = [
+        f"{'load':<40}{'CPU µs':>8}"
+        + "".join(f"{name:>12}" for name in steps_shown)
+        + f"{'server, loop, ASGI':>20}"
+    ]
+    for row in rows:
+        point = row.point
+        if point.overload is not None or point.concurrency < 1:
+            continue
+        merge_with = max(1, min(point.concurrency // workers, 32 // point.batch))
+        costs = stage_costs(version_dir, point.protocol, point.batch, steps, merge_with)  # type: ignore[arg-type]
+        rest = row.cpu_us_per_request - sum(costs.values())
+        lines.append(
+            f"{point.label:<40}{row.cpu_us_per_request:>8.0f}"
+            + "".join(f"{costs[name]:>12.1f}" for name in steps_shown)
+            + f"{rest:>20.0f}"
+        )
+    return "\n".join(lines)
+
+
+def plot(runs: dict[str, list[Row]], path: Path) -> None:
     """p50 and p99 against achieved sequences/s for the single-sequence sweep, off vs on."""
     import matplotlib
 
@@ -212,7 +258,9 @@ def plot(runs: dict[str, list[tuple[Point, LoadResult, float]]], path: Path) -> 
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for (name, rows), colour in zip(runs.items(), ("tab:red", "tab:blue"), strict=False):
-        sweep = [(p, r) for p, r, _ in rows if p.batch == 1 and p.overload is None]
+        sweep = [
+            (w.point, w.result) for w in rows if w.point.batch == 1 and w.point.overload is None
+        ]
         x = [r.sequences_per_s for _, r in sweep]
         for pct, style in (("p50", "o-"), ("p99", "^--")):
             ax.plot(x, [r.latency_ms[pct] for _, r in sweep], style, color=colour,
@@ -255,7 +303,7 @@ def main(argv: list[str] | None = None) -> None:
         "LSTM_SERVE_INTRA_OP_THREADS": "1",
         "LSTM_SERVE_LOG_LEVEL": args.log_level,
     }
-    runs: dict[str, list[tuple[Point, LoadResult, float]]] = {}
+    runs: dict[str, list[Row]] = {}
     for name, batching, points in (
         ("batching off", "false", POINTS),
         ("batching on", "true", POINTS + OVERLOAD),
@@ -273,6 +321,8 @@ def main(argv: list[str] | None = None) -> None:
         f"thread, {os.cpu_count()} cores shared with the client, {args.seconds:g} s per point\n"
     )
     print(report(raw, machine, runs))
+    print("\nCPU per request (batching on), and where it goes (µs):\n")
+    print(budget_report(runs["batching on"], version_dir, args.timesteps, args.workers))
     if args.json:
         payload: dict[str, Any] = {
             "raw": raw,
@@ -281,10 +331,11 @@ def main(argv: list[str] | None = None) -> None:
                          "repository": str(args.repository)},
             "runs": {
                 name: [
-                    {**r.to_dict(), "label": p.label, "server_peak_rss_mib": rss,
-                     "fraction_of_raw": r.sequences_per_s / raw["sequences_per_s"],
-                     "fraction_of_machine": r.sequences_per_s / machine["sequences_per_s"]}
-                    for p, r, rss in rows
+                    {**w.result.to_dict(), "label": w.point.label, "server_peak_rss_mib": w.rss_mib,
+                     "server_cpu_us_per_request": w.cpu_us_per_request,
+                     "fraction_of_raw": w.result.sequences_per_s / raw["sequences_per_s"],
+                     "fraction_of_machine": w.result.sequences_per_s / machine["sequences_per_s"]}
+                    for w in rows
                 ]
                 for name, rows in runs.items()
             },

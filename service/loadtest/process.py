@@ -47,6 +47,26 @@ def tree_rss_mib(pid: int) -> float:
     return total
 
 
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU time (user + system) of a process and all its live descendants, in seconds."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            stat = Path(f"/proc/{current}/stat").read_text()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        total += (int(fields[11]) + int(fields[12])) * _TICK_S  # utime, stime
+        pending.extend(int(c) for c in children)
+    return total
+
+
 class PeakRss:
     """The largest ``tree_rss_mib`` of ``pid``, sampled in a thread while in a ``with``."""
 
