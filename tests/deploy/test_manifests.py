@@ -47,7 +47,14 @@ def test_overlay_validates_strictly(
     lines = validate(path, version)
     kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(rendered[overlay]))
     assert kinds == sorted(
-        ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service"]
+        [
+            "ConfigMap",
+            "Deployment",
+            "HorizontalPodAutoscaler",
+            "NetworkPolicy",
+            "PodDisruptionBudget",
+            "Service",
+        ]
     )
     assert len(lines) == len(kinds) and all(" passed " in line for line in lines), lines
 
