@@ -3,6 +3,7 @@ cross-site checks, sequences that belong to their caller, audit lines, TLS."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import ssl
@@ -265,3 +266,35 @@ def test_tls_with_a_self_made_certificate(tiny_repository: Path, tmp_path: Path)
             httpx.get(f"{server.url}/v2/health/live")  # plain HTTP is not served
     finally:
         server.stop()
+
+
+def test_answers_reveal_no_absolute_path_nor_library_version(
+    tiny_repository: Path, tmp_path: Path, server_factory
+) -> None:
+    root = tmp_path / "repo"
+    shutil.copytree(tiny_repository, root)
+    server = server_factory(root, {"LSTM_SERVE_MODEL_CONTROL_MODE": "explicit"})
+    broken = root / "tiny" / "3"
+    shutil.copytree(root / "tiny" / "2", broken)
+    (broken / "model.onnx").write_bytes(b"not an onnx graph")
+    meta = json.loads((broken / "metadata.json").read_text())
+    meta["version"] = 3
+    meta["onnx"]["sha256"] = hashlib.sha256(b"not an onnx graph").hexdigest()
+    (broken / "metadata.json").write_text(json.dumps(meta))
+    answers = [
+        httpx.post(f"{server.url}/v2/repository/models/tiny/load", timeout=30),
+        httpx.post(f"{server.url}/v2/repository/index"),
+        httpx.get(f"{server.url}/v1/models/tiny"),
+        httpx.get(f"{server.url}/v2/models/tiny"),
+        httpx.get(f"{server.url}/v2"),
+        httpx.post(f"{server.url}/v2/repository/models/nope/load"),
+        httpx.get(f"{server.url}/v2/health/ready"),
+    ]
+    assert [a.status_code for a in answers] == [400, 200, 200, 200, 200, 404, 200]
+    reason = {(s["version"], s["reason"]) for s in answers[1].json()}
+    assert any(v == "3" and r for v, r in reason), reason  # the failure is reported...
+    for answer in answers:  # ...without the server's paths or its libraries' versions
+        assert str(tmp_path) not in answer.text and str(root.resolve()) not in answer.text
+        for library in ("onnxruntime", "numpy", "torch", "python"):
+            assert f'"{library}"' not in answer.text.lower()
+    assert str(root) in server.log()  # the operator's log keeps the whole message
