@@ -215,6 +215,12 @@ def check_prediction(container: Container) -> None:
         f"{container.url}/v1/models/{MODEL}:predict", json=body, headers=AUTH, timeout=30.0
     )
     check(response.status_code == 200, "POST /v1 predict answers 200", response.text[:300])
+    keyless = httpx.post(f"{container.url}/v1/models/{MODEL}:predict", json=body, timeout=30.0)
+    check(
+        keyless.status_code == 401 and "www-authenticate" in keyless.headers,
+        "the image requires API keys: a predict without one gets 401 + WWW-Authenticate",
+        f"{keyless.status_code} {keyless.text[:200]}",
+    )
     served = response.json()["predictions"]
     expected = in_process(body)["predictions"]
     got = np.array([p["probabilities"] for p in served])
