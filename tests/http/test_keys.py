@@ -5,9 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
+from starlette.responses import PlainTextResponse
+from starlette.types import Receive, Scope, Send
 
-from service.http.security import check_exposure, host_name, load_keys, parse_key
+from service.http.security import Security, check_exposure, host_name, load_keys, parse_key
 from service.settings import Settings
 
 SECRET = "s" * 32
@@ -76,3 +81,24 @@ def test_tls_needs_both_files(tmp_path: Path) -> None:
 )
 def test_host_names(header: str, name: str) -> None:
     assert host_name(header) == name
+
+
+@settings(max_examples=60, deadline=None)
+@given(token=st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=80))
+def test_no_token_but_the_secret_opens_the_api(token: str) -> None:
+    assume(token != SECRET)
+    app = Security(_ok, Settings(api_keys=[f"app:inference:{SECRET}"]))
+    client = TestClient(app, base_url="http://127.0.0.1")  # no lifespan: the app has none
+    answer = client.get("/v1/models", headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 401
+    assert answer.json()["error"] in (
+        "the API key is not valid",
+        "this API needs a key: send Authorization: Bearer <key> (WebSockets may offer the "
+        "subprotocol bearer.<key>)",
+    )
+    assert client.get("/v1/models", headers={"Authorization": f"Bearer {SECRET}"}).text == "ok"
+
+
+async def _ok(scope: Scope, receive: Receive, send: Send) -> None:
+    """The app behind the layer: answers ok to whatever gets through."""
+    await PlainTextResponse("ok")(scope, receive, send)

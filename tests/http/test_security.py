@@ -165,6 +165,15 @@ def test_websockets_need_a_key_and_a_same_origin_page(keyed: ServerProcess) -> N
         1000,
     )
     assert [s["close_code"] for s in sessions if not s["accepted"]][:2] == [0, 0]
+    metrics = httpx.get(keyed.url + "/metrics").text
+    assert (
+        'lstm_websocket_sessions_total{code="1000",endpoint="/v1/models/{name}/stream"} 1.0'
+        in metrics
+    )
+    assert (
+        'lstm_websocket_messages_total{direction="received",endpoint="/v1/models/{name}/stream"}'
+        in metrics
+    )
 
 
 def test_cross_site_requests_are_refused_with_keys_off(
@@ -298,3 +307,22 @@ def test_answers_reveal_no_absolute_path_nor_library_version(
         for library in ("onnxruntime", "numpy", "torch", "python"):
             assert f'"{library}"' not in answer.text.lower()
     assert str(root) in server.log()  # the operator's log keeps the whole message
+
+
+def test_poll_mode_follows_the_repository(
+    tiny_repository: Path, tmp_path: Path, server_factory
+) -> None:
+    root = tmp_path / "repo"
+    shutil.copytree(tiny_repository / "tiny" / "1", root / "tiny" / "1")
+    shutil.copytree(tiny_repository / "tiny_bi", root / "tiny_bi")
+    env = {"LSTM_SERVE_MODEL_CONTROL_MODE": "poll", "LSTM_SERVE_MODEL_CONTROL_POLL_S": "1"}
+    server = server_factory(root, env)
+    refused = httpx.post(f"{server.url}/v2/repository/models/tiny/load")
+    assert refused.status_code == 403
+    assert "model_control_mode=poll" in refused.json()["error"]
+    shutil.copytree(tiny_repository / "tiny" / "2", root / "tiny" / "2")
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{server.url}/v1/models/tiny").json()["version"] != "2":
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.2)
+    assert "poll: tiny versions on disk are now [1, 2]" in server.log()
