@@ -21,7 +21,13 @@ from service.loadtest.process import ServerProcess
 ALICE = "alice-" + "a" * 32
 BOB = "bob-" + "b" * 32
 OPS = "ops-" + "c" * 32
-KEYS = [f"alice:inference:{ALICE}", f"bob:inference:{BOB}", f"ops:inference,admin:{OPS}"]
+AUDITOR = "auditor-" + "d" * 32  # admin only: may list the repository, not infer
+KEYS = [
+    f"alice:inference:{ALICE}",
+    f"bob:inference:{BOB}",
+    f"ops:inference,admin:{OPS}",
+    f"auditor:admin:{AUDITOR}",
+]
 BODY = {"instances": [[[0.1, 0.2, 0.3]] * 4]}
 V2_BODY = {"inputs": [{"name": "x", "shape": [1, 2, 3], "datatype": "FP32", "data": [0.1] * 6}]}
 
@@ -90,6 +96,12 @@ def test_every_route_needs_its_key_and_scope(
         assert short.json() == {
             "error": f"key 'alice' has scopes inference; {path} needs the admin scope"
         }
+    else:
+        short = call(keyed, method, path, body, AUDITOR)
+        assert short.status_code == 403
+        assert short.json() == {
+            "error": f"key 'auditor' has scopes admin; {path} needs the inference scope"
+        }
     right = call(keyed, method, path, body, OPS if scope == "admin" else ALICE)
     assert right.status_code == status, right.text
 
@@ -147,6 +159,9 @@ def test_websockets_need_a_key_and_a_same_origin_page(keyed: ServerProcess) -> N
             },
         ).close()
     assert caught.value.response.status_code == 403
+    with pytest.raises(InvalidStatus) as caught:
+        connect(url, subprotocols=["lstm-serving", f"bearer.{AUDITOR}"]).close()  # type: ignore[list-item]
+    assert caught.value.response.status_code == 403  # a key without the inference scope
     with connect(url, subprotocols=["lstm-serving", f"bearer.{ALICE}"]) as socket:  # type: ignore[list-item]
         assert socket.subprotocol == "lstm-serving"
         socket.send(json.dumps({"timesteps": [[0.1, 0.2, 0.3]]}))
@@ -164,7 +179,7 @@ def test_websockets_need_a_key_and_a_same_origin_page(keyed: ServerProcess) -> N
         2,
         1000,
     )
-    assert [s["close_code"] for s in sessions if not s["accepted"]][:2] == [0, 0]
+    assert [s["close_code"] for s in sessions if not s["accepted"]][:3] == [0, 0, 0]
     metrics = httpx.get(keyed.url + "/metrics").text
     assert (
         'lstm_websocket_sessions_total{code="1000",endpoint="/v1/models/{name}/stream"} 1.0'

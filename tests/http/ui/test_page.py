@@ -303,7 +303,7 @@ def test_a_malformed_paste_shows_the_servers_message(
     served: Any, watched: Watched, paste: str
 ) -> None:
     page = open_page(watched, served.url)
-    page.fill("#api-key", "secret-key-1")  # no auth on this server yet: sent, and ignored
+    page.fill("#api-key", "secret-key-1")  # keys are off on this server: sent, and ignored
     page.fill("#paste", paste)
     page.click("#use-paste")
     page.click("#predict")
