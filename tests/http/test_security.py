@@ -323,6 +323,16 @@ def test_answers_reveal_no_absolute_path_nor_library_version(
             assert f'"{library}"' not in answer.text.lower()
     assert str(root) in server.log()  # the operator's log keeps the whole message
 
+    # Unloading every model would leave a live server that is never ready: the last stays.
+    assert httpx.post(f"{server.url}/v2/repository/models/tiny_bi/unload").status_code == 200
+    last = httpx.post(f"{server.url}/v2/repository/models/tiny/unload")
+    assert last.status_code == 409
+    assert last.json() == {
+        "error": "model 'tiny' is the last model serving: unloading it would leave the server "
+        "unready; load another model first"
+    }
+    assert httpx.get(f"{server.url}/v2/health/ready").json() == {"ready": True}
+
 
 def test_poll_mode_follows_the_repository(
     tiny_repository: Path, tmp_path: Path, server_factory
