@@ -10,13 +10,12 @@ within one model object:
   a chunk for an id that is not live is refused, never silently started; chunks
   of one sequence run one at a time, in arrival order (a per-sequence lock), so
   they never interleave, while chunks of different sequences batch together; a
-  sequence stays on the model version it started with. A sequence belongs to
-  its caller: it lives under (owner, model name, id), the owner being the API
-  key's id when keys are on, so another key, or the same id on another model,
-  names a different sequence and can neither read, continue nor end it; idle
-  sequences are
+  sequence stays on the model version it started with; idle sequences are
   evicted after ``idle_timeout_s`` and at most ``max_sequences`` live at once,
-  so held memory is bounded.
+  so held memory is bounded. A sequence belongs to its caller: it lives under
+  (owner, model name, id), the owner being the API key's id when keys are on,
+  so another key, or the same id on another model, names a different sequence
+  and can neither read, continue nor end it.
 - **Client-carried**: the request brings each sequence's initial states (already
   decoded by its protocol's wire format, e.g. ``http/v1/state_json.py``) and may
   ask for the final states back, so any replica can continue it.
