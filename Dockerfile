@@ -94,7 +94,11 @@ ENV LSTM_SERVE_HOST=0.0.0.0 \
     LSTM_SERVE_WORKERS=1 \
     LSTM_SERVE_INTRA_OP_THREADS=1 \
     LSTM_SERVE_INFERENCE_THREADS=1 \
-    LSTM_SERVE_LOG_FORMAT=json
+    LSTM_SERVE_LOG_FORMAT=json \
+    LSTM_SERVE_AUTH=required
+# Keys are required (README "Security"): pass LSTM_SERVE_API_KEYS='["app:inference:<secret>"]'
+# or mount a file and point LSTM_SERVE_API_KEYS_FILE at it; make a secret with
+# openssl rand -hex 32. Health probes need no key.
 USER 10001:10001
 WORKDIR /tmp
 EXPOSE 8000

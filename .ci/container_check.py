@@ -35,6 +35,10 @@ UID = "10001"
 # The in-flight request during SIGTERM: a few seconds of onnxruntime on one core.
 SLOW_BATCH, SLOW_STEPS = 512, 2000
 TOLERANCE = 1e-5
+# The image requires API keys (LSTM_SERVE_AUTH=required): one made for this check.
+CHECK_SECRET = os.urandom(24).hex()
+CHECK_KEY = f"check:inference:{CHECK_SECRET}"
+AUTH = {"Authorization": f"Bearer {CHECK_SECRET}"}
 
 
 class CheckFailed(Exception):
@@ -83,6 +87,7 @@ class Container:
             "--env", "LSTM_SERVE_HOST=127.0.0.1",
             "--env", f"LSTM_SERVE_PORT={self.port}",
             "--env", f"LSTM_SERVE_WORKERS={workers}",
+            "--env", f"LSTM_SERVE_API_KEYS={json.dumps([CHECK_KEY])}",
             self.image,
         )  # fmt: skip
 
@@ -196,7 +201,7 @@ def in_process(body: dict[str, Any]) -> dict[str, Any]:
     from service.settings import Settings
 
     settings = Settings(model_repository=ROOT / "models" / "repository", device="cpu")
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
         response = client.post(f"/v1/models/{MODEL}:predict", json=body)
     if response.status_code != 200:
         raise CheckFailed(f"in-process predict: {response.status_code} {response.text}")
@@ -206,8 +211,16 @@ def in_process(body: dict[str, Any]) -> dict[str, Any]:
 
 def check_prediction(container: Container) -> None:
     body = {"instances": sequences(seed=7)}
-    response = httpx.post(f"{container.url}/v1/models/{MODEL}:predict", json=body, timeout=30.0)
+    response = httpx.post(
+        f"{container.url}/v1/models/{MODEL}:predict", json=body, headers=AUTH, timeout=30.0
+    )
     check(response.status_code == 200, "POST /v1 predict answers 200", response.text[:300])
+    keyless = httpx.post(f"{container.url}/v1/models/{MODEL}:predict", json=body, timeout=30.0)
+    check(
+        keyless.status_code == 401 and "www-authenticate" in keyless.headers,
+        "the image requires API keys: a predict without one gets 401 + WWW-Authenticate",
+        f"{keyless.status_code} {keyless.text[:200]}",
+    )
     served = response.json()["predictions"]
     expected = in_process(body)["predictions"]
     got = np.array([p["probabilities"] for p in served])
@@ -244,6 +257,7 @@ def slow_request(url: str, outcome: dict[str, Any]) -> None:
             f"{url}/v2/models/{MODEL}/infer",
             content=header + data,
             headers={
+                **AUTH,
                 "Content-Type": "application/octet-stream",
                 "Inference-Header-Content-Length": str(len(header)),
             },

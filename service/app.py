@@ -12,6 +12,7 @@ from starlette.types import ASGIApp
 from service.core.server import Server
 from service.http import errors, health, metrics
 from service.http.asgi import HotRoutes, RequestObserver
+from service.http.security import Security
 from service.http.ui.routes import router as ui_router
 from service.http.v1 import routes as v1
 from service.http.v1 import stream
@@ -60,13 +61,17 @@ def build_fastapi(settings: Settings) -> FastAPI:
 
 
 def create_app(settings: Settings | None = None) -> ASGIApp:
-    """The served stack: ``RequestObserver`` -> ``HotRoutes`` -> FastAPI (``http/asgi.py``).
+    """The served stack: ``RequestObserver`` -> ``Security`` -> ``HotRoutes`` -> FastAPI.
 
-    The two wrappers sit outside FastAPI rather than in its middleware list so
-    that the hot routes skip Starlette's middleware layers too; every other
-    request still gets FastAPI's full handling (and ``/docs``).
+    The wrappers sit outside FastAPI rather than in its middleware list so that
+    the hot routes skip Starlette's middleware layers too; every other request
+    still gets FastAPI's full handling (and ``/docs``). ``Security``
+    (``http/security.py``) is inside the observer, so refusals get access lines
+    and metrics, and outside ``HotRoutes``, so no route escapes it.
     """
-    return RequestObserver(HotRoutes(build_fastapi(settings or Settings()), HOT_ROUTERS))
+    settings = settings or Settings()
+    hot = HotRoutes(build_fastapi(settings), HOT_ROUTERS)
+    return RequestObserver(Security(hot, settings))
 
 
 def create_served_app() -> ASGIApp:

@@ -17,6 +17,7 @@ import tempfile
 import uvicorn
 
 from service.core.repository import scan
+from service.http.security import check_exposure, load_keys
 from service.logs import configure_logging
 from service.settings import DEFAULT_REPOSITORY, ENV_PREFIX, Settings
 from service.workers import APP, Supervisor, reuse_port_supported, uvicorn_options
@@ -40,6 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, help=f"processes ({ENV_PREFIX}WORKERS, default 1)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help=f"{ENV_PREFIX}DEVICE")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--ssl-certfile", help=f"TLS certificate, PEM ({ENV_PREFIX}SSL_CERTFILE)")
+    parser.add_argument("--ssl-keyfile", help=f"TLS private key, PEM ({ENV_PREFIX}SSL_KEYFILE)")
     return parser.parse_args(argv)
 
 
@@ -63,12 +66,17 @@ def ensure_default_model(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    for field in ("host", "port", "model_repository", "workers", "device", "log_level"):
+    fields = ("host", "port", "model_repository", "workers", "device", "log_level")
+    for field in (*fields, "ssl_certfile", "ssl_keyfile"):
         value = getattr(args, field)
         if value is not None:
             os.environ[f"{ENV_PREFIX}{field.upper()}"] = str(value)
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format == "json")
+    try:  # a key or exposure problem stops here, once, not in every worker
+        check_exposure(settings, load_keys(settings))
+    except ValueError as exc:
+        sys.exit(f"lstm-serve: {exc}")
     if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Each worker is a process with its own counters: share them through files.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lstm-serve-metrics-")

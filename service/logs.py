@@ -16,7 +16,26 @@ import orjson
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the request fields passed as ``extra``."""
 
-    _FIELDS = ("request_id", "method", "path", "model", "version", "status", "duration_ms")
+    _FIELDS = (
+        "request_id",
+        "method",
+        "path",
+        "model",
+        "version",
+        "status",
+        "duration_ms",
+        # who (issue 14): the client's address and the API key's id, never the key
+        "client",
+        "key_id",
+        "reason",
+        "action",
+        "outcome",
+        # WebSocket sessions
+        "accepted",
+        "close_code",
+        "received",
+        "sent",
+    )
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.core.version_policy import VersionPolicy
@@ -132,11 +132,61 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="a sequence idle this long is evicted"
     )
 
+    # Security (issue 14; service/http/security.py, README "Security")
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description='API keys, JSON list of "id:scopes:secret" (scopes: inference, admin, '
+        'comma-separated), e.g. ["ci:inference:<32+ random chars>"]; the id is what logs name',
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="a file of API keys, one id:scopes:secret per line (# comments), e.g. a "
+        "mounted Kubernetes Secret; read once at startup, added to api_keys",
+    )
+    auth: Literal["auto", "required", "off"] = Field(
+        default="auto",
+        description="auto: keys are checked when any are configured, and a non-loopback bind "
+        "without keys refuses to start; required: refuse to start without keys; off: no keys "
+        "checked (only behind something that authenticates)",
+    )
+    metrics_auth: bool = Field(
+        default=False, description="true: /metrics needs a key too (health probes never do)"
+    )
+    model_control_mode: Literal["none", "explicit", "poll"] = Field(
+        default="none",
+        description="Triton's --model-control-mode: none: load/unload refused (403); "
+        "explicit: allowed with the admin scope; poll: the repository is rescanned every "
+        "model_control_poll_s and new versions are loaded, retired ones unloaded",
+    )
+    model_control_poll_s: float = Field(
+        default=15.0, ge=1, le=3600, description="rescan period in poll mode"
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description='Host header allow-list (DNS rebinding), JSON list, ports ignored, "*" '
+        "for any; empty: localhost, 127.0.0.1 and ::1 when bound to loopback, any otherwise",
+    )
+    cors_allow_origins: list[str] = Field(
+        default_factory=list,
+        description="origins (scheme://host[:port]) whose pages may call the API (CORS); "
+        "empty: only same-origin pages; any other Origin is refused with 403",
+    )
+    ssl_certfile: Path | None = Field(
+        default=None, description="TLS certificate chain (PEM); with ssl_keyfile, serve HTTPS"
+    )
+    ssl_keyfile: Path | None = Field(default=None, description="TLS private key (PEM)")
+
     # Logging
     log_level: LogLevel = "info"
     log_format: Literal["json", "text"] = Field(
         default="json", description="json: one object per line, for log pipelines"
     )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together: set both or neither")
+        return self
 
     @field_validator("version_policy")
     @classmethod

@@ -74,6 +74,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "proxy_headers": False,
         "limit_concurrency": settings.max_connections,
         "server_header": False,  # no "server: uvicorn" advertised on every response
+        # TLS (issue 14), for deployments with no mesh or ingress to terminate it
+        "ssl_certfile": None if settings.ssl_certfile is None else str(settings.ssl_certfile),
+        "ssl_keyfile": None if settings.ssl_keyfile is None else str(settings.ssl_keyfile),
     }
 
 

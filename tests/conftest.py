@@ -78,7 +78,10 @@ def server_factory(tmp_path: Path) -> Iterator[object]:
 def make_client(repository: Path, **overrides: object) -> TestClient:
     """An in-process app (real onnxruntime, the real ASGI stack) over ``repository``."""
     settings = Settings(model_repository=repository, **overrides)  # type: ignore[arg-type]
-    return TestClient(create_app(settings), raise_server_exceptions=False)
+    # Host 127.0.0.1, not TestClient's "testserver": a loopback bind serves loopback names only.
+    return TestClient(
+        create_app(settings), base_url="http://127.0.0.1", raise_server_exceptions=False
+    )
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,10 @@ def test_server_with_no_models_is_live_but_not_ready(tmp_path: Path, server_fact
     empty = tmp_path / "empty"
     empty.mkdir()
     server = server_factory(empty, wait_path="/v2/health/live")
-    assert httpx.get(f"{server.url}/v2/health/ready", timeout=5).json() == {"ready": False}
+    assert httpx.get(f"{server.url}/v2/health/ready", timeout=5).json() == {
+        "ready": False,
+        "reason": "no model is loaded (the repository holds none)",
+    }
     assert httpx.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 503
     assert "no model loaded from" in server.log()
 

@@ -57,3 +57,11 @@ class SequenceLimit(ServingError):
 
 class NotReady(ServingError):
     """The model exists but is not ready to serve (loading, unloading, warming up)."""
+
+
+class Forbidden(ServingError):
+    """The server is configured not to do this (model control off), whoever asks."""
+
+
+class Conflict(ServingError):
+    """The request would leave the server in a state it must not reach (no model serving)."""

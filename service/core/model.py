@@ -14,15 +14,52 @@ from service.core.request import Outputs
 from service.core.runtime import ModelRuntime, RuntimeOptions
 
 
+def shown(version_dir: Path, name: str = "") -> str:
+    """A file as messages name it: ``<model>/<version>/<file>``, relative to the repository,
+    so that answers (load errors reach clients) never reveal the server's absolute paths."""
+    relative = f"{version_dir.parent.name}/{version_dir.name}"
+    return f"{relative}/{name}" if name else relative
+
+
+def contained(version_dir: Path, name: str) -> Path:
+    """``version_dir / name``, refused unless it resolves inside the version folder.
+
+    A metadata file must not point the server at files elsewhere (``..``, an
+    absolute path, a symlink out), and the version folder itself must lie in its
+    repository (a symlinked folder pointing outside is refused too).
+    """
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+        raise ValueError(
+            f"{shown(version_dir, METADATA_FILENAME)} names the file {name!r}; a model file "
+            "must be a plain name inside its version folder (no absolute path, no '..')"
+        )
+    folder = version_dir.resolve()
+    repository = version_dir.parent.parent.resolve()
+    if not folder.is_relative_to(repository):
+        raise ValueError(
+            f"{shown(version_dir)} resolves outside the model repository (a symlink): "
+            "version folders must be inside it"
+        )
+    target = (version_dir / relative).resolve()
+    if not target.is_relative_to(folder):
+        raise ValueError(
+            f"{shown(version_dir, name)} resolves outside its version folder (a symlink): "
+            "model files must be inside <name>/<version>/"
+        )
+    return target
+
+
 def read_metadata(version_dir: Path) -> ModelMetadata:
     """Parse and check ``metadata.json``; errors name the file so operators can find it."""
-    path = version_dir / METADATA_FILENAME
+    label = shown(version_dir, METADATA_FILENAME)
+    path = contained(version_dir, METADATA_FILENAME)
     try:
         return ModelMetadata.model_validate_json(path.read_bytes())
     except FileNotFoundError:
-        raise ValueError(f"{path} is missing") from None
+        raise ValueError(f"{label} is missing") from None
     except ValueError as exc:
-        raise ValueError(f"{path} is not valid model metadata: {exc}") from exc
+        raise ValueError(f"{label} is not valid model metadata: {exc}") from exc
 
 
 BatcherFactory = Callable[[ModelRuntime], DynamicBatcher]
@@ -75,24 +112,26 @@ def load_version(
 ) -> ServedModel:
     """Load and warm up one ``<name>/<version>/`` folder, refusing anything inconsistent.
 
-    The checks (metadata schema, folder names, file checksum, graph tensor names)
+    The checks (metadata schema, folder names, containment, file checksum, graph
+    tensor names)
     run here, once, so a corrupt or mismatched model fails at load with a message
     naming the file rather than at the first request. Blocking: call from a thread.
     """
     metadata = read_metadata(version_dir)
     if metadata.name != version_dir.parent.name or str(metadata.version) != version_dir.name:
         raise ValueError(
-            f"{version_dir} holds metadata for {metadata.name!r} version {metadata.version}; "
-            "the folder must be <name>/<version>/ of the model it holds"
+            f"{shown(version_dir)} holds metadata for {metadata.name!r} version "
+            f"{metadata.version}; the folder must be <name>/<version>/ of the model it holds"
         )
-    model_path = version_dir / metadata.onnx.file
+    model_path = contained(version_dir, metadata.onnx.file)
+    label = shown(version_dir, metadata.onnx.file)
     if not model_path.is_file():
-        raise ValueError(f"{model_path} is missing")
+        raise ValueError(f"{label} is missing")
     digest = file_sha256(model_path)
     if digest != metadata.onnx.sha256:
         raise ValueError(
-            f"{model_path} has sha256 {digest[:12]}…, metadata.json expects "
-            f"{metadata.onnx.sha256[:12]}…: the file is corrupt or was replaced"
+            f"{label} does not match the sha256 that metadata.json records: the file is "
+            "corrupt or was replaced"
         )
     runtime = ModelRuntime(model_path, metadata, options)
     warm_up(runtime)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from service.core.contract import METADATA_FILENAME
-from service.core.errors import ModelNotFound, NotReady
+from service.core.errors import Conflict, ModelNotFound, NotReady
 from service.core.metrics import (
     MODEL_LOAD_DURATION,
     MODEL_LOAD_FAILURES,
@@ -96,6 +96,7 @@ class ModelRepository:
         self._models: dict[str, dict[int, ServedModel]] = {}
         self._status: dict[tuple[str, int], VersionStatus] = {}
         self._lock = asyncio.Lock()  # one load or unload at a time
+        self._polled: dict[str, list[int]] = {}  # what poll() last saw on disk
 
     def policy(self, name: str) -> VersionPolicy:
         return self._policies.get(name, self._default_policy)
@@ -103,8 +104,29 @@ class ModelRepository:
     # -- changes -------------------------------------------------------------
 
     async def load_all(self) -> None:
-        for name in scan(self.root):
+        self._polled = scan(self.root)
+        for name in self._polled:
             await self.load_model(name)
+
+    async def poll(self) -> None:
+        """Triton's ``poll`` control mode: follow the disk, touching only what changed.
+
+        A model whose versions on disk changed is brought in line (new versions
+        load, the policy retires old ones); a model gone from disk is unloaded,
+        unless it is the last one serving, which keeps serving (logged) so the
+        server never turns unready behind an operator's back.
+        """
+        on_disk = scan(self.root)
+        for name, versions in on_disk.items():
+            if self._polled.get(name) != versions:
+                log.info("poll: %s versions on disk are now %s", name, versions)
+                await self.load_model(name)
+        for name in [n for n in self.names() if n not in on_disk]:
+            try:
+                await self.unload_model(name)
+            except Conflict as exc:
+                log.error("poll: %s left the repository but keeps serving: %s", name, exc.message)
+        self._polled = on_disk
 
     async def load_model(self, name: str) -> list[VersionStatus]:
         """Bring ``name`` in line with its policy and the disk: load new, retire old.
@@ -115,7 +137,7 @@ class ModelRepository:
         async with self._lock:
             on_disk = scan(self.root).get(name)
             if not on_disk:
-                raise ModelNotFound(f"model {name!r} has no version in the repository {self.root}")
+                raise ModelNotFound(f"model {name!r} has no version in the model repository")
             wanted = self.policy(name).select(on_disk)
             serving = dict(self._models.get(name, {}))
             failed = [
@@ -133,9 +155,16 @@ class ModelRepository:
             return failed
 
     async def unload_model(self, name: str) -> None:
+        """Retire every version of ``name``; refused for the last model serving (Conflict),
+        which would leave a live server that is never ready again."""
         async with self._lock:
             if name not in self._models:
                 raise ModelNotFound(f"model {name!r} is not loaded")
+            if set(self._models) == {name}:
+                raise Conflict(
+                    f"model {name!r} is the last model serving: unloading it would leave the "
+                    "server unready; load another model first"
+                )
             for version in list(self._models[name]):
                 await self._retire(name, version, "unloaded")
 
@@ -154,7 +183,7 @@ class ModelRepository:
         except Exception as exc:  # any failure to load is reported, never fatal
             log.error("failed to load %s version %d: %s", name, version, exc)
             MODEL_LOAD_FAILURES.labels(name).inc()
-            self._set(name, version, "UNAVAILABLE", str(exc))
+            self._set(name, version, "UNAVAILABLE", self._public(str(exc)))
             return self._status[(name, version)]
         MODEL_LOAD_DURATION.labels(name).observe(time.perf_counter() - start)
         self._models.setdefault(name, {})[version] = served
@@ -178,6 +207,13 @@ class ModelRepository:
         if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:  # files keep every label set there
             QUEUE_DEPTH.remove(name, str(version))
         log.info("%s version %d %s", name, version, reason)
+
+    def _public(self, message: str) -> str:
+        """A load error as clients may see it: the repository's absolute path removed (the
+        log keeps it whole), e.g. from onnxruntime's own messages."""
+        for root in {str(self.root.resolve()), str(self.root)}:
+            message = message.replace(root + os.sep, "").replace(root, "<repository>")
+        return message
 
     def _set(self, name: str, version: int, state: VersionState, reason: str = "") -> None:
         self._status[(name, version)] = VersionStatus(name, version, state, reason)

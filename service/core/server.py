@@ -46,6 +46,7 @@ class Server:
         )
         self.sequences = SequenceStore(settings.max_sequences, settings.sequence_idle_timeout_s)
         self._evictor: asyncio.Task[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
         self.live = True
         self._started = False
 
@@ -86,7 +87,19 @@ class Server:
     @property
     def ready(self) -> bool:
         """Started, at least one model serving, and nothing half-loaded."""
-        return self._started and bool(self.repository.names()) and not self.repository.is_loading()
+        return not self.not_ready_reason()
+
+    def not_ready_reason(self) -> str:
+        """Why the server is not ready ("" when it is): the readiness answer says it."""
+        if not self._started:
+            return "starting: models are loading"
+        if self.repository.is_loading():
+            return "a model version is loading"
+        if not self.repository.names():
+            failed = [s for s in self.repository.index() if s.state == "UNAVAILABLE"]
+            detail = "; ".join(f"{s.name} {s.version}: {s.reason}" for s in failed[:5])
+            return f"no model is loaded ({detail or 'the repository holds none'})"
+        return ""
 
     async def start(self) -> None:
         """Load and warm up every model before reporting ready."""
@@ -97,11 +110,25 @@ class Server:
         log.info("ready: %s", ", ".join(loaded) or "no models")
         every = min(10.0, self.settings.sequence_idle_timeout_s / 2)
         self._evictor = asyncio.create_task(self.sequences.evict_forever(every))
+        if self.settings.model_control_mode == "poll":
+            self._poller = asyncio.create_task(self._poll_forever())
         self._started = True
+        if not self.ready:
+            log.error("not ready: %s", self.not_ready_reason())
+
+    async def _poll_forever(self) -> None:
+        """Poll control mode: rescan the repository periodically; a failure never stops it."""
+        while True:
+            await asyncio.sleep(self.settings.model_control_poll_s)
+            try:
+                await self.repository.poll()
+            except Exception:
+                log.exception("poll of the model repository failed; retrying next period")
 
     async def stop(self) -> None:
         self._started = False
-        if self._evictor is not None:
-            self._evictor.cancel()
+        for task in (self._evictor, self._poller):
+            if task is not None:
+                task.cancel()
         await self.repository.close()
         self.executor.shutdown(wait=True, cancel_futures=True)

@@ -12,7 +12,10 @@ within one model object:
   they never interleave, while chunks of different sequences batch together; a
   sequence stays on the model version it started with; idle sequences are
   evicted after ``idle_timeout_s`` and at most ``max_sequences`` live at once,
-  so held memory is bounded.
+  so held memory is bounded. A sequence belongs to its caller: it lives under
+  (owner, model name, id), the owner being the API key's id when keys are on,
+  so another key, or the same id on another model, names a different sequence
+  and can neither read, continue nor end it.
 - **Client-carried**: the request brings each sequence's initial states (already
   decoded by its protocol's wire format, e.g. ``http/v1/state_json.py``) and may
   ask for the final states back, so any replica can continue it.
@@ -42,6 +45,8 @@ from service.core.request import InferenceRequest
 from service.core.runtime import RunResult, State, stack_states
 
 SequenceId = str | int
+SequenceKey = tuple[str, str, SequenceId]
+"""(owner, model name, sequence id): what a live sequence is filed under."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,8 @@ class StateOptions:
     sequence_end: bool = False
     initial_states: list[Any] | None = None
     return_states: bool = False
+    owner: str = ""
+    """Who is asking (the API key's id; "" when keys are off): server-held state is theirs."""
 
     @property
     def stateful(self) -> bool:
@@ -141,6 +148,7 @@ async def infer(
             request,
             start=options.sequence_start,
             end=options.sequence_end,
+            owner=options.owner,
         )
     if options.initial_states is not None:
         if decode is None:
@@ -169,7 +177,7 @@ class SequenceStore:
     def __init__(self, max_sequences: int, idle_timeout_s: float) -> None:
         self.max_sequences = max_sequences
         self.idle_timeout_s = idle_timeout_s
-        self._live: dict[SequenceId, HeldSequence] = {}
+        self._live: dict[SequenceKey, HeldSequence] = {}
 
     @property
     def live(self) -> int:
@@ -197,14 +205,14 @@ class SequenceStore:
             self._publish()
         return len(stale)
 
-    def end(self, sequence_id: SequenceId) -> bool:
-        found = self._live.pop(sequence_id, None) is not None
+    def end(self, key: SequenceKey) -> bool:
+        found = self._live.pop(key, None) is not None
         self._publish()
         return found
 
-    def _begin(self, sequence_id: SequenceId, model: ServedModel) -> HeldSequence:
+    def _begin(self, key: SequenceKey, model: ServedModel) -> HeldSequence:
         check_stateful(model)
-        previous = self._live.get(sequence_id)
+        previous = self._live.get(key)
         if previous is None and len(self._live) >= self.max_sequences:
             self.evict_idle()
             if len(self._live) >= self.max_sequences:
@@ -216,20 +224,18 @@ class SequenceStore:
         held = HeldSequence(model=model, states=model.runtime.zero_states(1))
         if previous is not None:
             held.lock = previous.lock  # a restart still waits for the chunk in flight
-        self._live[sequence_id] = held
+        self._live[key] = held
         return held
 
-    def _lookup(self, sequence_id: SequenceId, model: ServedModel) -> HeldSequence:
-        held = self._live.get(sequence_id)
+    def _lookup(self, key: SequenceKey) -> HeldSequence:
+        """The caller's own live sequence; another caller's is indistinguishable from none."""
+        held = self._live.get(key)
         if held is None:
+            sequence_id = key[2]
             raise SequenceNotFound(
                 f"sequence {sequence_id!r} is not live (never started, already ended, or "
                 f"evicted after {self.idle_timeout_s:g} s idle); send its first chunk with "
                 "sequence_start set to begin it"
-            )
-        if held.model.name != model.name:
-            raise InvalidInput(
-                f"sequence {sequence_id!r} belongs to model {held.model.name!r}, not {model.name!r}"
             )
         return held
 
@@ -241,11 +247,13 @@ class SequenceStore:
         *,
         start: bool,
         end: bool,
+        owner: str = "",
     ) -> RunResult:
         """Run one chunk (batch of one sequence) on the held state and keep the new state."""
         if request.batch_size != 1:
             raise InvalidInput(f"a stateful request carries one sequence; got {request.batch_size}")
-        held = self._begin(sequence_id, model) if start else self._lookup(sequence_id, model)
+        key: SequenceKey = (owner, model.name, sequence_id)
+        held = self._begin(key, model) if start else self._lookup(key)
         timeout = max(0.0, request.deadline - time.monotonic())
         try:
             await asyncio.wait_for(held.lock.acquire(), timeout)
@@ -255,7 +263,7 @@ class SequenceStore:
                 "deadline"
             ) from None
         try:
-            if self._live.get(sequence_id) is not held:
+            if self._live.get(key) is not held:
                 raise SequenceNotFound(
                     f"sequence {sequence_id!r} was ended or restarted while this chunk waited"
                 )
@@ -268,7 +276,7 @@ class SequenceStore:
         finally:
             held.lock.release()
         if end:
-            self.end(sequence_id)
+            self.end(key)
         else:
             self._publish()
         return result

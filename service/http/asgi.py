@@ -45,7 +45,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.core.server import Server
 from service.http.errors import response_for
-from service.http.metrics import REQUEST_DURATION, REQUESTS
+from service.http.metrics import (
+    REQUEST_DURATION,
+    REQUESTS,
+    WEBSOCKET_DURATION,
+    WEBSOCKET_MESSAGES,
+    WEBSOCKET_SESSIONS,
+)
 
 REQUEST_ID_HEADER = "x-request-id"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:/=+-]{1,128}$")
@@ -116,6 +122,9 @@ class RequestObserver:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -163,8 +172,73 @@ class RequestObserver:
                 "version": version or None,
                 "status": status,
                 "duration_ms": round(duration * 1000, 3),
+                "client": _client(scope),
+                "key_id": state.get("key_id"),
             },
         )
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A session's access line (opened, closed, messages, duration) and its metrics."""
+        request_id = request_id_from(scope.get("headers", []))
+        scope.setdefault("state", {})["request_id"] = request_id
+        start = time.perf_counter()
+        counts = {"received": 0, "sent": 0}
+        code = 0  # refused, or dropped without a close frame
+        accepted = False
+
+        async def counting_receive() -> Message:
+            nonlocal code
+            message = await receive()
+            if message["type"] == "websocket.receive":
+                counts["received"] += 1
+            elif message["type"] == "websocket.disconnect":
+                code = code or int(message.get("code", 1005))
+            return message
+
+        async def counting_send(message: Message) -> None:
+            nonlocal code, accepted
+            kind = message["type"]
+            if kind == "websocket.send":
+                counts["sent"] += 1
+            elif kind == "websocket.accept":
+                accepted = True
+            elif kind == "websocket.close":
+                code = code or int(message.get("code", 1000))
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, counting_send)
+        finally:
+            duration = time.perf_counter() - start
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            WEBSOCKET_SESSIONS.labels(endpoint, str(code)).inc()
+            WEBSOCKET_DURATION.labels(endpoint).observe(duration)
+            for direction, n in counts.items():
+                _child(WEBSOCKET_MESSAGES, endpoint, direction).inc(n)
+            access_log.info(
+                "WEBSOCKET %s %s %d",
+                scope["path"],
+                "closed" if accepted else "refused",
+                code,
+                extra={
+                    "request_id": request_id,
+                    "method": "WEBSOCKET",
+                    "path": scope["path"],
+                    "accepted": accepted,
+                    "close_code": code,
+                    "received": counts["received"],
+                    "sent": counts["sent"],
+                    "duration_ms": round(duration * 1000, 3),
+                    "client": _client(scope),
+                    "key_id": scope["state"].get("key_id"),
+                },
+            )
+
+
+def _client(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else None
 
 
 def _direct(route: APIRoute) -> bool:

@@ -19,6 +19,8 @@ from starlette.responses import Response
 from service.core.errors import (
     BadRequest,
     BodyTimeout,
+    Conflict,
+    Forbidden,
     InvalidInput,
     ModelNotFound,
     NotReady,
@@ -34,7 +36,9 @@ log = logging.getLogger(__name__)
 
 V1_STATUS: dict[type[ServingError], int] = {
     BadRequest: 400,
+    Forbidden: 403,
     ModelNotFound: 404,
+    Conflict: 409,
     SequenceNotFound: 404,
     SequenceLimit: 429,
     PayloadTooLarge: 413,

@@ -22,5 +22,7 @@ async def live(request: Request) -> Response:
 
 @router.get("/v2/health/ready", summary="Every model is loaded: send traffic")
 async def ready(request: Request) -> Response:
-    is_ready = bool(server_of(request).ready)
-    return json_response({"ready": is_ready}, status=200 if is_ready else 503)
+    reason = server_of(request).not_ready_reason()
+    if not reason:
+        return json_response({"ready": True})
+    return json_response({"ready": False, "reason": reason}, status=503)

@@ -38,6 +38,23 @@ REQUEST_DURATION = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 
+WEBSOCKET_SESSIONS = Counter(
+    "lstm_websocket_sessions_total",
+    "WebSocket sessions ended, by route template and close code (0: refused or dropped).",
+    ["endpoint", "code"],
+)
+WEBSOCKET_MESSAGES = Counter(
+    "lstm_websocket_messages_total",
+    "WebSocket messages, by route template and direction (received, sent).",
+    ["endpoint", "direction"],
+)
+WEBSOCKET_DURATION = Histogram(
+    "lstm_websocket_session_duration_seconds",
+    "How long WebSocket sessions lasted, from handshake to close.",
+    ["endpoint"],
+    buckets=(0.1, 1, 10, 60, 300, 1800, 3600),
+)
+
 
 def _registry() -> CollectorRegistry:
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:

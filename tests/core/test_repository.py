@@ -114,7 +114,7 @@ def test_unknown_and_unloaded_models(tiny_repository: Path) -> None:
 
 async def _test_unknown_and_unloaded_models(tiny_repository: Path) -> None:
     repo = repository(tiny_repository)
-    with pytest.raises(ModelNotFound, match="model 'nope' has no version in the repository"):
+    with pytest.raises(ModelNotFound, match="model 'nope' has no version in the model repository"):
         await repo.load_model("nope")
     await repo.load_all()
     await repo.unload_model("tiny_bi")

@@ -35,6 +35,6 @@ def app_get(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Get]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # starlette's TestClient deprecation notice
         from fastapi.testclient import TestClient
-    client = TestClient(create_app(settings))
+    client = TestClient(create_app(settings), base_url="http://127.0.0.1")
     yield client.get
     client.close()

@@ -47,7 +47,14 @@ def test_overlay_validates_strictly(
     lines = validate(path, version)
     kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(rendered[overlay]))
     assert kinds == sorted(
-        ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Service"]
+        [
+            "ConfigMap",
+            "Deployment",
+            "HorizontalPodAutoscaler",
+            "NetworkPolicy",
+            "PodDisruptionBudget",
+            "Service",
+        ]
     )
     assert len(lines) == len(kinds) and all(" passed " in line for line in lines), lines
 
@@ -123,7 +130,7 @@ def test_probes_reach_real_routes_on_the_served_port(overlay_docs: Docs, app_get
 
 
 def test_pods_are_locked_down(overlay_docs: Docs) -> None:
-    for name, workload, _ in all_workloads(overlay_docs):
+    for name, workload, docs in all_workloads(overlay_docs):
         spec = pod_spec(workload)
         container = serving_container(workload)
         assert spec["securityContext"]["runAsNonRoot"] is True, name
@@ -135,9 +142,17 @@ def test_pods_are_locked_down(overlay_docs: Docs) -> None:
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
         }, name
-        (mount,) = container["volumeMounts"]
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
         volumes = {v["name"]: v for v in spec["volumes"]}
-        assert mount["mountPath"] == "/tmp" and "emptyDir" in volumes[mount["name"]], name
+        assert set(mounts) == {"/tmp", "/run/secrets/lstm-serve"}, name
+        assert "emptyDir" in volumes[mounts["/tmp"]["name"]], name
+        keys = volumes[mounts["/run/secrets/lstm-serve"]["name"]]
+        assert keys["secret"]["secretName"] == "lstm-serve-api-keys", name
+        assert mounts["/run/secrets/lstm-serve"]["readOnly"] is True, name
+        env = environment(workload, docs)
+        assert env["LSTM_SERVE_AUTH"] == "required", name
+        assert env["LSTM_SERVE_API_KEYS_FILE"] == "/run/secrets/lstm-serve/keys", name
+        assert env["LSTM_SERVE_MODEL_CONTROL_MODE"] == "none", name
         pre_stop_s = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
         assert spec["terminationGracePeriodSeconds"] >= pre_stop_s + UVICORN_DRAIN_S, name
         assert container["resources"]["requests"] == container["resources"]["limits"], name

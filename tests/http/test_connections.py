@@ -44,7 +44,7 @@ def test_a_stalled_upload_gets_408_after_the_request_timeout(
     server = server_factory(tiny_repository, {"LSTM_SERVE_REQUEST_TIMEOUT_S": "1"})
     with connect(server) as sock:
         sock.sendall(
-            b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\n"
+            b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
             b'{"instances": ['
         )
@@ -62,7 +62,7 @@ def test_connections_beyond_the_limit_get_503(
     server_factory: Callable[..., ServerProcess], tiny_repository: Path
 ) -> None:
     server = server_factory(tiny_repository, {"LSTM_SERVE_MAX_CONNECTIONS": "3"})
-    request = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    request = b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
     held = [connect(server) for _ in range(2)]
     try:
         for sock in held:  # keep-alive connections, each served once and kept open

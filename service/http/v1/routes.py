@@ -24,6 +24,7 @@ from service.core.server import Server
 from service.http.asgi import hot, server_of
 from service.http.body import json_response, parse_json, read_body
 from service.http.errors import describe_validation_errors
+from service.http.security import caller
 from service.http.v1.instances import decode_instances
 from service.http.v1.predictions import format_predictions
 from service.http.v1.state_json import decode_state, encode_states
@@ -52,8 +53,10 @@ class PredictRequest(BaseModel):
     initial_states: list[dict[str, Any] | None] | None = None
     return_states: StrictBool = False
 
-    def state_options(self) -> state.StateOptions:
+    def state_options(self, owner: str = "") -> state.StateOptions:
+        """The state asked for, on behalf of ``owner`` (the caller's key id)."""
         return state.StateOptions(
+            owner=owner,
             sequence_id=state.parse_sequence_id(self.sequence_id),
             sequence_start=self.sequence_start,
             sequence_end=self.sequence_end,
@@ -92,7 +95,7 @@ async def _predict(request: Request, name: str, version: int | None) -> Response
         outputs=SEQUENCE if envelope.return_sequences else FINAL,
         deadline=time.monotonic() + settings.request_timeout_s,
     )
-    options = envelope.state_options()
+    options = envelope.state_options(caller(request))
     if options.stateful:
         result = await state.infer(
             model,

@@ -4,26 +4,81 @@
 ``.../models/{m}/load`` brings a model in line with the disk and its version
 policy (the rolling update: new versions load and warm up, then old ones drain
 and close); ``.../models/{m}/unload`` drains and closes all of its versions.
+
+Who may: ``http/security.py`` lets only keys with the ``admin`` scope reach
+these routes (when keys are on), and load and unload also need
+``model_control_mode=explicit`` (Triton's ``--model-control-mode``): under
+``none`` (the default) and ``poll`` they are refused with 403 saying how to
+enable them. Every call leaves an audit line (``service.audit``): the action,
+the model, the client's address, the key's id, the outcome.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service.core.errors import BadRequest
+from service.core.errors import BadRequest, Forbidden, ServingError
 from service.http.asgi import server_of
 from service.http.body import json_response
+from service.http.security import caller, client_address
 
 router = APIRouter(prefix="/v2/repository", tags=["v2 repository"])
+
+audit_log = logging.getLogger("service.audit")
+
+
+@asynccontextmanager
+async def audited(request: Request, action: str, name: str = "") -> AsyncIterator[None]:
+    """Log who did what to which model, and how it ended, whatever happens inside."""
+    outcome = "error"
+    try:
+        yield
+        outcome = "ok"
+    except ServingError as exc:
+        outcome = f"refused: {exc.message}"
+        raise
+    finally:
+        audit_log.info(
+            "%s %s by key %s from %s: %s",
+            action,
+            name or "-",
+            caller(request) or "-",
+            client_address(request.scope),
+            outcome,
+            extra={
+                "action": action,
+                "model": name or None,
+                "key_id": caller(request) or None,
+                "client": client_address(request.scope),
+                "outcome": outcome,
+            },
+        )
+
+
+def check_control(request: Request, action: str) -> None:
+    """Load and unload only in explicit model control mode."""
+    mode = server_of(request).settings.model_control_mode
+    if mode != "explicit":
+        raise Forbidden(
+            f"model {action} is disabled: the server runs with model_control_mode={mode} "
+            "(start it with LSTM_SERVE_MODEL_CONTROL_MODE=explicit and call with a key that "
+            "has the admin scope)"
+        )
 
 
 @router.post("/index", summary="Every model version on disk, with its state")
 async def index(request: Request) -> Response:
+    async with audited(request, "index"):
+        statuses = server_of(request).repository.index()
     return json_response(
         [
             {"name": s.name, "version": str(s.version), "state": s.state, "reason": s.reason}
-            for s in server_of(request).repository.index()
+            for s in statuses
         ]
     )
 
@@ -31,15 +86,19 @@ async def index(request: Request) -> Response:
 @router.post("/models/{name}/load", summary="Load new versions, retire those the policy drops")
 async def load(request: Request, name: str) -> Response:
     repository = server_of(request).repository
-    failed = await repository.load_model(name)
-    if failed:
-        reasons = "; ".join(f"version {s.version}: {s.reason}" for s in failed)
-        serving = ", ".join(str(m.version) for m in repository.versions(name)) or "none"
-        raise BadRequest(f"failed to load {name!r} {reasons}; versions serving: {serving}")
+    async with audited(request, "load", name):
+        check_control(request, "load")
+        failed = await repository.load_model(name)
+        if failed:
+            reasons = "; ".join(f"version {s.version}: {s.reason}" for s in failed)
+            serving = ", ".join(str(m.version) for m in repository.versions(name)) or "none"
+            raise BadRequest(f"failed to load {name!r} {reasons}; versions serving: {serving}")
     return json_response({})
 
 
 @router.post("/models/{name}/unload", summary="Drain and unload every version of a model")
 async def unload(request: Request, name: str) -> Response:
-    await server_of(request).repository.unload_model(name)
+    async with audited(request, "unload", name):
+        check_control(request, "unload")
+        await server_of(request).repository.unload_model(name)
     return json_response({})

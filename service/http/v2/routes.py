@@ -35,6 +35,7 @@ from service.core.server import Server
 from service.http.asgi import hot, server_of
 from service.http.body import decode_content, json_response, read_body
 from service.http.errors import describe_validation_errors
+from service.http.security import caller
 from service.http.v2.metadata import model_config, model_metadata, server_metadata
 from service.http.v2.schema import InferenceRequestBody
 from service.http.v2.tensors import (
@@ -78,7 +79,7 @@ async def infer(request: Request, name: str, version: str | None) -> Response:
     )
     parts = split_body(body, request.headers.get(HEADER_LENGTH))
     envelope = _envelope(parts.json)
-    options = envelope.state_options()
+    options = envelope.state_options(caller(request))
     buffers = slice_buffers(parts.tail, envelope.inputs)
     meta = model.metadata
     x, lengths = decode_inputs(

@@ -94,7 +94,7 @@ class InferenceRequestBody(_Strict):
             )
         return value / 1e6
 
-    def state_options(self) -> StateOptions:
+    def state_options(self, owner: str = "") -> StateOptions:
         """Triton's sequence extension: ``sequence_id`` (0 or absent: no sequence),
         ``sequence_start`` and ``sequence_end``, routed to the server-held state."""
         flags = {}
@@ -105,6 +105,7 @@ class InferenceRequestBody(_Strict):
             flags[key] = value
         raw_id = self.parameters.get("sequence_id")
         return StateOptions(
+            owner=owner,
             sequence_id=None if raw_id in (None, 0, "") else parse_sequence_id(raw_id),
             sequence_start=flags["sequence_start"],
             sequence_end=flags["sequence_end"],

@@ -303,7 +303,7 @@ def test_a_malformed_paste_shows_the_servers_message(
     served: Any, watched: Watched, paste: str
 ) -> None:
     page = open_page(watched, served.url)
-    page.fill("#api-key", "secret-key-1")  # no auth on this server yet: sent, and ignored
+    page.fill("#api-key", "secret-key-1")  # keys are off on this server: sent, and ignored
     page.fill("#paste", paste)
     page.click("#use-paste")
     page.click("#predict")
@@ -350,3 +350,47 @@ def test_a_forecast_is_plotted_against_its_input(served: Any, watched: Watched) 
     assert drawn["series"][1]["values"] == values
     assert page.is_hidden("#error")
     assert watched.outside_requests() == []
+
+
+def test_the_page_works_with_keys_on(server_factory: Callable[..., Any], watched: Watched) -> None:
+    """With API keys on, the page lists nothing until given a key, then predicts and
+    streams with it (the WebSocket carries it as the subprotocol bearer.<key>)."""
+    key = "page-" + "k" * 32
+    served = server_factory(
+        DEFAULT_REPOSITORY, {"LSTM_SERVE_API_KEYS": json.dumps([f"page:inference:{key}"])}
+    )
+    page = watched.page
+    response = page.goto(f"{served.url}/")
+    assert response is not None and response.ok  # the page itself needs no key
+    page.wait_for_function(
+        "() => document.getElementById('models-status').textContent.includes('could not list')"
+    )
+    page.fill("#api-key", key)
+    page.press("#api-key", "Enter")
+    page.locator("#api-key").blur()
+    page.wait_for_selector("#examples button.example")
+    page.click("#examples button[data-example='3']")
+    page.click("#predict")
+    drawn = wait_for_plot(page, "output-chart", "lines")
+    headers = {"Authorization": f"Bearer {key}"}
+    example = httpx.get(
+        f"{served.url}/ui/models/basic_motions/versions/1/examples", headers=headers
+    ).json()["examples"][3]
+    answer = httpx.post(
+        f"{served.url}/v1/models/basic_motions/versions/1:predict",
+        json={"instances": [example["timesteps"]], "return_sequences": True},
+        headers=headers,
+    ).json()["predictions"][0]
+    for k, series in enumerate(drawn["series"]):
+        assert_close(series["values"], [step["probabilities"][k] for step in answer])
+
+    page.fill("#stream-delay", "0")
+    page.fill("#stream-chunk", "10")
+    page.click("#stream-start")
+    steps = len(example["timesteps"])
+    page.wait_for_function(
+        "(n) => document.getElementById('stream-steps').textContent === String(n)", arg=steps
+    )
+    assert set(watched.authorization[1:]) == {f"Bearer {key}"}  # every call after the first
+    assert watched.errors == [] or all("401" in e for e in watched.errors)
+    assert '"key_id":"page"' in served.log() and key not in served.log()

@@ -44,7 +44,9 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def client(repository: Path) -> Iterator[TestClient]:
     settings = Settings(model_repository=repository, version_policy="all")
-    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+    with TestClient(
+        create_app(settings), base_url="http://127.0.0.1", raise_server_exceptions=False
+    ) as c:
         yield c
 
 

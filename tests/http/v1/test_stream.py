@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from tests.conftest import reference
 
+WS = "ws://127.0.0.1"  # the Host a loopback server serves (TestClient would say testserver)
+
 
 @settings(
     max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -22,7 +24,7 @@ def test_streamed_chunks_equal_the_whole(
     x = np.random.default_rng(seed).normal(size=(length, 3)).astype(np.float32)
     points = data.draw(st.lists(st.integers(1, length - 1), max_size=6, unique=True).map(sorted))
     outputs = []
-    with client.websocket_connect("/v1/models/tiny/stream") as ws:
+    with client.websocket_connect(f"{WS}/v1/models/tiny/stream") as ws:
         for piece in np.split(x, points):
             ws.send_json({"timesteps": piece.tolist()})
             answer = ws.receive_json()
@@ -35,7 +37,7 @@ def test_streamed_chunks_equal_the_whole(
 
 
 def test_errors_are_messages_and_the_stream_goes_on(client: TestClient) -> None:
-    with client.websocket_connect("/v1/models/tiny/stream") as ws:
+    with client.websocket_connect(f"{WS}/v1/models/tiny/stream") as ws:
         ws.send_json({"timesteps": [[0.1, 0.2]]})
         assert ws.receive_json() == {"error": "timesteps[0] has 2 features; model 'tiny' expects 3"}
         ws.send_text("not json")
@@ -54,13 +56,13 @@ def test_errors_are_messages_and_the_stream_goes_on(client: TestClient) -> None:
 
 
 def test_unknown_and_bidirectional_models_close_with_a_reason(client: TestClient) -> None:
-    with client.websocket_connect("/v1/models/nope/stream") as ws:
+    with client.websocket_connect(f"{WS}/v1/models/nope/stream") as ws:
         assert ws.receive_json() == {
             "error": "model 'nope' is not loaded; loaded models: 'tiny', 'tiny_bi'"
         }
-    with client.websocket_connect("/v1/models/tiny_bi/stream") as ws:
+    with client.websocket_connect(f"{WS}/v1/models/tiny_bi/stream") as ws:
         assert "cannot carry state across requests" in ws.receive_json()["error"]
-    with client.websocket_connect("/v1/models/tiny/versions/x/stream") as ws:
+    with client.websocket_connect(f"{WS}/v1/models/tiny/versions/x/stream") as ws:
         assert ws.receive_json() == {
             "error": "version 'x' does not exist; versions are positive integers"
         }

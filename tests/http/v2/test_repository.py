@@ -17,7 +17,7 @@ def test_rolling_update_while_clients_send(
 ) -> None:
     root = tmp_path / "repo"
     shutil.copytree(tiny_repository / "tiny" / "1", root / "tiny" / "1")
-    server = server_factory(root)
+    server = server_factory(root, {"LSTM_SERVE_MODEL_CONTROL_MODE": "explicit"})
     results: list[tuple[int, str]] = []
     stop = threading.Event()
 
@@ -65,10 +65,10 @@ def test_rolling_update_while_clients_send(
 def test_load_errors_and_unload(tiny_repository: Path, tmp_path: Path, server_factory) -> None:
     root = tmp_path / "repo"
     shutil.copytree(tiny_repository, root)
-    server = server_factory(root)
+    server = server_factory(root, {"LSTM_SERVE_MODEL_CONTROL_MODE": "explicit"})
     missing = httpx.post(f"{server.url}/v2/repository/models/nope/load", timeout=10)
     assert missing.status_code == 404
-    assert missing.json() == {"error": f"model 'nope' has no version in the repository {root}"}
+    assert missing.json() == {"error": "model 'nope' has no version in the model repository"}
 
     shutil.copytree(root / "tiny" / "2", root / "tiny" / "3")
     (root / "tiny" / "3" / "model.onnx").write_bytes(b"garbage")

@@ -539,6 +539,8 @@ async function readFile(file) {
 
 function init() {
   $("api-key").addEventListener("input", (e) => { apiKey = e.target.value.trim(); });
+  // A server with keys on answers the first listing 401: list again once a key is given.
+  $("api-key").addEventListener("change", () => { if (!state.models.length) listModels(); });
   $("model-select").addEventListener("change", (e) => selectModel(Number(e.target.value)));
   $("use-paste").addEventListener("click", () => setSequence(parseText($("paste").value, "pasted sequence")));
   $("file").addEventListener("change", (e) => e.target.files[0] && readFile(e.target.files[0]));
@@ -547,6 +549,10 @@ function init() {
   $("stream-start").addEventListener("click", startStream);
   $("stream-stop").addEventListener("click", () => stopStream(false));
   $("stream-reset").addEventListener("click", resetStream);
+  listModels();
+}
+
+function listModels() {
   loadModels().catch((err) => { $("models-status").textContent = `could not list models: ${err.message}`; });
 }
 
