@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,6 +43,12 @@ def _common() -> argparse.ArgumentParser:
     add = p.add_argument
     add("--url", default=DEFAULT_URL, help="server base URL (default %(default)s)")
     add("--allow-remote", action="store_true", help="permit a non-loopback host")
+    add(
+        "--api-key",
+        default=os.environ.get("LSTM_BENCH_API_KEY"),
+        help="bearer token for a server with keys on (default: $LSTM_BENCH_API_KEY, so that "
+        "the key stays out of the process list)",
+    )
     add("--model", default="basic_motions")
     add("--protocol", choices=PROTOCOLS, default="v1")
     add("--batch", type=int, default=1, help="sequences per request")
@@ -100,6 +107,7 @@ def spec_from_args(args: argparse.Namespace) -> LoadSpec:
         seed=args.seed,
         payloads=args.payloads,
         allow_remote=args.allow_remote,
+        api_key=args.api_key,
     )
 
 

@@ -225,13 +225,15 @@ async def open_connection(
     return protocol
 
 
-async def get_json(target: Target, path: str, timeout: float) -> tuple[int, Any]:
+async def get_json(
+    target: Target, path: str, timeout: float, headers: tuple[tuple[str, str], ...] = ()
+) -> tuple[int, Any]:
     """``GET path`` once, outside any measurement (model metadata): status and parsed body."""
     reader, writer = await asyncio.wait_for(
         asyncio.open_connection(target.host, target.port), timeout
     )
     try:
-        request = encode_request(target, "GET", path, headers=(("Connection", "close"),))
+        request = encode_request(target, "GET", path, headers=(("Connection", "close"), *headers))
         writer.write(request)
         raw = await asyncio.wait_for(reader.read(), timeout)
     finally:

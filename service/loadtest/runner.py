@@ -29,11 +29,13 @@ def _loop_factory() -> tuple[Callable[[], asyncio.AbstractEventLoop], str]:
     return uvloop.new_event_loop, "uvloop"
 
 
-async def discover_features(target: Target, model: str, timeout: float) -> int:
+async def discover_features(
+    target: Target, model: str, timeout: float, headers: tuple[tuple[str, str], ...] = ()
+) -> int:
     """The last dimension of input ``x`` in ``GET /v2/models/{model}``."""
     path = f"/v2/models/{model}"
     try:
-        status, meta = await get_json(target, path, timeout)
+        status, meta = await get_json(target, path, timeout, headers)
     except (OSError, TimeoutError) as exc:
         raise SpecError(
             f"cannot read GET {path} from {target.authority} to learn the feature count "
@@ -50,7 +52,7 @@ async def discover_features(target: Target, model: str, timeout: float) -> int:
 async def _run(spec: LoadSpec, target: Target, progress: bool, event_loop: str) -> LoadResult:
     features = spec.features
     if features is None:
-        features = await discover_features(target, spec.model, spec.timeout_s)
+        features = await discover_features(target, spec.model, spec.timeout_s, spec.auth_headers())
     payloads = build_payloads(
         spec.protocol,
         spec.model,
@@ -61,7 +63,10 @@ async def _run(spec: LoadSpec, target: Target, progress: bool, event_loop: str) 
         count=spec.payloads,
         seed=spec.seed,
     )
-    requests = [encode_request(target, "POST", p.path, p.body, p.headers) for p in payloads]
+    auth = spec.auth_headers()
+    requests = [
+        encode_request(target, "POST", p.path, p.body, (*p.headers, *auth)) for p in payloads
+    ]
     engine = Engine(spec, target, requests, progress)
     await engine.run()
     return summarise(

@@ -43,6 +43,10 @@ class LoadSpec:
     seed: int = 0
     payloads: int = 8  # distinct random bodies, sent round-robin
     allow_remote: bool = False
+    api_key: str | None = None  # sent as "Authorization: Bearer <key>" when set
+
+    def auth_headers(self) -> tuple[tuple[str, str], ...]:
+        return (("Authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
 
     @property
     def open_loop(self) -> bool:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import ssl
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from service.loadtest.process import ServerProcess
+from service.loadtest.process import ROOT, ServerProcess
 
 ALICE = "alice-" + "a" * 32
 BOB = "bob-" + "b" * 32
@@ -288,6 +290,15 @@ def test_tls_with_a_self_made_certificate(tiny_repository: Path, tmp_path: Path)
         assert answer.status_code == 200 and answer.json()["version"] == "2"
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{server.url}/v2/health/live")  # plain HTTP is not served
+        # The image's HEALTHCHECK speaks HTTPS when TLS is on.
+        check = subprocess.run(
+            [sys.executable, str(ROOT / "deploy" / "docker" / "healthcheck.py")],
+            env={**os.environ, **env, "LSTM_SERVE_PORT": str(server.port)},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert check.returncode == 0, check.stderr
     finally:
         server.stop()
 
