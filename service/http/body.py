@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import zlib
 from typing import Any
@@ -29,11 +30,17 @@ def json_response(
     )
 
 
-async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+async def read_body(
+    request: Request, limit: int, timeout_s: float, linger_bytes: int = 0, linger_s: float = 0.0
+) -> bytes:
     """The request body, refusing more than ``limit`` bytes or taking over ``timeout_s``.
 
     The time bound stops a client that sends headers and then stalls from holding
     a task and its buffers forever (uvicorn bounds idle keep-alive, not uploads).
+    An over-limit body is discarded up to ``linger_bytes`` more (``linger_s`` at
+    most) before its 413: ``urllib`` and ``requests`` send the whole body before
+    reading, and a server that closes mid-upload gives them a connection reset
+    instead of the answer (nginx's lingering close).
     """
     try:
         async with asyncio.timeout(timeout_s):
@@ -42,12 +49,39 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
         raise BodyTimeout(
             f"the request body did not arrive within {timeout_s:g} s; send it whole and promptly"
         ) from None
+    except PayloadTooLarge:
+        await _discard_rest(request, linger_bytes, linger_s)
+        raise
+
+
+async def _discard_rest(request: Request, budget: int, timeout_s: float) -> None:
+    """Read and drop what is left of the body, within ``budget`` bytes and ``timeout_s``.
+
+    Past either bound the connection is closed after the 413 (``http/connections.py``
+    closes a connection whose body was not read to the end).
+    """
+    declared = _declared_length(request)
+    if declared is not None and declared.isdigit() and int(declared) > budget:
+        return  # hopeless: do not read what will be cut off anyway
+    with contextlib.suppress(TimeoutError, ClientDisconnect):
+        async with asyncio.timeout(timeout_s):
+            while budget >= 0:
+                message = await request.receive()
+                if message["type"] == "http.disconnect":
+                    return
+                budget -= len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
+
+
+def _declared_length(request: Request) -> bytes | None:
+    return next((v for k, v in request.scope["headers"] if k == b"content-length"), None)
 
 
 async def _read(request: Request, limit: int) -> bytes:
     """Reads the ASGI messages itself rather than through ``Request.stream()``: on the
     hot routes every microsecond is a fraction of the request."""
-    declared = next((v for k, v in request.scope["headers"] if k == b"content-length"), None)
+    declared = _declared_length(request)
     if declared is not None:
         if not declared.isdigit():
             raise BadRequest(

@@ -96,6 +96,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes: int | None = 0  # None: a head is complete, a request is running
         self._opened_at = 0.0
+        self._discarding = False
         self._unavailable = _unavailable_app(
             f"the server is at its limit of {self.connection_cap} connections per worker; "
             f"retry in {CAP_RETRY_AFTER_S} s"
@@ -140,7 +141,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._head_bytes is not None:
+        if self._head_bytes is not None and not self._discarding:
             self._head_bytes += len(data)
         super().data_received(data)
         if (
@@ -160,14 +161,22 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.app = self._admit()
         super().on_headers_complete()
 
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        if self._discarding:  # the unread body of an answered request is over
+            self._discarding = False
+            self._head_bytes = 0
+
     def on_response_complete(self) -> None:
-        if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
-            # Answered before its body was read (and past the lingering bound in
-            # http/body.py): close rather than parse the rest of an unbounded body.
-            self.transport.close()
         super().on_response_complete()
-        if not self.transport.is_closing() and self._head_timer is None and not self.pipeline:
-            self._arm()
+        if self.transport.is_closing() or self._head_timer is not None or self.pipeline:
+            return
+        self._arm()
+        if self.cycle is not None and self.cycle.more_body:
+            # Answered before its body was read: uvicorn parses and drops the rest,
+            # which is not a request head (no 431 for it) but is on the head clock.
+            self._discarding = True
+            self._head_bytes = None
 
     # The cap
     def _admit(self) -> Any:

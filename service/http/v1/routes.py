@@ -68,7 +68,13 @@ async def _predict(request: Request, name: str, version: int | None) -> Response
     request.state.model, request.state.version = model.name, model.version
     settings = server.settings
     payload = parse_json(
-        await read_body(request, settings.max_body_bytes, settings.request_timeout_s)
+        await read_body(
+            request,
+            settings.max_body_bytes,
+            settings.request_timeout_s,
+            settings.lingering_close_bytes,
+            settings.lingering_close_s,
+        )
     )
     try:
         envelope = PredictRequest.model_validate(payload)
