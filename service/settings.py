@@ -160,8 +160,7 @@ class Settings(BaseSettings):
     max_websocket_message_bytes: int = Field(
         default=4 * 1024 * 1024,
         ge=1024,
-        description="one WebSocket message, after permessage-deflate decompression (1009 "
-        "beyond)",
+        description="one WebSocket message, after permessage-deflate decompression (1009 beyond)",
     )
     websocket_per_message_deflate: bool = Field(
         default=True, description="offer permessage-deflate (bounded by the message limit)"

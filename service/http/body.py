@@ -8,6 +8,7 @@ import json
 import zlib
 from typing import Any
 
+import numpy as np
 import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -116,10 +117,59 @@ def parse_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        try:
-            return json.loads(body)
-        except ValueError:
-            raise BadRequest(f"request body is not valid JSON: {exc}") from None
+        return _parse_leniently(body, exc)
+
+
+def _parse_leniently(body: bytes, error: orjson.JSONDecodeError) -> Any:
+    """The stdlib's reading of what orjson refused, held to what orjson accepts otherwise.
+
+    The stdlib would also take UTF-16/32 bodies, nesting until RecursionError,
+    integers of any size and lone surrogates (which no JSON encoder writes back):
+    each is refused here with what was wrong, so only the non-finite literals
+    get through to validation.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(
+            f"request body is not valid JSON: {error} (JSON is sent as UTF-8, RFC 8259; "
+            f"byte {exc.start} is not: {exc.reason})"
+        ) from None
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise BadRequest(
+            f"request body is not valid JSON: {error} (JSON may nest at most "
+            f"{MAX_JSON_DEPTH} levels)"
+        ) from None
+    except ValueError:
+        raise BadRequest(f"request body is not valid JSON: {error}") from None
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:  # lone surrogates, integers past 64 bits, depth
+        raise BadRequest(f"request body holds a value that is refused: {exc}") from None
+    return value
+
+
+MAX_JSON_DEPTH = 1024
+"""orjson's nesting limit for parsing."""
+
+
+def first_boolean(array: np.ndarray, source: Any) -> tuple[int, ...] | None:
+    """Where ``source`` (nested lists that numpy read as ``array``) holds a JSON boolean.
+
+    numpy reads ``[true, 0.5]`` as ``[1.0, 0.5]``: a boolean among numbers is
+    silently a number. Only values equal to 0 or 1 can have been booleans, so
+    only those places are looked at in Python (about a microsecond for a
+    typical request, which has few exact zeros and ones).
+    """
+    for place in np.argwhere((array == 0) | (array == 1)):
+        value = source
+        for i in place:
+            value = value[i]
+        if isinstance(value, bool):
+            return tuple(int(i) for i in place)
+    return None
 
 
 def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:
