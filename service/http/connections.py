@@ -132,6 +132,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.transport.write(_raw_response(status, reason, message))
         self.transport.close()
 
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request httptools cannot parse, in JSON like every error."""
+        self._refuse(400, b"Bad Request", f"{msg.rstrip('.')}: the request is not valid HTTP/1.1")
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()
