@@ -118,7 +118,9 @@ class Settings(BaseSettings):
         default=2048,
         ge=1,
         description="open connections (and requests) per worker process, the new one "
-        "counted; at the limit uvicorn answers 503 (bounds what a connection flood takes)",
+        "counted; at the limit a complete request head closes the oldest connection that "
+        "has not sent one, and only when none is idle gets a JSON 503; health and /metrics "
+        "are always served (http/connections.py)",
     )
     request_timeout_s: float = Field(
         default=30.0, gt=0, description="a request still queued past this gets a 503"

@@ -160,10 +160,15 @@ def first_boolean(array: np.ndarray, source: Any) -> tuple[int, ...] | None:
 
     numpy reads ``[true, 0.5]`` as ``[1.0, 0.5]``: a boolean among numbers is
     silently a number. Only values equal to 0 or 1 can have been booleans, so
-    only those places are looked at in Python (about a microsecond for a
-    typical request, which has few exact zeros and ones).
+    only those places are looked at in Python (~2 µs for 100 x 6 values
+    without exact zeros and ones).
     """
-    for place in np.argwhere((array == 0) | (array == 1)):
+    # |v - 0.5| == 0.5 holds for 0 and 1 (and for values too small to move 0.5,
+    # which the walk below then clears): one pass instead of two comparisons.
+    candidates = np.abs(array - 0.5) == 0.5
+    if not candidates.any():
+        return None
+    for place in np.argwhere(candidates):
         value = source
         for i in place:
             value = value[i]

@@ -7,10 +7,11 @@ time, or a header of many megabytes: 2,048 such connections held every slot of
 ``BoundedHttpProtocol`` (passed to uvicorn as ``http=``) adds, per connection:
 
 - **a request-head clock** (``head_timeout_s``, nginx's ``client_header_timeout``):
-  armed when the connection opens and again when a response completes on a
-  keep-alive connection, disarmed only once a whole request head has arrived.
-  Bytes arriving do not reset it, so a trickle cannot keep a connection forever.
-  At the deadline the client gets a 408 and the connection closes.
+  a deadline set when the connection opens and again when a response completes
+  on a keep-alive connection, cleared only once a whole request head has
+  arrived. Bytes arriving do not move it, so a trickle cannot keep a connection
+  forever. Past it (checked by one sweep per event loop, ``_Sweeper``) a client
+  that sent part of a head gets a 408, and the connection closes.
 - **a head size limit** (``max_header_bytes``): a request line plus headers over
   it get a 431 and the connection closes, before more of it is buffered.
 - **the connection cap, in JSON, with precedence for real requests**: at
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -93,9 +94,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         # The cap is enforced here, not by uvicorn (which would answer it in plain text).
         self.limit_concurrency = None
         self._served_app = self.app
-        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_deadline: float | None = None  # loop time; None: no head awaited
         self._head_bytes: int | None = 0  # None: a head is complete, a request is running
-        self._opened_at = 0.0
         self._discarding = False
         self._unavailable = _unavailable_app(
             f"the server is at its limit of {self.connection_cap} connections per worker; "
@@ -105,18 +105,15 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     # The clock
     def _arm(self) -> None:
         self._head_bytes = 0
-        self._opened_at = self.loop.time()
-        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+        self._head_deadline = self.loop.time() + self.head_timeout_s
 
     def _disarm(self) -> None:
         self._head_bytes = None
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._head_deadline = None
 
     def _head_timed_out(self) -> None:
-        self._head_timer = None
         if self.transport.is_closing():
+            self._disarm()
             return
         if self._head_bytes:  # part of a head arrived: say why the connection goes
             self._refuse(
@@ -138,6 +135,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        _Sweeper.watch(self.loop, self.connections, self.head_timeout_s)
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -173,7 +171,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self.transport.is_closing() or self._head_timer is not None or self.pipeline:
+        if self.transport.is_closing() or self._head_deadline is not None or self.pipeline:
             return
         self._arm()
         if self.cycle is not None and self.cycle.more_body:
@@ -203,7 +201,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
                 isinstance(connection, BoundedHttpProtocol)
                 and connection is not self
                 and connection._head_bytes is not None
-                and (oldest is None or connection._opened_at < oldest._opened_at)
+                and connection._head_deadline is not None
+                and (oldest is None or connection._head_deadline < oldest._head_deadline)  # type: ignore[operator]
             ):
                 oldest = connection
         if oldest is None:
@@ -212,3 +211,45 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         oldest.connections.discard(oldest)  # its slot is free now, not when the close lands
         oldest.transport.close()
         return True
+
+
+class _Sweeper:
+    """One timer per event loop that closes connections past their head deadline.
+
+    A timer per connection would cost a ``call_later`` and a ``cancel`` on every
+    request (and cancelled handles pile up in the loop's heap); a sweep a few
+    times per timeout costs one pass over the open connections, and a deadline
+    is then kept to within a quarter of ``head_timeout_s`` (at most 1 s late).
+    """
+
+    _loops: ClassVar[dict[asyncio.AbstractEventLoop, _Sweeper]] = {}
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, connections: set[Any], timeout_s: float
+    ) -> None:
+        self.loop = loop
+        self.connections = connections
+        self.every_s = min(1.0, timeout_s / 4)
+        self.loop.call_later(self.every_s, self.sweep)
+
+    @classmethod
+    def watch(
+        cls, loop: asyncio.AbstractEventLoop, connections: set[Any], timeout_s: float
+    ) -> None:
+        if loop not in cls._loops:
+            cls._loops[loop] = cls(loop, connections, timeout_s)
+
+    def sweep(self) -> None:
+        if self.loop.is_closed():
+            return
+        now = self.loop.time()
+        late = [
+            c
+            for c in self.connections
+            if isinstance(c, BoundedHttpProtocol)
+            and c._head_deadline is not None
+            and c._head_deadline <= now
+        ]
+        for connection in late:
+            connection._head_timed_out()
+        self.loop.call_later(self.every_s, self.sweep)
