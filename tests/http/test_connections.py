@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from service.loadtest.process import PeakRss, tree_rss_mib
 from tests.conftest import ServerProcess
 
 
@@ -71,11 +72,16 @@ def get(sock: socket.socket, path: str) -> tuple[int, bytes]:
 
 
 def closed_by_server(sock: socket.socket) -> bool:
-    """True once the server has closed the connection (reads give EOF or a reset)."""
+    """True once the server has closed the connection (reads, past any answer, give EOF or
+    a reset); False if it stays open for the socket's timeout."""
     try:
-        return sock.recv(65536) == b""
+        while sock.recv(65536):
+            pass
     except ConnectionResetError:
         return True
+    except TimeoutError:
+        return False
+    return True
 
 
 def test_at_the_connection_cap_busy_connections_get_a_json_503_and_probes_still_answer(
@@ -190,7 +196,9 @@ def test_2048_idle_connections_leave_health_and_new_requests_answering(
     server_factory: Callable[..., ServerProcess], tiny_repository: Path
 ) -> None:
     """The attack of issue 13 at the default cap: idle connections give way to real ones."""
-    server = server_factory(tiny_repository, {"LSTM_SERVE_MAX_CONNECTIONS": "2048"})
+    server = server_factory(
+        tiny_repository, {"LSTM_SERVE_MAX_CONNECTIONS": "2048", "LSTM_SERVE_HEAD_TIMEOUT_S": "5"}
+    )
     idle = []
     try:
         for i in range(2048):
@@ -204,6 +212,8 @@ def test_2048_idle_connections_leave_health_and_new_requests_answering(
                 assert get(sock, path)[0] == 200, path
         evicted = sum(closed_by_server_now(sock) for sock in idle[:50])
         assert evicted >= 2  # the two non-probe requests each took an idle slot
+        # Past the head timeout, every idle connection is gone (sampled: 50 of them).
+        assert all(closed_by_server(sock) for sock in idle[-50:])
     finally:
         for sock in idle:
             sock.close()
@@ -217,3 +227,25 @@ def closed_by_server_now(sock: socket.socket) -> bool:
         return False
     except ConnectionResetError:
         return True
+
+
+def test_unfinished_huge_headers_hold_no_memory(
+    server_factory: Callable[..., ServerProcess], tiny_repository: Path
+) -> None:
+    """20 connections each sending 8 MiB of one header (174 MiB held before the limit)."""
+    server = server_factory(tiny_repository)
+    idle_rss = tree_rss_mib(server.process.pid)
+    socks = [connect(server) for _ in range(20)]
+    try:
+        with PeakRss(server.process.pid) as peak:
+            for sock in socks:
+                sock.sendall(b"GET /v2 HTTP/1.1\r\nX-Big: ")
+            for sock in socks:
+                with contextlib.suppress(OSError):  # refused after the first 32 KiB
+                    sock.sendall(b"a" * (8 << 20))
+            for sock in socks:
+                assert read_response(sock)[0] == 431
+    finally:
+        for sock in socks:
+            sock.close()
+    assert peak.peak - idle_rss < 40  # MiB: each connection's head is bounded, not buffered

@@ -1,4 +1,5 @@
-"""Over-limit bodies: the 413 reaches clients that send the whole body before reading."""
+"""Over-limit bodies: the 413 reaches clients that send the whole body before reading
+(urllib, requests, tritonclient), on a real server."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
 
 from tests.conftest import ServerProcess
 
@@ -43,3 +47,15 @@ def test_urllib_reads_the_413_of_an_over_limit_body(server: ServerProcess) -> No
         urllib.request.urlopen(request, timeout=30)
     assert caught.value.code == 413
     assert json.loads(caught.value.read()) == MESSAGE
+
+
+def test_tritonclient_reads_the_413_of_an_over_limit_body(server: ServerProcess) -> None:
+    x = np.zeros((1, 100_000, 3), dtype=np.float32)  # 1.2 MB of binary tensor data
+    tensor = triton.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    with triton.InferenceServerClient(server.url.removeprefix("http://")) as client:
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer("tiny", [tensor])
+        assert caught.value.status() == "413"
+        assert "the limit is 1048576" in caught.value.message()
+        assert client.is_server_live()  # the same client goes on
