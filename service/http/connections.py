@@ -171,10 +171,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self.transport.is_closing() or self._head_deadline is not None or self.pipeline:
-            return
+        if self.transport.is_closing() or not self.cycle.response_complete:
+            return  # closing, or a pipelined request (the latest cycle) is already running
         self._arm()
-        if self.cycle is not None and self.cycle.more_body:
+        if self.cycle.more_body:
             # Answered before its body was read: uvicorn parses and drops the rest,
             # which is not a request head (no 431 for it) but is on the head clock.
             self._discarding = True
