@@ -248,6 +248,7 @@ def test_unfinished_huge_headers_hold_no_memory(
     finally:
         for sock in socks:
             sock.close()
+    print(f"peak RSS over idle: {peak.peak - idle_rss:.1f} MiB")
     assert peak.peak - idle_rss < 40  # MiB: each connection's head is bounded, not buffered
 
 
