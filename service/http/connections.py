@@ -21,7 +21,8 @@ time, or a header of many megabytes: 2,048 such connections held every slot of
   The probe and metrics paths (``RESERVED_PATHS``) are always served, so an
   orchestrator does not restart a pod that is merely being flooded.
 
-The per-request cost is two timer operations and a byte count (see README).
+The per-request cost is a deadline set and cleared, a byte count and the cap
+check: about 3 µs over uvicorn's own protocol (measured; see the README).
 """
 
 from __future__ import annotations
@@ -50,12 +51,12 @@ def _settings() -> Settings:
     return Settings()
 
 
-def _raw_response(status: int, reason: bytes, message: str, extra: bytes = b"") -> bytes:
+def _raw_response(status: int, reason: bytes, message: str) -> bytes:
     """A complete ``{"error": ...}`` response that closes the connection (no ASGI involved)."""
     body = orjson.dumps({"error": message})
     return (
         b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-        b"%sconnection: close\r\n\r\n%s" % (status, reason, len(body), extra, body)
+        b"connection: close\r\n\r\n%s" % (status, reason, len(body), body)
     )
 
 
