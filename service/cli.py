@@ -10,6 +10,7 @@ import argparse
 import importlib.util
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -77,11 +78,18 @@ def main(argv: list[str] | None = None) -> None:
         check_exposure(settings, load_keys(settings))
     except ValueError as exc:
         sys.exit(f"lstm-serve: {exc}")
+    metrics_dir = None
     if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        # Each worker is a process with its own counters: share them through files.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lstm-serve-metrics-")
-    ensure_default_model(settings)
-    if settings.workers > 1 and reuse_port_supported():
-        Supervisor(settings).run()
-    else:  # one process, or no SO_REUSEPORT (not Linux/BSD): uvicorn's shared-socket workers
-        uvicorn.run(APP, workers=settings.workers, **uvicorn_options(settings))
+        # Each worker is a process with its own counters: share them through files,
+        # in a folder of our own that goes when the server does.
+        metrics_dir = tempfile.mkdtemp(prefix="lstm-serve-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        ensure_default_model(settings)
+        if settings.workers > 1 and reuse_port_supported():
+            Supervisor(settings).run()
+        else:  # one process, or no SO_REUSEPORT (not Linux/BSD): uvicorn's shared-socket workers
+            uvicorn.run(APP, workers=settings.workers, **uvicorn_options(settings))
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)

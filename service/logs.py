@@ -52,6 +52,30 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | {
+    0x0A: "\\n",
+    0x0D: "\\r",
+    0x09: "\\t",
+}
+"""C0 and C1 control characters (newline and the terminal's escape included) as escapes."""
+
+
+class TextFormatter(logging.Formatter):
+    """``time level logger message``, with control characters in the line escaped.
+
+    A request path can carry ``%0A`` or escape bytes; written raw, they forge
+    access-log lines or drive the reader's terminal. JSON escapes them by
+    itself; plain text needs this. A traceback, appended after the line, keeps
+    its own newlines.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return super().formatMessage(record).translate(_CONTROL)
+
+
 def configure_logging(level: str, json_logs: bool = True) -> None:
     """Root logging for the process; uvicorn's own loggers propagate to it."""
     handler = logging.StreamHandler()
@@ -59,7 +83,7 @@ def configure_logging(level: str, json_logs: bool = True) -> None:
         formatter: logging.Formatter = JsonFormatter()
         formatter.converter = time.gmtime
     else:
-        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+        formatter = TextFormatter()
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

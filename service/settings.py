@@ -118,10 +118,54 @@ class Settings(BaseSettings):
         default=2048,
         ge=1,
         description="open connections (and requests) per worker process, the new one "
-        "counted; at the limit uvicorn answers 503 (bounds what a connection flood takes)",
+        "counted; at the limit a complete request head closes the oldest connection that "
+        "has not sent one, and only when none is idle gets a JSON 503; health and /metrics "
+        "are always served (http/connections.py)",
     )
     request_timeout_s: float = Field(
         default=30.0, gt=0, description="a request still queued past this gets a 503"
+    )
+
+    # Connections (issue 13): every connection has a clock and a size.
+    head_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="a connection must deliver a whole request head (request line and "
+        "headers) within this many seconds of opening, and of its previous response on "
+        "keep-alive; bytes arriving do not reset it (408 and close, as nginx's "
+        "client_header_timeout)",
+    )
+    keep_alive_timeout_s: float = Field(
+        default=5.0, gt=0, description="an idle keep-alive connection closes after this"
+    )
+    max_header_bytes: int = Field(
+        default=32 * 1024,
+        ge=1024,
+        description="request line plus headers; beyond it a 431 and the connection closes",
+    )
+    lingering_close_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description="an over-limit body is read and discarded up to this many bytes before "
+        "its 413, so clients that send the whole body first (urllib, requests) can read it "
+        "(nginx's lingering close); a longer body gets the 413 and a closed connection",
+    )
+    lingering_close_s: float = Field(
+        default=5.0, ge=0, description="how long that discarding may take at most"
+    )
+    max_websockets: int = Field(
+        default=256, ge=1, description="open WebSocket streams per worker process (1013 beyond)"
+    )
+    websocket_idle_timeout_s: float = Field(
+        default=60.0, gt=0, description="a stream that sends no message this long is closed"
+    )
+    max_websocket_message_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="one WebSocket message, after permessage-deflate decompression (1009 beyond)",
+    )
+    websocket_per_message_deflate: bool = Field(
+        default=True, description="offer permessage-deflate (bounded by the message limit)"
     )
 
     # Stateful sequences

@@ -29,6 +29,7 @@ from typing import Any
 
 import uvicorn
 
+from service.http.connections import PROTOCOL
 from service.settings import Settings
 
 log = logging.getLogger("service.workers")
@@ -72,7 +73,13 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # No X-Forwarded-For rewriting: nothing here uses the client address, and
         # the middleware costs ~5% of a small request.
         "proxy_headers": False,
-        "limit_concurrency": settings.max_connections,
+        # BoundedHttpProtocol enforces max_connections itself, answering in JSON and
+        # letting probes and complete requests past idle connections (http/connections.py).
+        "http": PROTOCOL,
+        "ws": "websockets-sansio",
+        "ws_max_size": settings.max_websocket_message_bytes,
+        "ws_per_message_deflate": settings.websocket_per_message_deflate,
+        "timeout_keep_alive": settings.keep_alive_timeout_s,
         "server_header": False,  # no "server: uvicorn" advertised on every response
         # TLS (issue 14), for deployments with no mesh or ingress to terminate it
         "ssl_certfile": None if settings.ssl_certfile is None else str(settings.ssl_certfile),

@@ -51,11 +51,15 @@ def serving_pids(port: int) -> set[int]:
 
 
 def test_two_workers_share_connections_and_a_dead_one_is_replaced(
-    server_factory: Callable[..., ServerProcess], tiny_repository: Path
+    server_factory: Callable[..., ServerProcess], tiny_repository: Path, tmp_path: Path
 ) -> None:
+    temporary = tmp_path / "tmp"  # the system's temporary directory, as the server sees it
+    temporary.mkdir()
     server = server_factory(
-        tiny_repository, {"LSTM_SERVE_WORKERS": "2", "LSTM_SERVE_LOG_LEVEL": "info"}
+        tiny_repository,
+        {"LSTM_SERVE_WORKERS": "2", "LSTM_SERVE_LOG_LEVEL": "info", "TMPDIR": str(temporary)},
     )
+    assert len(metrics_folders(temporary)) == 1
     port = int(server.url.rsplit(":", 1)[1])
     deadline = time.monotonic() + 60
     while len(workers_of(server.process.pid)) < 2 and time.monotonic() < deadline:
@@ -93,6 +97,11 @@ def test_two_workers_share_connections_and_a_dead_one_is_replaced(
     assert server.stop() in (0, -signal.SIGTERM)
     assert "all workers stopped" in server.log()
     assert not alive(first)
+    assert metrics_folders(temporary) == []  # the shared metrics folder went with the server
+
+
+def metrics_folders(temporary: Path) -> list[Path]:
+    return list(temporary.glob("lstm-serve-metrics-*"))
 
 
 def alive(pids: set[int]) -> set[int]:

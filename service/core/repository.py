@@ -55,8 +55,10 @@ class VersionStatus:
 
 
 def parse_version(version: str) -> int:
-    """Versions are positive integers; anything else names a version that cannot exist."""
-    if not version.isdigit() or int(version) < 1:
+    """Versions are positive integers in ASCII digits; anything else names a version that
+    cannot exist (``str.isdigit`` alone also takes "²", which ``int`` refuses, and
+    fullwidth or Arabic-Indic digits, which ``int`` reads)."""
+    if not (version.isascii() and version.isdigit()) or int(version) < 1:
         raise ModelNotFound(f"version {version!r} does not exist; versions are positive integers")
     return int(version)
 

@@ -53,6 +53,10 @@ V2_STATUS: dict[type[ServingError], int] = {**V1_STATUS, InvalidInput: 400}
 """The Open Inference Protocol: a request that does not fit the model is a 400."""
 
 
+NOT_READY_RETRY_S = 1
+"""``Retry-After`` of a 503 for a model version that is loading or draining."""
+
+
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     return json_response({"error": message}, status=status, headers=headers)
 
@@ -72,7 +76,9 @@ def table_for(path: str) -> dict[type[ServingError], int]:
 def response_for(request: Request, exc: Exception) -> Response:
     """The answer to any exception a route raised: the one place errors become HTTP."""
     if isinstance(exc, ServingError):
-        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Overloaded) else None
+        headers = None
+        if isinstance(exc, Overloaded | NotReady):  # both pass: say when to come back
+            headers = {"Retry-After": str(getattr(exc, "retry_after_s", NOT_READY_RETRY_S))}
         status = status_of(exc, table_for(request.scope["path"]))
         return error_response(status, exc.message, headers)
     if isinstance(exc, StarletteHTTPException):

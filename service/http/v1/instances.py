@@ -14,6 +14,7 @@ import numpy as np
 
 from service.core.errors import InvalidInput
 from service.core.request import first_non_finite
+from service.http.body import first_boolean
 
 _NUMERIC_KINDS = "fiu"  # float, signed and unsigned int: booleans and strings are refused
 
@@ -66,7 +67,16 @@ def _sequence_array(
         raise _locate(where, sequence, features, model) from None
     if array.ndim != 2 or array.dtype.kind not in _NUMERIC_KINDS or array.shape[1] != features:
         raise _locate(where, sequence, features, model)
+    _refuse_booleans(array, sequence, where)
     return array
+
+
+def _refuse_booleans(array: np.ndarray, source: list[Any], where: str) -> None:
+    """numpy reads a boolean among numbers as 0 or 1: refuse it, naming its place."""
+    place = first_boolean(array, source)
+    if place is not None:
+        at = where + "".join(f"[{i}]" for i in place)
+        raise InvalidInput(f"{at} must be a number; got a boolean")
 
 
 def _check_finite(x: np.ndarray, source: list[Any], name: str) -> None:
@@ -100,6 +110,7 @@ def _padded(
         batch, steps = whole.shape[:2]
         if steps > max_timesteps:
             raise InvalidInput(f"instances[0] has {steps} timesteps; the limit is {max_timesteps}")
+        _refuse_booleans(whole, instances, "instances")
         return whole.astype(np.float32), np.full(batch, steps, dtype=np.int64)
     arrays = [
         _sequence_array(f"instances[{i}]", s, features, model, max_timesteps)

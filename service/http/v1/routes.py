@@ -67,11 +67,17 @@ class PredictRequest(BaseModel):
 
 async def _predict(request: Request, name: str, version: int | None) -> Response:
     server = server_of(request)
-    model = server.repository.get(name, version)
+    model = server.repository.resolve(name, version)
     request.state.model, request.state.version = model.name, model.version
     settings = server.settings
     payload = parse_json(
-        await read_body(request, settings.max_body_bytes, settings.request_timeout_s)
+        await read_body(
+            request,
+            settings.max_body_bytes,
+            settings.request_timeout_s,
+            settings.lingering_close_bytes,
+            settings.lingering_close_s,
+        )
     )
     try:
         envelope = PredictRequest.model_validate(payload)
@@ -193,11 +199,11 @@ async def list_models(request: Request) -> Response:
 @router.get("/models/{name}", summary="A model's latest version and the status of all")
 async def model_status(request: Request, name: str) -> Response:
     server = server_of(request)
-    model = server.repository.get(name)
+    model = server.repository.resolve(name)
     return json_response({**describe(model), "model_version_status": _status(server, name)})
 
 
 @router.get("/models/{name}/versions/{version}", summary="One version of a model")
 async def version_status(request: Request, name: str, version: str) -> Response:
     server = server_of(request)
-    return json_response(describe(server.repository.get(name, parse_version(version))))
+    return json_response(describe(server.repository.resolve(name, parse_version(version))))

@@ -9,7 +9,11 @@ the socket frees it. Messages, JSON both ways:
 - ``{"reset": true}`` -> ``{"reset": true, "steps": 0}`` (zero state again)
 - ``{"end": true}`` -> ``{"ended": true, "steps": n}``, then a normal close (1000)
 
-A bad message gets ``{"error": "..."}`` and the stream goes on. Messages are
+A bad message (a binary frame included) gets ``{"error": "..."}`` and the stream
+goes on. Every stream is bounded: at most ``max_websockets`` open per worker
+(beyond, an error and close 1013), ``websocket_idle_timeout_s`` without a message
+(an error and close 1001), ``max_websocket_message_bytes`` per message after
+permessage-deflate (uvicorn's websockets closes with 1009). Messages are
 handled one at a time: a client that sends faster than the model computes fills
 the socket's bounded receive queue and then TCP's window, which slows the client
 (backpressure) instead of growing memory here.
@@ -17,6 +21,7 @@ the socket's bounded receive queue and then TCP's window, which slows the client
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -38,6 +43,8 @@ from service.http.v1.predictions import format_predictions
 router = APIRouter(prefix="/v1", tags=["v1 streaming"])
 
 POLICY_VIOLATION = 1008
+GOING_AWAY = 1001  # idle past websocket_idle_timeout_s
+TRY_AGAIN_LATER = 1013  # max_websockets streams already open on this worker
 
 
 async def _send(websocket: WebSocket, message: dict[str, Any]) -> None:
@@ -77,8 +84,42 @@ async def _step(
 async def _serve(websocket: WebSocket, name: str, version: str | None) -> None:
     server = server_of(websocket)
     await websocket.accept()
+    state = websocket.app.state
+    limit = server.settings.max_websockets
+    if getattr(state, "open_streams", 0) >= limit:
+        await _send(websocket, {"error": f"{limit} streams are open on this worker; retry later"})
+        await websocket.close(TRY_AGAIN_LATER)
+        return
+    state.open_streams = getattr(state, "open_streams", 0) + 1
     try:
-        model = server.repository.get(name, None if version is None else parse_version(version))
+        await _serve_open(websocket, server, name, version)
+    finally:
+        state.open_streams -= 1
+
+
+async def _receive_text(websocket: WebSocket, idle_s: float) -> str | None:
+    """The next text message; None once the client left, or was idle for ``idle_s``."""
+    while True:
+        try:
+            async with asyncio.timeout(idle_s):
+                message = await websocket.receive()
+        except TimeoutError:
+            await _send(websocket, {"error": f"no message for {idle_s:g} s; closing the stream"})
+            await websocket.close(GOING_AWAY)
+            return None
+        if message["type"] == "websocket.disconnect":
+            return None
+        text = message.get("text")
+        if text is not None:
+            return str(text)
+        await _send(websocket, {"error": "binary messages are not accepted; send JSON as text"})
+
+
+async def _serve_open(websocket: WebSocket, server: Server, name: str, version: str | None) -> None:
+    try:
+        model = server.repository.resolve(
+            name, None if version is None else parse_version(version)
+        )
         check_stateful(model)
     except ServingError as exc:
         await _send(websocket, {"error": exc.message})
@@ -86,9 +127,9 @@ async def _serve(websocket: WebSocket, name: str, version: str | None) -> None:
         return
     states = model.runtime.zero_states(1)
     steps = 0
+    idle_s = server.settings.websocket_idle_timeout_s
     try:
-        while True:
-            raw = await websocket.receive_text()
+        while (raw := await _receive_text(websocket, idle_s)) is not None:
             try:
                 message = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:

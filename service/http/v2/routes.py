@@ -73,7 +73,13 @@ async def infer(request: Request, name: str, version: str | None) -> Response:
     settings = server.settings
     limit = settings.max_body_bytes
     body = decode_content(
-        await read_body(request, limit, settings.request_timeout_s),
+        await read_body(
+            request,
+            limit,
+            settings.request_timeout_s,
+            settings.lingering_close_bytes,
+            settings.lingering_close_s,
+        ),
         request.headers.get("content-encoding"),
         limit,
     )

@@ -92,6 +92,8 @@ class InferenceRequestBody(_Strict):
             raise BadRequest(
                 f"parameters.timeout must be a positive integer of microseconds; got {value!r}"
             )
+        if value >= 2**63:  # Triton's is a uint64; beyond, value / 1e6 overflows a float
+            raise BadRequest(f"parameters.timeout is {value} microseconds; it must be below 2^63")
         return value / 1e6
 
     def state_options(self, owner: str = "") -> StateOptions:

@@ -44,7 +44,7 @@ from service.core.contract import ModelMetadata
 from service.core.errors import BadRequest
 from service.core.request import first_non_finite
 from service.core.runtime import RunResult
-from service.http.body import parse_json
+from service.http.body import first_boolean, parse_json
 from service.http.v2.schema import InputTensor, OutputSpec, RequestedOutput, output_specs
 
 # Little-endian, as the binary extension specifies, whatever the host's order.
@@ -84,7 +84,7 @@ def split_body(body: bytes, header_length: str | None) -> Body:
                 f"{exc.message} (a body with binary tensor data needs the {HEADER_LENGTH} header)"
             ) from None
     text = header_length.strip()
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # str.isdigit() also takes "²", int() not
         raise BadRequest(f"{HEADER_LENGTH} {header_length!r} is not a number of bytes")
     size = int(text)
     if size > len(body):
@@ -181,6 +181,12 @@ def _numbers(tensor: InputTensor, count: int, kinds: str, what: str) -> np.ndarr
         ) from None
     if values.dtype.kind not in kinds:
         raise BadRequest(f"input {tensor.name!r}: data must hold only {what}")
+    place = first_boolean(values, data)  # numpy reads a boolean among numbers as 0 or 1
+    if place is not None:
+        at = "".join(f"[{i}]" for i in place)
+        raise BadRequest(
+            f"input {tensor.name!r}: data{at} is a boolean; data must hold only {what}"
+        )
     if values.size != count:
         raise BadRequest(
             f"input {tensor.name!r}: data has {values.size} values; shape {tensor.shape} "

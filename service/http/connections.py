@@ -1,0 +1,256 @@
+"""Every connection has a clock and a size: uvicorn's httptools protocol, bounded.
+
+uvicorn bounds an idle keep-alive connection (its 5 s timer) but not a client
+that opens a connection and sends nothing, or a request head one byte at a
+time, or a header of many megabytes: 2,048 such connections held every slot of
+``limit_concurrency`` and the server answered nothing else, probes included.
+``BoundedHttpProtocol`` (passed to uvicorn as ``http=``) adds, per connection:
+
+- **a request-head clock** (``head_timeout_s``, nginx's ``client_header_timeout``):
+  a deadline set when the connection opens and again when a response completes
+  on a keep-alive connection, cleared only once a whole request head has
+  arrived. Bytes arriving do not move it, so a trickle cannot keep a connection
+  forever. Past it (checked by one sweep per event loop, ``_Sweeper``) a client
+  that sent part of a head gets a 408, and the connection closes.
+- **a head size limit** (``max_header_bytes``): a request line plus headers over
+  it get a 431 and the connection closes, before more of it is buffered.
+- **the connection cap, in JSON, with precedence for real requests**: at
+  ``max_connections`` a complete request head first evicts the oldest
+  connection that has not sent one (it holds nothing but a socket), and only
+  when every connection is busy gets a ``{"error": ...}`` 503 with Retry-After.
+  The probe and metrics paths (``RESERVED_PATHS``) are always served, so an
+  orchestrator does not restart a pod that is merely being flooded.
+
+The per-request cost is a deadline set and cleared, a byte count and the cap
+check: about 3 µs over uvicorn's own protocol (measured; see the README).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import Any, ClassVar
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from service.settings import Settings
+
+RESERVED_PATHS = frozenset({b"/v2/health/live", b"/v2/health/ready", b"/metrics"})
+"""Served even at the connection cap: liveness, readiness and metrics stay observable."""
+
+CAP_RETRY_AFTER_S = 1
+
+PROTOCOL = "service.http.connections:BoundedHttpProtocol"
+"""uvicorn's ``http=`` option: an import path, so uvicorn's own worker processes can use it."""
+
+
+@functools.cache
+def _settings() -> Settings:
+    """The process's settings, read once (uvicorn builds a protocol per connection)."""
+    return Settings()
+
+
+def _raw_response(status: int, reason: bytes, message: str) -> bytes:
+    """A complete ``{"error": ...}`` response that closes the connection (no ASGI involved)."""
+    body = orjson.dumps({"error": message})
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+        b"connection: close\r\n\r\n%s" % (status, reason, len(body), body)
+    )
+
+
+def _unavailable_app(message: str) -> Any:
+    body = orjson.dumps({"error": message})
+
+    async def unavailable(scope: Any, receive: Any, send: Any) -> None:
+        """The connection cap's answer: JSON like every other error (uvicorn's is text)."""
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", str(CAP_RETRY_AFTER_S).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    return unavailable
+
+
+class BoundedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a request-head clock, a head size limit and a
+    connection cap that answers in JSON and never shuts out probes or real requests."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        settings = _settings()
+        self.head_timeout_s = settings.head_timeout_s
+        self.max_header_bytes = settings.max_header_bytes
+        self.connection_cap = settings.max_connections
+        # The cap is enforced here, not by uvicorn (which would answer it in plain text).
+        self.limit_concurrency = None
+        self._served_app = self.app
+        self._head_deadline: float | None = None  # loop time; None: no head awaited
+        self._head_bytes: int | None = 0  # None: a head is complete, a request is running
+        self._discarding = False
+        self._unavailable = _unavailable_app(
+            f"the server is at its limit of {self.connection_cap} connections per worker; "
+            f"retry in {CAP_RETRY_AFTER_S} s"
+        )
+
+    # The clock
+    def _arm(self) -> None:
+        self._head_bytes = 0
+        self._head_deadline = self.loop.time() + self.head_timeout_s
+
+    def _disarm(self) -> None:
+        self._head_bytes = None
+        self._head_deadline = None
+
+    def _head_timed_out(self) -> None:
+        if self.transport.is_closing():
+            self._disarm()
+            return
+        if self._head_bytes:  # part of a head arrived: say why the connection goes
+            self._refuse(
+                408,
+                b"Request Timeout",
+                f"the request head did not arrive within {self.head_timeout_s:g} s",
+            )
+        else:  # nothing since the connection opened or the last response: just close
+            self.transport.close()
+
+    def _refuse(self, status: int, reason: bytes, message: str) -> None:
+        self._disarm()
+        self.transport.write(_raw_response(status, reason, message))
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request httptools cannot parse, in JSON like every error."""
+        self._refuse(400, b"Bad Request", f"{msg.rstrip('.')}: the request is not valid HTTP/1.1")
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        _Sweeper.watch(self.loop, self.connections, self.head_timeout_s)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_bytes is not None and not self._discarding:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if (
+            self._head_bytes is not None
+            and self._head_bytes > self.max_header_bytes
+            and not self.transport.is_closing()
+        ):
+            self._refuse(
+                431,
+                b"Request Header Fields Too Large",
+                f"the request line and headers are over {self.max_header_bytes} bytes; "
+                f"the limit is {self.max_header_bytes}",
+            )
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        self.app = self._admit()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        if self._discarding:  # the unread body of an answered request is over
+            self._discarding = False
+            self._head_bytes = 0
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.transport.is_closing() or not self.cycle.response_complete:
+            return  # closing, or a pipelined request (the latest cycle) is already running
+        self._arm()
+        if self.cycle.more_body:
+            # Answered before its body was read: uvicorn parses and drops the rest,
+            # which is not a request head (no 431 for it) but is on the head clock.
+            self._discarding = True
+            self._head_bytes = None
+
+    # The cap
+    def _admit(self) -> Any:
+        """The app for this request: the served one, unless every connection is busy."""
+        cap = self.connection_cap
+        if cap is None or (len(self.connections) < cap and len(self.tasks) < cap):
+            return self._served_app
+        if self.url.split(b"?", 1)[0] in RESERVED_PATHS:
+            return self._served_app
+        if len(self.tasks) < cap and self._evict_idle():
+            return self._served_app
+        self.logger.warning("connection cap of %d reached: answering 503", cap)
+        return self._unavailable
+
+    def _evict_idle(self) -> bool:
+        """Close the oldest connection still waiting for a request head, if any."""
+        oldest: BoundedHttpProtocol | None = None
+        for connection in self.connections:
+            if (
+                isinstance(connection, BoundedHttpProtocol)
+                and connection is not self
+                and connection._head_bytes is not None
+                and connection._head_deadline is not None
+                and (oldest is None or connection._head_deadline < oldest._head_deadline)  # type: ignore[operator]
+            ):
+                oldest = connection
+        if oldest is None:
+            return False
+        oldest._disarm()
+        oldest.connections.discard(oldest)  # its slot is free now, not when the close lands
+        oldest.transport.close()
+        return True
+
+
+class _Sweeper:
+    """One timer per event loop that closes connections past their head deadline.
+
+    A timer per connection would cost a ``call_later`` and a ``cancel`` on every
+    request (and cancelled handles pile up in the loop's heap); a sweep a few
+    times per timeout costs one pass over the open connections, and a deadline
+    is then kept to within a quarter of ``head_timeout_s`` (at most 1 s late).
+    """
+
+    _loops: ClassVar[dict[asyncio.AbstractEventLoop, _Sweeper]] = {}
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, connections: set[Any], timeout_s: float
+    ) -> None:
+        self.loop = loop
+        self.connections = connections
+        self.every_s = min(1.0, timeout_s / 4)
+        self.loop.call_later(self.every_s, self.sweep)
+
+    @classmethod
+    def watch(
+        cls, loop: asyncio.AbstractEventLoop, connections: set[Any], timeout_s: float
+    ) -> None:
+        if loop not in cls._loops:
+            cls._loops[loop] = cls(loop, connections, timeout_s)
+
+    def sweep(self) -> None:
+        if self.loop.is_closed():
+            return
+        now = self.loop.time()
+        late = [
+            c
+            for c in self.connections
+            if isinstance(c, BoundedHttpProtocol)
+            and c._head_deadline is not None
+            and c._head_deadline <= now
+        ]
+        for connection in late:
+            connection._head_timed_out()
+        self.loop.call_later(self.every_s, self.sweep)
