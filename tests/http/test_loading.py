@@ -16,8 +16,11 @@ def test_v1_and_v2_answer_503_with_retry_after_while_a_model_loads(
     root = tmp_path / "repo"
     root.mkdir()
     shutil.copytree(tiny_repository / "tiny_bi", root / "tiny_bi")
-    with make_client(root) as client:
-        server = client.app.app.app.state.server  # type: ignore[attr-defined]
+    with make_client(root, model_control_mode="explicit") as client:
+        app = client.app
+        while not hasattr(app, "state"):  # down the ASGI stack to FastAPI
+            app = app.app  # type: ignore[attr-defined]
+        server = app.state.server  # type: ignore[attr-defined]
         original = server.repository._loader
         release = threading.Event()
 
