@@ -14,11 +14,17 @@ from starlette.responses import Response
 from service.core.errors import BadRequest
 from service.http.asgi import server_of
 from service.http.body import json_response
+from service.http.openapi import errors, json_answer
+from service.http.responses import Empty, RepositoryEntry
 
 router = APIRouter(prefix="/v2/repository", tags=["v2 repository"])
 
 
-@router.post("/index", summary="Every model version on disk, with its state")
+@router.post(
+    "/index",
+    summary="Every model version on disk, with its state",
+    responses=json_answer(list[RepositoryEntry], "Every version on disk"),
+)
 async def index(request: Request) -> Response:
     return json_response(
         [
@@ -28,7 +34,11 @@ async def index(request: Request) -> Response:
     )
 
 
-@router.post("/models/{name}/load", summary="Load new versions, retire those the policy drops")
+@router.post(
+    "/models/{name}/load",
+    summary="Load new versions, retire those the policy drops",
+    responses={**json_answer(Empty, "Loaded"), **errors(400, 404)},
+)
 async def load(request: Request, name: str) -> Response:
     repository = server_of(request).repository
     failed = await repository.load_model(name)
@@ -39,7 +49,11 @@ async def load(request: Request, name: str) -> Response:
     return json_response({})
 
 
-@router.post("/models/{name}/unload", summary="Drain and unload every version of a model")
+@router.post(
+    "/models/{name}/unload",
+    summary="Drain and unload every version of a model",
+    responses={**json_answer(Empty, "Unloaded"), **errors(404)},
+)
 async def unload(request: Request, name: str) -> Response:
     await server_of(request).repository.unload_model(name)
     return json_response({})
