@@ -34,6 +34,10 @@ DEFAULT_MODEL = "basic_motions"
 BINARY_TENSORS = "application/octet-stream"
 """The binary tensor data extension: a JSON header, then raw little-endian tensor bytes."""
 
+FLOAT32_MAX = 3.4028235677973362e38
+"""The largest number that stays finite when cast to float32 (rounding down to its maximum,
+3.4028234663852886e38); ``decode_instances`` refuses anything above, which becomes inf."""
+
 DOCS_ASSETS = "/docs/assets"
 """Where Swagger UI's and ReDoc's files (from the ``fastapi-offline`` package) are served."""
 
@@ -110,7 +114,7 @@ def json_answer(model: Any, description: str) -> dict[int | str, dict[str, Any]]
 
 def _bounded_instances(settings: Settings) -> dict[str, Any]:
     """``instances`` as ``decode_instances`` reads it, with the limits in force."""
-    number = {"type": "number", "minimum": -3.4e38, "maximum": 3.4e38}
+    number = {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
     return {
         "type": "array",
         "minItems": 1,
