@@ -17,9 +17,7 @@ from service.http.responses import Live, Ready
 router = APIRouter(tags=["health"])
 
 
-@router.get(
-    "/v2/health/live", summary="The process is up", responses=json_answer(Live, "Live")
-)
+@router.get("/v2/health/live", summary="The process is up", responses=json_answer(Live, "Live"))
 async def live(request: Request) -> Response:
     return json_response({"live": bool(server_of(request).live)})
 

@@ -135,9 +135,9 @@ def _drop_validation_errors(document: dict[str, Any]) -> None:
     for operations in document.get("paths", {}).values():
         for operation in operations.values():
             responses = operation.get("responses", {})
-            schema = (
-                responses.get("422", {}).get("content", {}).get("application/json", {})
-            ).get("schema", {})
+            schema = (responses.get("422", {}).get("content", {}).get("application/json", {})).get(
+                "schema", {}
+            )
             if schema.get("$ref", "").endswith("/HTTPValidationError"):
                 del responses["422"]
     schemas = document.get("components", {}).get("schemas", {})

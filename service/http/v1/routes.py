@@ -25,8 +25,8 @@ from service.http.asgi import hot, server_of
 from service.http.body import json_response, parse_json, read_body
 from service.http.errors import describe_validation_errors
 from service.http.openapi import PREDICT_ERRORS, errors, json_answer, request_body
-from service.http.responses import ModelList, ModelStatus, PredictResponse
 from service.http.responses import ModelDescription as ModelDescriptionAnswer
+from service.http.responses import ModelList, ModelStatus, PredictResponse
 from service.http.v1.instances import decode_instances
 from service.http.v1.predictions import format_predictions
 from service.http.v1.state_json import decode_state, encode_states

@@ -42,8 +42,18 @@ def _install() -> Path:
     binary = TARGET / "bin" / "perf_analyzer"
     if not binary.exists():
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(TARGET)]
-            + [f"tritonclient=={VERSION}", "nvidia-cuda-runtime-cu12"],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--target",
+                str(TARGET),
+                f"tritonclient=={VERSION}",
+                "nvidia-cuda-runtime-cu12",
+            ],
             check=True,
         )
     if ctypes.util.find_library("b64") is None:
@@ -93,10 +103,29 @@ def run(
     lib = TARGET / "nvidia" / "cuda_runtime" / "lib"
     env = {**os.environ, "LD_LIBRARY_PATH": f"{lib}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
     completed = subprocess.run(
-        [str(binary), "-m", MODEL, "-i", "http", "-u", server.url.removeprefix("http://")]
-        + ["--input-data", str(data), "--concurrency-range", concurrency]
-        + ["--input-tensor-format", tensor_format, "--output-tensor-format", tensor_format]
-        + ["--measurement-interval", "500", "--stability-percentage", "100", "--max-trials", "3"],
+        [
+            str(binary),
+            "-m",
+            MODEL,
+            "-i",
+            "http",
+            "-u",
+            server.url.removeprefix("http://"),
+            "--input-data",
+            str(data),
+            "--concurrency-range",
+            concurrency,
+            "--input-tensor-format",
+            tensor_format,
+            "--output-tensor-format",
+            tensor_format,
+            "--measurement-interval",
+            "500",
+            "--stability-percentage",
+            "100",
+            "--max-trials",
+            "3",
+        ],
         env=env,
         capture_output=True,
         text=True,
