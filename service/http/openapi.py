@@ -26,12 +26,13 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from service.http.v2.tensors import HEADER_LENGTH, OCTET_STREAM
 from service.settings import Settings
 
 DEFAULT_MODEL = "basic_motions"
 """The model the examples are written for: the one shipped in ``models/repository``."""
 
-BINARY_TENSORS = "application/octet-stream"
+BINARY_TENSORS = OCTET_STREAM
 """The binary tensor data extension: a JSON header, then raw little-endian tensor bytes."""
 
 FLOAT32_MAX = 3.4028235677973362e38
@@ -100,11 +101,46 @@ def request_body(
             "examples": {k: {"summary": k, "value": v} for k, v in examples.items()},
         }
     }
+    extra: dict[str, Any] = {"requestBody": {"required": True, "content": content}}
     if binary is not None:
         content[BINARY_TENSORS] = {
             "schema": {"type": "string", "format": "binary", "description": binary}
         }
-    return {"requestBody": {"required": True, "content": content}}
+        extra["parameters"] = [
+            {
+                "name": HEADER_LENGTH,
+                "in": "header",
+                "required": False,
+                "description": "with a binary body: the size of its JSON part in bytes",
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+            }
+        ]
+    return extra
+
+
+def binary_answer(model: type[BaseModel], description: str) -> dict[int | str, dict[str, Any]]:
+    """The 200 of a route that answers JSON, or with binary outputs the binary extension."""
+    return {
+        200: {
+            "model": model,
+            "description": description,
+            "content": {
+                BINARY_TENSORS: {
+                    "schema": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "the JSON answer, then each binary output's bytes",
+                    }
+                }
+            },
+            "headers": {
+                HEADER_LENGTH: {
+                    "description": "with binary outputs: the size of the JSON part in bytes",
+                    "schema": {"type": "string"},
+                }
+            },
+        }
+    }
 
 
 def json_answer(model: Any, description: str) -> dict[int | str, dict[str, Any]]:

@@ -35,7 +35,14 @@ from service.core.server import Server
 from service.http.asgi import hot, server_of
 from service.http.body import decode_content, json_response, read_body
 from service.http.errors import describe_validation_errors
-from service.http.openapi import INFER_ERRORS, MODEL_ERRORS, errors, json_answer, request_body
+from service.http.openapi import (
+    INFER_ERRORS,
+    MODEL_ERRORS,
+    binary_answer,
+    errors,
+    json_answer,
+    request_body,
+)
 from service.http.responses import (
     InferenceResponse,
     ModelConfig,
@@ -141,12 +148,7 @@ BINARY = (
 INFER_DOCS: dict[str, Any] = {
     "openapi_extra": request_body(InferenceRequestBody, EXAMPLES, binary=BINARY),
     "responses": {
-        200: {
-            "model": InferenceResponse,
-            "description": "The outputs: JSON, or with binary outputs the JSON header "
-            "(Inference-Header-Content-Length bytes) then the outputs' bytes",
-            "content": {"application/octet-stream": {"schema": {"type": "string"}}},
-        },
+        **binary_answer(InferenceResponse, "The outputs"),
         **errors(*INFER_ERRORS),
     },
 }
