@@ -19,6 +19,7 @@ prediction.
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI
@@ -26,6 +27,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from service.http.errors import V1_STATUS, V2_STATUS
 from service.http.v2.tensors import HEADER_LENGTH, OCTET_STREAM
 from service.settings import Settings
 
@@ -68,14 +70,23 @@ ERROR_STATUSES: dict[int, str] = {
 }
 """The statuses the core's errors map to (``V1_STATUS``/``V2_STATUS``), as documented."""
 
-PREDICT_ERRORS = (400, 404, 408, 413, 422, 429, 503)
-INFER_ERRORS = (400, 404, 408, 413, 429, 503)
+# Every status a core error can become on each protocol's inference route: derived from
+# the tables that answer them, so the document cannot drift from what is answered.
+PREDICT_ERRORS = tuple(sorted(set(V1_STATUS.values())))
+INFER_ERRORS = tuple(sorted(set(V2_STATUS.values())))
 MODEL_ERRORS = (404, 503)
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """``responses=`` for a route that can answer ``statuses``, each with ``ErrorBody``."""
-    return {s: {"model": ErrorBody, "description": ERROR_STATUSES[s]} for s in statuses}
+    """``responses=`` for a route that can answer ``statuses``, each with ``ErrorBody``.
+
+    A status added to the tables later (401/403 with authentication, say) is
+    documented with its standard phrase until ``ERROR_STATUSES`` says more.
+    """
+    return {
+        s: {"model": ErrorBody, "description": ERROR_STATUSES.get(s, HTTPStatus(s).phrase)}
+        for s in statuses
+    }
 
 
 _REQUEST_MODELS: dict[str, type[BaseModel]] = {}
