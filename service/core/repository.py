@@ -55,8 +55,12 @@ class VersionStatus:
 
 
 def parse_version(version: str) -> int:
-    """Versions are positive integers; anything else names a version that cannot exist."""
-    if not version.isdigit() or int(version) < 1:
+    """Versions are positive integers; anything else names a version that cannot exist.
+
+    ASCII digits only: ``str.isdigit`` also accepts characters such as ``²`` that
+    ``int`` refuses (a schema-driven tester found that 500).
+    """
+    if not (version.isascii() and version.isdigit()) or int(version) < 1:
         raise ModelNotFound(f"version {version!r} does not exist; versions are positive integers")
     return int(version)
 
