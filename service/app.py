@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp
 
 from service.core.server import Server
-from service.http import errors, health, metrics
+from service.http import errors, health, metrics, openapi
 from service.http.asgi import HotRoutes, RequestObserver
 from service.http.security import Security
 from service.http.ui.routes import router as ui_router
@@ -42,13 +43,18 @@ def build_fastapi(settings: Settings) -> FastAPI:
         finally:
             await server.stop()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from the assets fastapi-offline installs, not from a CDN:
+    # the docs work on an air-gapped cluster (``http/openapi.py``).
+    app = FastAPIOffline(
         title="LSTM serving",
         summary="Stacked LSTMs exported to ONNX, served with onnxruntime.",
         version="0.1.0",
         lifespan=lifespan,
+        static_url=openapi.DOCS_ASSETS,
+        swagger_ui_parameters=openapi.SWAGGER_UI_PARAMETERS,
     )
     app.state.server = server
+    openapi.install(app, settings)
     errors.install(app)
     app.include_router(health.router)
     app.include_router(metrics.router)

@@ -11,16 +11,25 @@ from starlette.responses import Response
 
 from service.http.asgi import server_of
 from service.http.body import json_response
+from service.http.openapi import json_answer
+from service.http.responses import Live, Ready
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/v2/health/live", summary="The process is up")
+@router.get("/v2/health/live", summary="The process is up", responses=json_answer(Live, "Live"))
 async def live(request: Request) -> Response:
     return json_response({"live": bool(server_of(request).live)})
 
 
-@router.get("/v2/health/ready", summary="Every model is loaded: send traffic")
+@router.get(
+    "/v2/health/ready",
+    summary="Every model is loaded: send traffic",
+    responses={
+        **json_answer(Ready, "Ready"),
+        503: {"model": Ready, "description": "Not ready yet: startup has not finished"},
+    },
+)
 async def ready(request: Request) -> Response:
     reason = server_of(request).not_ready_reason()
     if not reason:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from models.testing import make_tiny_model
 from service.core.errors import ModelNotFound
-from service.core.repository import ModelRepository, scan
+from service.core.repository import ModelRepository, parse_version, scan
 from service.core.request import InferenceRequest
 from service.core.server import Server
 from service.core.version_policy import VersionPolicy
@@ -187,3 +190,23 @@ def test_warm_up_runs_before_the_version_is_visible(tiny_repository: Path, tmp_p
     asyncio.run(server.repository.load_all())
     assert calls == [()]  # loaded (and warmed, inside load) while not yet visible
     assert server.repository.names() == ["w"]
+
+
+# -- parse_version: positive ASCII integers, anything else a 404 that says so, never a 500
+
+
+@pytest.mark.parametrize("text", ["1", "7", "0012"])
+def test_positive_integers(text: str) -> None:
+    assert parse_version(text) == int(text)
+
+
+@pytest.mark.parametrize("text", ["0", "", "-1", "1.0", "\u00b2", "\u0661", "v1", " 1"])
+def test_anything_else_is_a_version_that_does_not_exist(text: str) -> None:
+    with pytest.raises(ModelNotFound, match="versions are positive integers"):
+        parse_version(text)
+
+
+@given(st.text(max_size=8))
+def test_any_text_is_a_version_or_model_not_found(text: str) -> None:
+    with contextlib.suppress(ModelNotFound):
+        assert parse_version(text) >= 1

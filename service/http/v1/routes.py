@@ -24,6 +24,9 @@ from service.core.server import Server
 from service.http.asgi import hot, server_of
 from service.http.body import json_response, parse_json, read_body
 from service.http.errors import describe_validation_errors
+from service.http.openapi import PREDICT_ERRORS, errors, json_answer, request_body
+from service.http.responses import ModelDescription as ModelDescriptionAnswer
+from service.http.responses import ModelList, ModelStatus, PredictResponse
 from service.http.security import caller
 from service.http.v1.instances import decode_instances
 from service.http.v1.predictions import format_predictions
@@ -124,12 +127,30 @@ async def _predict(request: Request, name: str, version: int | None) -> Response
     return json_response(answer)
 
 
-@hot(router, "/models/{name}:predict", summary="Predict with the latest version")
+_STEPS = [[0.1, 0.2, 0.3, 0.0, 0.1, 0.2], [0.2, 0.1, 0.0, 0.1, 0.0, 0.1]]
+EXAMPLES = {
+    "final outputs": {"instances": [_STEPS, [[1.5, -0.3, 2.2, 0.4, 0.1, -0.9]]]},
+    "per-timestep outputs": {"instances": [_STEPS], "return_sequences": True},
+}
+"""Requests for the default model (6 features), for Swagger UI's "Try it out"."""
+
+PREDICT_DOCS: dict[str, Any] = {
+    "openapi_extra": request_body(PredictRequest, EXAMPLES),
+    "responses": {**json_answer(PredictResponse, "The predictions"), **errors(*PREDICT_ERRORS)},
+}
+
+
+@hot(router, "/models/{name}:predict", summary="Predict with the latest version", **PREDICT_DOCS)
 async def predict(request: Request, name: str) -> Response:
     return await _predict(request, name, None)
 
 
-@hot(router, "/models/{name}/versions/{version}:predict", summary="Predict with one version")
+@hot(
+    router,
+    "/models/{name}/versions/{version}:predict",
+    summary="Predict with one version",
+    **PREDICT_DOCS,
+)
 async def predict_version(request: Request, name: str, version: str) -> Response:
     return await _predict(request, name, parse_version(version))
 
@@ -188,7 +209,9 @@ def _status(server: Server, name: str) -> list[dict[str, Any]]:
     ]
 
 
-@router.get("/models", summary="Loaded models")
+@router.get(
+    "/models", summary="Loaded models", responses=json_answer(ModelList, "Every model loaded")
+)
 async def list_models(request: Request) -> Response:
     server = server_of(request)
     return json_response(
@@ -196,14 +219,22 @@ async def list_models(request: Request) -> Response:
     )
 
 
-@router.get("/models/{name}", summary="A model's latest version and the status of all")
+@router.get(
+    "/models/{name}",
+    summary="A model's latest version and the status of all",
+    responses={**json_answer(ModelStatus, "The model"), **errors(404)},
+)
 async def model_status(request: Request, name: str) -> Response:
     server = server_of(request)
     model = server.repository.resolve(name)
     return json_response({**describe(model), "model_version_status": _status(server, name)})
 
 
-@router.get("/models/{name}/versions/{version}", summary="One version of a model")
+@router.get(
+    "/models/{name}/versions/{version}",
+    summary="One version of a model",
+    responses={**json_answer(ModelDescriptionAnswer, "The version"), **errors(404)},
+)
 async def version_status(request: Request, name: str, version: str) -> Response:
     server = server_of(request)
     return json_response(describe(server.repository.resolve(name, parse_version(version))))

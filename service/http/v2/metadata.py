@@ -9,6 +9,11 @@
   Triton's convention every ``dims`` here is the metadata shape without its
   leading batch dimension, and perf_analyzer's ``-b`` sets the batch. That is the
   only convention under which a ``dynamic_batching`` block means anything.
+  A per-item scalar (``lengths``, one number per sequence) is ``dims: [1]`` with
+  ``reshape: {shape: []}``, Triton's convention for a batched model's scalar
+  input, and the model metadata shows it as ``[-1, 1]`` as Triton does: with
+  ``dims: []`` perf_analyzer cannot set a shape for it at all. The service
+  accepts such an input shaped ``[B]`` or ``[B, 1]`` (``tensors.py``).
   There is no ``sequence_batching`` block although the sequence extension
   works: in Triton that block makes a sequence id mandatory on every request
   (and switches perf_analyzer to sequence mode), while here it is optional.
@@ -42,6 +47,17 @@ def server_metadata(version: str) -> dict[str, Any]:
     return {"name": SERVER_NAME, "version": version, "extensions": list(EXTENSIONS)}
 
 
+def _dims(spec: TensorSpec) -> list[int]:
+    """Triton's ``dims``: the shape without the batch dimension (``max_batch_size``'s),
+    ``[1]`` for a per-item scalar (which the config then reshapes to ``[]``)."""
+    return list(spec.shape[1:]) or [1]
+
+
+def _described(spec: TensorSpec) -> dict[str, Any]:
+    """``$metadata_tensor`` as Triton shows it: the batch dimension, then ``dims``."""
+    return {"name": spec.name, "datatype": spec.datatype, "shape": [-1, *_dims(spec)]}
+
+
 def model_metadata(model: ServedModel, versions: list[int]) -> dict[str, Any]:
     """``$metadata_model_response``; ``versions`` are those loaded, as strings."""
     meta = model.metadata
@@ -49,17 +65,16 @@ def model_metadata(model: ServedModel, versions: list[int]) -> dict[str, Any]:
         "name": meta.name,
         "versions": [str(v) for v in versions],
         "platform": PLATFORM,
-        "inputs": [spec.describe() for spec in input_specs(meta)],
-        "outputs": [spec.tensor.describe() for spec in output_specs(meta)],
+        "inputs": [_described(spec) for spec in input_specs(meta)],
+        "outputs": [_described(spec.tensor) for spec in output_specs(meta)],
     }
 
 
 def _config_tensor(spec: TensorSpec, is_input: bool) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "name": spec.name,
-        "data_type": _TYPES[spec.datatype],
-        "dims": list(spec.shape[1:]),  # the batch dimension is max_batch_size's
-    }
+    entry: dict[str, Any] = {"name": spec.name, "data_type": _TYPES[spec.datatype]}
+    entry["dims"] = _dims(spec)
+    if len(spec.shape) == 1:
+        entry["reshape"] = {"shape": []}
     if is_input:
         entry["optional"] = spec.optional
     return entry

@@ -25,6 +25,8 @@ from starlette.responses import Response
 from service.core.errors import BadRequest, Forbidden, ServingError
 from service.http.asgi import server_of
 from service.http.body import json_response
+from service.http.openapi import errors, json_answer
+from service.http.responses import Empty, RepositoryEntry
 from service.http.security import caller, client_address
 
 router = APIRouter(prefix="/v2/repository", tags=["v2 repository"])
@@ -71,7 +73,11 @@ def check_control(request: Request, action: str) -> None:
         )
 
 
-@router.post("/index", summary="Every model version on disk, with its state")
+@router.post(
+    "/index",
+    summary="Every model version on disk, with its state",
+    responses=json_answer(list[RepositoryEntry], "Every version on disk"),
+)
 async def index(request: Request) -> Response:
     async with audited(request, "index"):
         statuses = server_of(request).repository.index()
@@ -83,7 +89,11 @@ async def index(request: Request) -> Response:
     )
 
 
-@router.post("/models/{name}/load", summary="Load new versions, retire those the policy drops")
+@router.post(
+    "/models/{name}/load",
+    summary="Load new versions, retire those the policy drops",
+    responses={**json_answer(Empty, "Loaded"), **errors(400, 404)},
+)
 async def load(request: Request, name: str) -> Response:
     repository = server_of(request).repository
     async with audited(request, "load", name):
@@ -96,7 +106,11 @@ async def load(request: Request, name: str) -> Response:
     return json_response({})
 
 
-@router.post("/models/{name}/unload", summary="Drain and unload every version of a model")
+@router.post(
+    "/models/{name}/unload",
+    summary="Drain and unload every version of a model",
+    responses={**json_answer(Empty, "Unloaded"), **errors(404)},
+)
 async def unload(request: Request, name: str) -> Response:
     async with audited(request, "unload", name):
         check_control(request, "unload")

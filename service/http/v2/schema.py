@@ -128,9 +128,6 @@ class TensorSpec:
     shape: tuple[int, ...]
     optional: bool = False
 
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
-
 
 @dataclass(frozen=True)
 class OutputSpec:

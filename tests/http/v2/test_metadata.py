@@ -40,7 +40,7 @@ TINY = {
     "platform": "onnxruntime_onnx",
     "inputs": [
         {"name": "x", "datatype": "FP32", "shape": [-1, -1, 3]},
-        {"name": "lengths", "datatype": "INT64", "shape": [-1]},
+        {"name": "lengths", "datatype": "INT64", "shape": [-1, 1]},
     ],
     "outputs": [
         {"name": "sequence_output", "datatype": "FP32", "shape": [-1, -1, 3]},
@@ -83,7 +83,13 @@ def test_model_config(client: TestClient) -> None:
         "max_batch_size": 16,
         "input": [
             {"name": "x", "data_type": "TYPE_FP32", "dims": [-1, 3], "optional": False},
-            {"name": "lengths", "data_type": "TYPE_INT64", "dims": [], "optional": True},
+            {
+                "name": "lengths",
+                "data_type": "TYPE_INT64",
+                "dims": [1],
+                "reshape": {"shape": []},
+                "optional": True,
+            },
         ],
         "output": [
             {"name": "sequence_output", "data_type": "TYPE_FP32", "dims": [-1, 3]},
@@ -108,7 +114,8 @@ def test_model_config(client: TestClient) -> None:
 
 @pytest.mark.parametrize("name", ["tiny", "tiny_bi"])
 def test_config_dims_are_metadata_shapes_without_the_batch(client: TestClient, name: str) -> None:
-    """Triton's convention for max_batch_size > 0, which perf_analyzer relies on."""
+    """Triton's convention for max_batch_size > 0, which perf_analyzer relies on
+    (a per-item scalar is dims [1], reshaped to [], and [-1, 1] in the metadata)."""
     meta = client.get(f"/v2/models/{name}").json()
     config = client.get(f"/v2/models/{name}/config").json()
     assert config["max_batch_size"] > 0
@@ -117,6 +124,8 @@ def test_config_dims_are_metadata_shapes_without_the_batch(client: TestClient, n
         assert [(t["name"], t["shape"][1:]) for t in meta[kind]] == [
             (t["name"], t["dims"]) for t in config[key]
         ]
+    reshaped = {t["name"]: t["reshape"] for t in config["input"] if "reshape" in t}
+    assert reshaped == {"lengths": {"shape": []}}
 
 
 def test_ready(client: TestClient) -> None:

@@ -83,7 +83,7 @@ def test_server_and_model_metadata(client: triton.InferenceServerClient) -> None
     assert meta["versions"] == ["1", "2"]
     assert meta["inputs"] == [
         {"name": "x", "datatype": "FP32", "shape": [-1, -1, 3]},
-        {"name": "lengths", "datatype": "INT64", "shape": [-1]},
+        {"name": "lengths", "datatype": "INT64", "shape": [-1, 1]},  # dims [1], reshape []
     ]
     assert [o["name"] for o in meta["outputs"]] == list(ALL_OUTPUTS)
     config = client.get_model_config("tiny", "1")
