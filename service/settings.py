@@ -124,6 +124,48 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="a request still queued past this gets a 503"
     )
 
+    # Cost bounds (issue 12): what one request may cost, in memory and in compute.
+    # See the README's "Memory and cost bounds" for the worst case they add up to.
+    max_request_timesteps: int = Field(
+        default=262_144,
+        ge=1,
+        description="real timesteps of one request, the sum of its sequences' lengths "
+        "(422 beyond): bounds its compute (~1.4 us each for the default model on one core)",
+    )
+    max_call_cells: int = Field(
+        default=65_536,
+        ge=1,
+        description="padded cells (batch x timesteps) of one onnxruntime call: bigger work "
+        "runs as several calls (length buckets, row groups, and time chunks of "
+        "unidirectional models that carry (h, c) on), so a call's memory is bounded; a "
+        "bidirectional sequence longer than this is refused with a 422",
+    )
+    max_input_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="a request's decoded input x as float32 (batch x timesteps x features x "
+        "4 bytes, padded), checked from the shape before it is allocated, so an FP16 tensor "
+        "or a ragged /v1 batch cannot decode into more (422 on /v1, 400 on V2)",
+    )
+    max_json_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description="a JSON body (or V2's JSON header), after decompression: its parse into "
+        "Python objects takes up to ~20x this (413 beyond)",
+    )
+    json_thread_bytes: int = Field(
+        default=256 * 1024,
+        ge=0,
+        description="JSON bodies larger than this are parsed on a worker thread, so the "
+        "event loop keeps serving other requests meanwhile",
+    )
+    memory_arena: Literal["off", "shrink", "on"] = Field(
+        default="off",
+        description="onnxruntime's CPU memory arena. off: a call's buffers are freed when "
+        "it ends (measured as fast as on); shrink: arena kept, shrunk after every call; "
+        "on: onnxruntime's default, which keeps the largest call's memory for good",
+    )
+
     # Stateful sequences
     max_sequences: int = Field(
         default=10_000, ge=1, description="server-held sequences live at once (429 beyond)"
