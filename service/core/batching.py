@@ -179,6 +179,11 @@ class DynamicBatcher:
     def options(self) -> BatchingOptions:
         return self._options
 
+    @property
+    def limits(self) -> CostLimits:
+        """What one request and one call may cost; protocols check them before decoding."""
+        return self._limits
+
     async def submit(self, request: InferenceRequest) -> RunResult:
         """The request's result, or ``Overloaded``/``DeadlineExceeded`` when it cannot be run."""
         self._in_flight += 1

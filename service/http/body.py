@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -86,6 +87,33 @@ def parse_json(body: bytes) -> Any:
             return json.loads(body)
         except ValueError:
             raise BadRequest(f"request body is not valid JSON: {exc}") from None
+
+
+@dataclass(frozen=True)
+class JsonLimits:
+    """How much JSON one body may hold, and from what size it is parsed off the loop."""
+
+    max_bytes: int = 8 * 1024 * 1024
+    thread_bytes: int = 256 * 1024
+
+
+async def load_json(body: bytes, limits: JsonLimits) -> Any:
+    """``parse_json`` within ``limits``: the size is checked before parsing, because the
+    parsed objects take up to ~20x the text (a nested list of small numbers), and a large
+    body is parsed on a worker thread so the event loop is not held meanwhile.
+
+    orjson holds the GIL while it parses, so the thread bounds the loop's stall by the
+    size limit rather than removing it; the limit is the bound that matters.
+    """
+    if len(body) > limits.max_bytes:
+        raise PayloadTooLarge(
+            f"the JSON in the request body is {len(body)} bytes; the limit is "
+            f"{limits.max_bytes} (max_json_bytes): send large tensors as V2 binary data, "
+            "or fewer sequences per request"
+        )
+    if len(body) > limits.thread_bytes:
+        return await asyncio.to_thread(parse_json, body)
+    return parse_json(body)
 
 
 def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:

@@ -22,7 +22,7 @@ from service.core.repository import parse_version
 from service.core.request import FINAL, SEQUENCE, InferenceRequest
 from service.core.server import Server
 from service.http.asgi import hot, server_of
-from service.http.body import json_response, parse_json, read_body
+from service.http.body import JsonLimits, json_response, load_json, read_body
 from service.http.errors import describe_validation_errors
 from service.http.v1.instances import decode_instances
 from service.http.v1.predictions import format_predictions
@@ -67,8 +67,9 @@ async def _predict(request: Request, name: str, version: int | None) -> Response
     model = server.repository.get(name, version)
     request.state.model, request.state.version = model.name, model.version
     settings = server.settings
-    payload = parse_json(
-        await read_body(request, settings.max_body_bytes, settings.request_timeout_s)
+    payload = await load_json(
+        await read_body(request, settings.max_body_bytes, settings.request_timeout_s),
+        JsonLimits(settings.max_json_bytes, settings.json_thread_bytes),
     )
     try:
         envelope = PredictRequest.model_validate(payload)
@@ -85,6 +86,7 @@ async def _predict(request: Request, name: str, version: int | None) -> Response
         features=meta.num_features,
         model=meta.name,
         max_timesteps=settings.max_timesteps,
+        max_input_bytes=settings.max_input_bytes,
     )
     inference = InferenceRequest(
         x=x,

@@ -33,7 +33,7 @@ from service.core.repository import parse_version
 from service.core.request import InferenceRequest, Outputs
 from service.core.server import Server
 from service.http.asgi import hot, server_of
-from service.http.body import decode_content, json_response, read_body
+from service.http.body import JsonLimits, decode_content, json_response, read_body
 from service.http.errors import describe_validation_errors
 from service.http.v2.metadata import model_config, model_metadata, server_metadata
 from service.http.v2.schema import InferenceRequestBody
@@ -76,13 +76,25 @@ async def infer(request: Request, name: str, version: str | None) -> Response:
         request.headers.get("content-encoding"),
         limit,
     )
-    parts = split_body(body, request.headers.get(HEADER_LENGTH))
+    parts = await split_body(
+        body,
+        request.headers.get(HEADER_LENGTH),
+        JsonLimits(settings.max_json_bytes, settings.json_thread_bytes),
+    )
     envelope = _envelope(parts.json)
     options = envelope.state_options()
     buffers = slice_buffers(parts.tail, envelope.inputs)
     meta = model.metadata
     x, lengths = decode_inputs(
-        envelope.inputs, buffers, meta, Limits(settings.max_instances, settings.max_timesteps)
+        envelope.inputs,
+        buffers,
+        meta,
+        Limits(
+            settings.max_instances,
+            settings.max_timesteps,
+            settings.max_input_bytes,
+            model.batcher.limits,
+        ),
     )
     selected = select_outputs(envelope.outputs, meta, envelope.binary_data_output())
     roles = {choice.spec.role for choice in selected}
