@@ -14,6 +14,7 @@ from typing import Any
 
 from service.core.batching import BatchingOptions, DynamicBatcher
 from service.core.cost import CostLimits
+from service.core.memory import fix_malloc_thresholds
 from service.core.model import ServedModel, load_version
 from service.core.repository import ModelRepository
 from service.core.runtime import ModelRuntime, RuntimeOptions
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 class Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        fix_malloc_thresholds(settings.malloc_threshold_bytes)  # each worker's own process
         self.options = RuntimeOptions(
             device=settings.device,
             intra_op_threads=settings.intra_op_threads,

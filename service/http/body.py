@@ -93,7 +93,7 @@ def parse_json(body: bytes) -> Any:
 class JsonLimits:
     """How much JSON one body may hold, and from what size it is parsed off the loop."""
 
-    max_bytes: int = 8 * 1024 * 1024
+    max_bytes: int = 4 * 1024 * 1024
     thread_bytes: int = 256 * 1024
 
 
