@@ -15,6 +15,7 @@ import numpy as np
 import orjson
 
 from service.loadtest.payloads import HEADER_LENGTH, JSON, OCTET_STREAM, Payload
+from service.settings import Settings
 
 MODEL = "basic_motions"
 FEATURES = 6
@@ -35,8 +36,10 @@ def _v1(body: bytes) -> Payload:
     return Payload(f"/v1/models/{MODEL}:predict", body, (("content-type", JSON),))
 
 
-def _v2_binary(x: np.ndarray, datatype: str, gzipped: bool = False) -> Payload:
-    """V2 with x as binary data (``tritonclient``'s default) and ``final_output`` back."""
+def v2_binary(
+    x: np.ndarray, datatype: str, gzipped: bool = False, output: str = "final_output"
+) -> Payload:
+    """V2 with x as binary data (``tritonclient``'s default) and ``output`` back, binary."""
     head = orjson.dumps(
         {
             "inputs": [
@@ -47,7 +50,7 @@ def _v2_binary(x: np.ndarray, datatype: str, gzipped: bool = False) -> Payload:
                     "parameters": {"binary_data_size": x.nbytes},
                 }
             ],
-            "outputs": [{"name": "final_output", "parameters": {"binary_data": True}}],
+            "outputs": [{"name": output, "parameters": {"binary_data": True}}],
         }
     )
     body = head + x.tobytes()
@@ -72,13 +75,13 @@ def cases() -> list[Case]:
         ),
         Case(
             "v2 FP16 [1024, 2730, 6] zeros, gzip (33 KB)",
-            _v2_binary(np.zeros((1024, 2730, FEATURES), np.float16), "FP16", gzipped=True),
+            v2_binary(np.zeros((1024, 2730, FEATURES), np.float16), "FP16", gzipped=True),
             422,
             "max_request_timesteps",
         ),
         Case(
             "v2 FP32 [1024, 1363, 6] (33.5 MB)",
-            _v2_binary(np.zeros((1024, 1363, FEATURES), np.float32), "FP32"),
+            v2_binary(np.zeros((1024, 1363, FEATURES), np.float32), "FP32"),
             422,
             "max_request_timesteps",
         ),
@@ -90,7 +93,7 @@ def cases() -> list[Case]:
         ),
         Case(
             "v2 FP32 [1024, 256, 6]: max_request_timesteps exactly",
-            _v2_binary(np.zeros((1024, 256, FEATURES), np.float32), "FP32"),
+            v2_binary(np.zeros((1024, 256, FEATURES), np.float32), "FP32"),
             200,
         ),
         Case(
@@ -99,3 +102,27 @@ def cases() -> list[Case]:
             200,
         ),
     ]
+
+
+MIB = 1024 * 1024
+CELL_BYTES_PER_UNIT = 20
+"""Bytes a call holds per padded cell and per LSTM unit (each direction): the op's four
+gates, its output and the transposes around it, 4 bytes each (measured: 1.45-1.5 KB a
+cell for basic_motions' 64 + 32 units, under the 1.9 KB this gives)."""
+
+
+def call_mib(cells: int, units: list[int]) -> float:
+    """Peak memory of one onnxruntime call of ``cells`` padded cells, in MiB."""
+    return cells * CELL_BYTES_PER_UNIT * sum(units) / MIB
+
+
+def request_bound_mib(settings: Settings, units: list[int], features: int, outputs: int) -> float:
+    """The most one request can add to a worker at ``settings``, in MiB (README's formula):
+    its body (read, joined, decompressed), its JSON parse, x, the outputs, and one call
+    per inference thread of its version."""
+    body = 3 * settings.max_body_bytes
+    parsed = 30 * settings.max_json_bytes
+    x = settings.max_input_bytes
+    out = settings.max_input_bytes * outputs / features
+    calls = settings.inference_threads * call_mib(settings.max_call_cells, units)
+    return (body + parsed + x + out) / MIB + calls
