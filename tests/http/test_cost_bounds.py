@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from service.core.contract import ModelMetadata
-from service.loadtest.costly import MODEL, Case, v2_binary, cases, request_bound_mib
+from service.loadtest.costly import MODEL, Case, cases, request_bound_mib, v2_binary
 from service.loadtest.process import PeakRss, ServerProcess, start_server, tree_rss_mib
 from service.settings import DEFAULT_REPOSITORY, Settings
 
