@@ -13,6 +13,11 @@ apart on the same machine, because absolute numbers on a shared box mean little.
   single-sequence requests at concurrency 1, 16 and 64, and 32-sequence
   requests at concurrency 4, as ``/v1`` JSON (and V2 binary for the latter).
 
+Then the costly requests of issue 12 (``costly.py``: the small requests that
+used to cost gigabytes or seconds, and cases at the edge of the limits), one at
+a time against a fresh server: each one's status, time and the server's peak
+RSS, and the RSS once it is answered (memory given back).
+
 Every row reports requests/s, sequences/s, p50/p99 latency, the fraction of
 the baseline's sequences/s, and the server's peak resident memory (all worker
 processes). The access log is off (``LSTM_SERVE_LOG_LEVEL=warning``), as an
@@ -38,7 +43,8 @@ import onnxruntime as ort
 
 from service.core.contract import ModelMetadata
 from service.loadtest import LoadResult, LoadSpec, run_load
-from service.loadtest.process import PeakRss, ServerProcess
+from service.loadtest.costly import cases
+from service.loadtest.process import PeakRss, ServerProcess, tree_rss_mib
 from service.settings import DEFAULT_REPOSITORY
 
 MODEL = "basic_motions"
@@ -139,6 +145,52 @@ def _measure(
         return rows
 
 
+def run_costly(env: dict[str, str], repository: Path) -> list[dict[str, Any]]:
+    """Each costly case once, on its own: status, seconds, peak and after RSS (MiB)."""
+    import httpx
+
+    server = ServerProcess(repository, env)
+    rows: list[dict[str, Any]] = []
+    try:
+        server.wait_ready(timeout=120.0)
+        with httpx.Client(base_url=server.url, timeout=120.0) as client:
+            idle = tree_rss_mib(server.process.pid)
+            for case in cases():
+                payload = case.payload
+                with PeakRss(server.process.pid, every_s=0.01) as memory:
+                    start = time.perf_counter()
+                    answer = client.post(
+                        payload.path, content=payload.body, headers=payload.header_dict()
+                    )
+                    seconds = time.perf_counter() - start
+                time.sleep(0.5)
+                rows.append(
+                    {
+                        "label": case.label,
+                        "status": answer.status_code,
+                        "expected": case.status,
+                        "seconds": seconds,
+                        "idle_rss_mib": idle,
+                        "peak_rss_mib": memory.peak,
+                        "after_rss_mib": tree_rss_mib(server.process.pid),
+                    }
+                )
+    finally:
+        server.stop(timeout=60.0)
+    return rows
+
+
+def report_costly(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'costly request (issue 12)':<58}{'status':>7}{'s':>7}{'peak MiB':>10}{'after':>7}"]
+    for r in rows:
+        status = f"{r['status']}" + ("" if r["status"] == r["expected"] else "!")
+        lines.append(
+            f"{r['label']:<58}{status:>7}{r['seconds']:>7.2f}{r['peak_rss_mib']:>10.0f}"
+            f"{r['after_rss_mib']:>7.0f}"
+        )
+    return "\n".join(lines)
+
+
 def report(raw: dict[str, float], runs: dict[str, list[tuple[Point, LoadResult, float]]]) -> str:
     base = raw["sequences_per_s"]
     lines = [
@@ -198,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--plot", type=Path, help="write the latency/throughput PNG here")
+    parser.add_argument("--no-costly", action="store_true", help="skip issue 12's cases")
     args = parser.parse_args(argv)
 
     print("raw onnxruntime ...", file=sys.stderr)
@@ -226,6 +279,11 @@ def main(argv: list[str] | None = None) -> None:
         f"thread, {os.cpu_count()} cores shared with the client, {args.seconds:g} s per point\n"
     )
     print(report(raw, runs))
+    costly: list[dict[str, Any]] = []
+    if not args.no_costly:
+        print("costly requests ...", file=sys.stderr)
+        costly = run_costly({**env, "LSTM_SERVE_WORKERS": "1"}, args.repository)
+        print("\n" + report_costly(costly))
     if args.json:
         payload: dict[str, Any] = {
             "raw": raw,
@@ -239,6 +297,7 @@ def main(argv: list[str] | None = None) -> None:
                 ]
                 for name, rows in runs.items()
             },
+            "costly": costly,
         }  # fmt: skip
         args.json.write_text(json.dumps(payload, indent=2, default=str))
     if args.plot:
