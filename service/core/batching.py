@@ -30,6 +30,11 @@ Three rules keep it fair and bounded:
   the caller gets ``Overloaded`` immediately, and if the request is still queued
   its work is dropped, never run. A caller that goes away (cancelled) drops too.
 
+A batch's work (merge, bounded calls, split) is ``calls.run_batch`` on the
+version's own threads; the batcher refuses, before queueing, a request that the
+cost limits forbid (``cost.check_request``), and tells a running batch's calls to
+``terminate`` once none of its requests waits for it any more.
+
 It also counts the requests that hold the version (queued or running), so that
 an unload can drain them (``drain``). The batcher knows nothing about HTTP.
 """

@@ -60,8 +60,10 @@ def check_request(lengths: np.ndarray, limits: CostLimits, bidirectional: bool) 
             f"the limit is {limits.max_request_timesteps} (max_request_timesteps): send "
             "fewer or shorter sequences per request"
         )
+    if not bidirectional:
+        return
     longest = int(lengths.max())
-    if bidirectional and longest > limits.max_call_cells:
+    if longest > limits.max_call_cells:
         raise CostLimit(
             f"a sequence has {longest} timesteps; this model is bidirectional, so a sequence "
             f"runs whole in one call, and a call is limited to {limits.max_call_cells} "
