@@ -70,6 +70,22 @@ def test_costly_requests_stay_within_the_bound(server: ServerProcess, case: Case
     assert tree_rss_mib(server.process.pid) < idle + GIVEN_BACK_MIB
 
 
+def test_a_long_per_step_answer_stays_within_the_bound(server: ServerProcess) -> None:
+    """26 x 10,000 steps with return_sequences: 260k labelled predictions in one answer."""
+    idle = idle_rss(server)
+    body = orjson.dumps({"instances": [[[0] * 6] * 10_000] * 26, "return_sequences": True})
+    with (
+        httpx.Client(base_url=server.url, timeout=120) as client,
+        PeakRss(server.process.pid, every_s=0.01) as peak,
+    ):
+        answer = client.post(f"/v1/models/{MODEL}:predict", content=body)
+    assert answer.status_code == 200
+    assert [len(p) for p in answer.json()["predictions"]] == [10_000] * 26
+    assert peak.peak - idle < bound_mib()
+    time.sleep(0.5)
+    assert tree_rss_mib(server.process.pid) < idle + GIVEN_BACK_MIB
+
+
 def test_the_ragged_request_is_answered_exactly(server: ServerProcess) -> None:
     """Split into buckets, each sequence's prediction is what it gets alone."""
     rng = np.random.default_rng(0)
