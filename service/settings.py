@@ -160,6 +160,19 @@ class Settings(BaseSettings):
         description="JSON bodies larger than this are parsed on a worker thread, so the "
         "event loop keeps serving other requests meanwhile",
     )
+    max_large_requests: int = Field(
+        default=1,
+        ge=1,
+        description="requests with a body over large_request_bytes (or of undeclared "
+        "size) served at once per worker; others wait for a place within their deadline, "
+        "then get 503. What keeps a worker's memory within one large request's bound",
+    )
+    large_request_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="a body (as sent) over this is a large request (max_large_requests); "
+        "32 sequences x 100 steps is ~220 KB of JSON, 77 KB binary",
+    )
     malloc_threshold_bytes: int = Field(
         default=4 * 1024 * 1024,
         ge=0,

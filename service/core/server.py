@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from service.core.admission import LargeRequests
 from service.core.batching import BatchingOptions, DynamicBatcher
 from service.core.cost import CostLimits
 from service.core.memory import fix_malloc_thresholds
@@ -44,6 +45,9 @@ class Server:
                 for name, text in settings.model_version_policies.items()
             },
             drain_s=settings.unload_drain_s,
+        )
+        self.large_requests = LargeRequests(
+            settings.max_large_requests, settings.large_request_bytes
         )
         self.sequences = SequenceStore(settings.max_sequences, settings.sequence_idle_timeout_s)
         self._evictor: asyncio.Task[None] | None = None

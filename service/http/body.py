@@ -45,17 +45,22 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
         ) from None
 
 
+def declared_length(request: Request) -> int | None:
+    """The body's ``Content-Length``, or None when the client did not declare it."""
+    declared = next((v for k, v in request.scope["headers"] if k == b"content-length"), None)
+    if declared is None:
+        return None
+    if not declared.isdigit():
+        raise BadRequest(f"Content-Length {declared.decode('latin-1')!r} is not a number of bytes")
+    return int(declared)
+
+
 async def _read(request: Request, limit: int) -> bytes:
     """Reads the ASGI messages itself rather than through ``Request.stream()``: on the
     hot routes every microsecond is a fraction of the request."""
-    declared = next((v for k, v in request.scope["headers"] if k == b"content-length"), None)
-    if declared is not None:
-        if not declared.isdigit():
-            raise BadRequest(
-                f"Content-Length {declared.decode('latin-1')!r} is not a number of bytes"
-            )
-        if int(declared) > limit:
-            raise PayloadTooLarge(f"request body is {int(declared)} bytes; the limit is {limit}")
+    declared = declared_length(request)
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     size = 0
     while True:

@@ -86,6 +86,28 @@ def test_a_long_per_step_answer_stays_within_the_bound(server: ServerProcess) ->
     assert tree_rss_mib(server.process.pid) < idle + GIVEN_BACK_MIB
 
 
+def test_concurrent_large_requests_take_turns_within_one_bound(server: ServerProcess) -> None:
+    """Four 6.3 MB requests at once, each at max_request_timesteps: max_large_requests (1)
+    serves them one after another, so together they stay within one request's bound."""
+    payload = v2_binary(np.zeros((1024, 256, 6), np.float32), "FP32")
+    idle = idle_rss(server)
+    statuses: list[int] = []
+
+    def send() -> None:
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            answer = client.post(payload.path, content=payload.body, headers=payload.header_dict())
+            statuses.append(answer.status_code)
+
+    with PeakRss(server.process.pid, every_s=0.01) as peak:
+        threads = [threading.Thread(target=send) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert statuses == [200] * 4
+    assert peak.peak - idle < bound_mib()
+
+
 def test_the_ragged_request_is_answered_exactly(server: ServerProcess) -> None:
     """Split into buckets, each sequence's prediction is what it gets alone."""
     rng = np.random.default_rng(0)

@@ -22,7 +22,7 @@ from service.core.repository import parse_version
 from service.core.request import FINAL, SEQUENCE, InferenceRequest
 from service.core.server import Server
 from service.http.asgi import hot, server_of
-from service.http.body import JsonLimits, json_response, load_json, read_body
+from service.http.body import JsonLimits, declared_length, json_response, load_json, read_body
 from service.http.errors import describe_validation_errors
 from service.http.v1.instances import decode_instances
 from service.http.v1.predictions import format_predictions
@@ -64,6 +64,14 @@ class PredictRequest(BaseModel):
 
 async def _predict(request: Request, name: str, version: int | None) -> Response:
     server = server_of(request)
+    declared = declared_length(request)
+    if not server.large_requests.is_large(declared):  # the usual case, without a wait
+        return await _admitted(request, server, name, version)
+    async with server.large_requests.admit(declared, server.settings.request_timeout_s):
+        return await _admitted(request, server, name, version)
+
+
+async def _admitted(request: Request, server: Server, name: str, version: int | None) -> Response:
     model = server.repository.get(name, version)
     request.state.model, request.state.version = model.name, model.version
     settings = server.settings

@@ -33,7 +33,13 @@ from service.core.repository import parse_version
 from service.core.request import InferenceRequest, Outputs
 from service.core.server import Server
 from service.http.asgi import hot, server_of
-from service.http.body import JsonLimits, decode_content, json_response, read_body
+from service.http.body import (
+    JsonLimits,
+    declared_length,
+    decode_content,
+    json_response,
+    read_body,
+)
 from service.http.errors import describe_validation_errors
 from service.http.v2.metadata import model_config, model_metadata, server_metadata
 from service.http.v2.schema import InferenceRequestBody
@@ -67,6 +73,14 @@ def _envelope(payload: Any) -> InferenceRequestBody:
 
 async def infer(request: Request, name: str, version: str | None) -> Response:
     server = server_of(request)
+    declared = declared_length(request)
+    if not server.large_requests.is_large(declared):  # the usual case, without a wait
+        return await _admitted(request, server, name, version)
+    async with server.large_requests.admit(declared, server.settings.request_timeout_s):
+        return await _admitted(request, server, name, version)
+
+
+async def _admitted(request: Request, server: Server, name: str, version: str | None) -> Response:
     model = resolve(server, name, version)
     request.state.model, request.state.version = model.name, model.version
     settings = server.settings
