@@ -183,7 +183,8 @@ def slow_server(tmp_path: Path) -> Iterator[ServerProcess]:
 def test_a_deadline_stops_the_work_and_other_models_are_not_held(
     slow_server: ServerProcess,
 ) -> None:
-    big = v2_binary(np.zeros((1024, 1363, 6), np.float32), "FP32")  # ~1.4M steps: seconds
+    # 2.8M timesteps (~4 s of a core) in a 33 KB body: far past the 1 s deadline
+    big = v2_binary(np.zeros((1024, 2730, 6), np.float16), "FP16", gzipped=True)
     finished: list[str] = []
     statuses: dict[str, int] = {}
 
