@@ -53,13 +53,9 @@ def offending(folder: Path, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
 
 
 def test_the_core_knows_nothing_of_http() -> None:
-    assert (
-        offending(
-            SERVICE / "core",
-            ("fastapi", "starlette", "uvicorn", "service.http", "service.loadtest"),
-        )
-        == {}
-    )
+    assert offending(
+        SERVICE / "core", ("fastapi", "starlette", "uvicorn", "service.http", "service.loadtest")
+    ) == {}
 
 
 def test_v2_imports_nothing_from_v1() -> None:
