@@ -168,6 +168,71 @@ class Settings(BaseSettings):
         default=True, description="offer permessage-deflate (bounded by the message limit)"
     )
 
+    # Cost bounds (issue 12): what one request may cost, in memory and in compute.
+    # See the README's "Memory and cost bounds" for the worst case they add up to.
+    max_request_timesteps: int = Field(
+        default=262_144,
+        ge=1,
+        description="real timesteps of one request, the sum of its sequences' lengths "
+        "(422 beyond): bounds its compute (~1.4 us each for the default model on one core)",
+    )
+    max_call_cells: int = Field(
+        default=65_536,
+        ge=1,
+        description="padded cells (batch x timesteps) of one onnxruntime call: bigger work "
+        "runs as several calls (length buckets, row groups, and time chunks of "
+        "unidirectional models that carry (h, c) on), so a call's memory is bounded; a "
+        "bidirectional sequence longer than this is refused with a 422",
+    )
+    max_input_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="a request's decoded input x as float32 (batch x timesteps x features x "
+        "4 bytes, padded), checked from the shape before it is allocated, so an FP16 tensor "
+        "or a ragged /v1 batch cannot decode into more (422 on /v1, 400 on V2)",
+    )
+    max_json_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="a JSON body (or V2's JSON header), after decompression: parsed into "
+        "Python objects it takes up to ~30x this (measured, deeply nested small numbers), so "
+        "it is refused with a 413 beyond, before parsing; large tensors go as V2 binary",
+    )
+    json_thread_bytes: int = Field(
+        default=256 * 1024,
+        ge=0,
+        description="JSON bodies larger than this are parsed on a worker thread, so the "
+        "event loop keeps serving other requests meanwhile",
+    )
+    max_large_requests: int = Field(
+        default=1,
+        ge=1,
+        description="requests with a body over large_request_bytes (or of undeclared "
+        "size) served at once per worker; others wait for a place within their deadline, "
+        "then get 503. What keeps a worker's memory within one large request's bound",
+    )
+    large_request_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="a body (as sent) over this is a large request (max_large_requests); "
+        "32 sequences x 100 steps is ~220 KB of JSON, 77 KB binary",
+    )
+    malloc_threshold_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=0,
+        le=32 * 1024 * 1024,
+        description="glibc's mmap and trim thresholds, fixed at startup, so buffers of a "
+        "large request are returned to the system when freed (glibc otherwise raises the "
+        "threshold and keeps them); 4 MiB keeps an ordinary call's buffers (32 x 100 "
+        "cells: 3.3 MB) off mmap, where 128 KiB cost them page faults; 0: glibc's default",
+    )
+    memory_arena: Literal["off", "shrink", "on"] = Field(
+        default="off",
+        description="onnxruntime's CPU memory arena. off: a call's buffers are freed when "
+        "it ends (measured as fast as on); shrink: arena kept, shrunk after every call; "
+        "on: onnxruntime's default, which keeps the largest call's memory for good",
+    )
+
     # Stateful sequences
     max_sequences: int = Field(
         default=10_000, ge=1, description="server-held sequences live at once (429 beyond)"

@@ -25,7 +25,6 @@ def test_model_batching_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     assert server.batching_options("other") == BatchingOptions(
         max_batch_size=16, max_queue_delay_s=0.0, max_queue_size=256, bucket_ratio=2.0, slots=1
     )
-    server.executor.shutdown()
 
 
 @pytest.mark.parametrize(

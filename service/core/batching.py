@@ -30,6 +30,11 @@ Three rules keep it fair and bounded:
   the caller gets ``Overloaded`` immediately, and if the request is still queued
   its work is dropped, never run. A caller that goes away (cancelled) drops too.
 
+A batch's work (merge, bounded calls, split) is ``calls.run_batch`` on the
+version's own threads; the batcher refuses, before queueing, a request that the
+cost limits forbid (``cost.check_request``), and tells a running batch's calls to
+``terminate`` once none of its requests waits for it any more.
+
 It also counts the requests that hold the version (queued or running), so that
 an unload can drain them (``drain``). The batcher knows nothing about HTTP.
 """
@@ -38,21 +43,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import math
-import operator
 import time
 from collections import deque
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from functools import partial
 
-import numpy as np
+import onnxruntime as ort
 
+from service.core.calls import run_batch
+from service.core.cost import CostLimits, check_request, length_bucket
 from service.core.errors import DeadlineExceeded, Overloaded
 from service.core.request import InferenceRequest
-from service.core.runtime import ModelRuntime, RunResult, State, stack_states
+from service.core.runtime import ModelRuntime, RunResult
+
+__all__ = ["BatchingOptions", "DynamicBatcher", "length_bucket"]
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +82,6 @@ class BatchingOptions:
     event loop to hand them the next request."""
 
 
-def length_bucket(steps: int, ratio: float) -> int:
-    """Geometric bucket of a padded length: 1, [2, 4), [4, 8), ... for ratio 2."""
-    return int(math.log(steps) / math.log(ratio)) if steps > 1 else 0
-
-
 @dataclass
 class BatcherStats:
     """Counts since start, kept on the event loop's thread; the tests read them."""
@@ -95,11 +97,26 @@ class BatcherStats:
 
 
 @dataclass(eq=False)
+class _Call:
+    """A batch handed to the executor, and the options that can stop its calls."""
+
+    batch: list[_Pending]
+    options: ort.RunOptions
+    finished: bool = False
+
+    def abandon_if_unwanted(self) -> None:
+        """Stop the work at once when no request of the batch waits for it any more."""
+        if not self.finished and all(p.future.done() for p in self.batch):
+            self.options.terminate = True
+
+
+@dataclass(eq=False)
 class _Pending:
     request: InferenceRequest
     future: asyncio.Future[RunResult]
     bucket: int
     queued: bool = True
+    call: _Call | None = None
 
 
 @dataclass
@@ -112,84 +129,6 @@ class _Bucket:
         while self.entries and not self.entries[0].queued:
             self.entries.popleft()
         return self.entries[0] if self.entries else None
-
-
-def merge(requests: list[InferenceRequest], runtime: ModelRuntime) -> InferenceRequest:
-    """One right-padded batch out of several requests, rows in request order."""
-    if len(requests) == 1:
-        return requests[0]
-    steps = max(r.x.shape[1] for r in requests)
-    total = sum(r.batch_size for r in requests)
-    x = np.zeros((total, steps, requests[0].x.shape[2]), dtype=np.float32)
-    row = 0
-    for r in requests:
-        x[row : row + r.batch_size, : r.x.shape[1]] = r.x
-        row += r.batch_size
-    states: list[State] | None = None
-    if any(r.states is not None for r in requests):
-        states = stack_states([r.states or runtime.zero_states(r.batch_size) for r in requests])
-    return InferenceRequest(
-        x=x,
-        lengths=np.concatenate([r.lengths for r in requests]),
-        states=states,
-        outputs=functools.reduce(operator.or_, (r.outputs for r in requests)),
-    )
-
-
-def split(result: RunResult, requests: list[InferenceRequest]) -> list[RunResult]:
-    """Each request's rows of a merged result, trimmed to its own padded length.
-
-    States are copied: a sequence's held state must not keep the whole batch's
-    arrays alive between requests.
-    """
-    if len(requests) == 1:
-        return [result]
-    parts: list[RunResult] = []
-    row = 0
-    for r in requests:
-        rows = slice(row, row + r.batch_size)
-        row += r.batch_size
-        part = RunResult()
-        if r.outputs.sequence and result.sequence_output is not None:
-            part.sequence_output = result.sequence_output[rows, : r.x.shape[1]]
-        if r.outputs.final and result.final_output is not None:
-            part.final_output = result.final_output[rows]
-        if r.outputs.states:
-            part.final_states = [
-                (h[:, rows].copy(), c[:, rows].copy()) for h, c in result.final_states
-            ]
-        parts.append(part)
-    return parts
-
-
-def run_batch(
-    runtime: ModelRuntime, requests: list[InferenceRequest]
-) -> list[RunResult | Exception]:
-    """Merge, run once, split; on a worker thread. Requests past their deadline are skipped."""
-    start = time.monotonic()
-    metrics = runtime.metrics
-    expired = [start > r.deadline for r in requests]
-    live = [r for r, late in zip(requests, expired, strict=True) if not late]
-    parts: list[RunResult | Exception] = []
-    if live:
-        for r in live:
-            metrics.queue_duration.observe(start - r.enqueued_at)
-        batch = merge(live, runtime)
-        try:
-            result = runtime.run(batch.x, batch.lengths, batch.states, batch.outputs)
-            parts = list(split(result, live))
-        except Exception as exc:  # reach every caller; the batcher itself must survive
-            log.exception("onnxruntime failed on a batch of %d sequences", batch.batch_size)
-            parts = [exc] * len(live)
-        metrics.compute_duration.observe(time.monotonic() - start)
-        metrics.batch_sequences.observe(batch.batch_size)
-    answers = iter(parts)
-    return [
-        DeadlineExceeded("the request waited past its deadline before it could run")
-        if late
-        else next(answers)
-        for late in expired
-    ]
 
 
 def queue_full(limit: int) -> Overloaded:
@@ -206,10 +145,20 @@ class DynamicBatcher:
     wake-up of the loop when it is done.
     """
 
-    def __init__(self, runtime: ModelRuntime, executor: Executor, options: BatchingOptions) -> None:
+    def __init__(
+        self,
+        runtime: ModelRuntime,
+        executor: Executor,
+        options: BatchingOptions,
+        limits: CostLimits | None = None,
+        *,
+        owns_executor: bool = False,
+    ) -> None:
         self._runtime = runtime
         self._executor = executor
+        self._owns_executor = owns_executor  # the server gives each version its own threads
         self._options = options
+        self._limits = limits or CostLimits(bucket_ratio=options.bucket_ratio)
         self._buckets: dict[int, _Bucket] = {}
         self._waiting = 0
         self._free = options.slots
@@ -236,6 +185,11 @@ class DynamicBatcher:
     @property
     def options(self) -> BatchingOptions:
         return self._options
+
+    @property
+    def limits(self) -> CostLimits:
+        """What one request and one call may cost; protocols check them before decoding."""
+        return self._limits
 
     async def submit(self, request: InferenceRequest) -> RunResult:
         """The request's result, or ``Overloaded``/``DeadlineExceeded`` when it cannot be run."""
@@ -267,6 +221,7 @@ class DynamicBatcher:
         # (they queue there, each its own call), so all of them count.
         if (self._waiting if self._options.dynamic else self._in_flight - 1) >= limit:
             raise queue_full(limit)
+        check_request(request.lengths, self._limits, self._runtime.metadata.bidirectional)
         loop = self._loop = asyncio.get_running_loop()
         bucket = length_bucket(int(request.x.shape[1]), self._options.bucket_ratio)
         pending = _Pending(request, loop.create_future(), bucket)
@@ -291,6 +246,8 @@ class DynamicBatcher:
             if pending.queued:  # cancelled by its caller: its work is no longer wanted
                 self.stats.dropped += 1
                 self._dequeue(pending)
+            elif pending.call is not None:  # running: stop it if nobody else waits for it
+                pending.call.abandon_if_unwanted()
 
     async def close(self) -> None:
         """Refuse queued and new requests; wait for the batches already running."""
@@ -304,6 +261,8 @@ class DynamicBatcher:
         if self._free < self._options.slots:
             self._idle = asyncio.Event()
             await self._idle.wait()
+        if self._owns_executor:
+            self._executor.shutdown(wait=False)
 
     # -- inside the batcher ---------------------------------------------------
 
@@ -367,8 +326,13 @@ class DynamicBatcher:
         while self._free > 0 and not self._closing and (batch := self._take()) is not None:
             self._free -= 1
             requests = [p.request for p in batch]
+            call = _Call(batch, ort.RunOptions())
+            for pending in batch:
+                pending.call = call
             try:
-                done = self._executor.submit(run_batch, self._runtime, requests)
+                done = self._executor.submit(
+                    run_batch, self._runtime, requests, self._limits, call.options
+                )
             except RuntimeError as exc:  # the executor is shut down: the server is stopping
                 self._finish(batch, [exc] * len(batch))
                 continue
@@ -388,6 +352,8 @@ class DynamicBatcher:
 
     def _finish(self, batch: list[_Pending], outcomes: list[RunResult | Exception]) -> None:
         self._free += 1
+        if batch and batch[0].call is not None:
+            batch[0].call.finished = True
         ran = [
             p for p, o in zip(batch, outcomes, strict=True) if not isinstance(o, DeadlineExceeded)
         ]

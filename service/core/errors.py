@@ -23,6 +23,11 @@ class InvalidInput(ServingError):
     """The request is well-formed but does not fit the model (shape, values, limits)."""
 
 
+class CostLimit(InvalidInput):
+    """The request fits the model but would cost more than a configured bound allows
+    (real timesteps, padded cells of a call, decoded size): 422 on both protocols."""
+
+
 class BadRequest(ServingError):
     """The request cannot be parsed at all (body not JSON, malformed binary framing)."""
 

@@ -12,7 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from service.core.admission import LargeRequests
 from service.core.batching import BatchingOptions, DynamicBatcher
+from service.core.cost import CostLimits
+from service.core.memory import fix_malloc_thresholds
 from service.core.model import ServedModel, load_version
 from service.core.repository import ModelRepository
 from service.core.runtime import ModelRuntime, RuntimeOptions
@@ -26,13 +29,12 @@ log = logging.getLogger(__name__)
 class Server:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.executor = ThreadPoolExecutor(
-            max_workers=settings.inference_threads, thread_name_prefix="inference"
-        )
+        fix_malloc_thresholds(settings.malloc_threshold_bytes)  # each worker's own process
         self.options = RuntimeOptions(
             device=settings.device,
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
+            memory_arena=settings.memory_arena,
         )
         self.repository = ModelRepository(
             settings.model_repository,
@@ -43,6 +45,9 @@ class Server:
                 for name, text in settings.model_version_policies.items()
             },
             drain_s=settings.unload_drain_s,
+        )
+        self.large_requests = LargeRequests(
+            settings.max_large_requests, settings.large_request_bytes
         )
         self.sequences = SequenceStore(settings.max_sequences, settings.sequence_idle_timeout_s)
         self._evictor: asyncio.Task[None] | None = None
@@ -71,14 +76,33 @@ class Server:
 
     def make_batcher(self, runtime: ModelRuntime) -> DynamicBatcher:
         """The version's scheduler. Without dynamic batching a batch is one request: the
-        same batcher, so queueing, deadlines and metrics behave the same either way."""
-        options = self.batching_options(runtime.metadata.name) or BatchingOptions(
+        same batcher, so queueing, deadlines and metrics behave the same either way.
+
+        Each version gets threads of its own (``inference_threads``), so a slow call on
+        one model never holds another model's requests; the batcher shuts them down
+        when the version is unloaded."""
+        meta = runtime.metadata
+        options = self.batching_options(meta.name) or BatchingOptions(
             dynamic=False,
             max_batch_size=1,
             max_queue_size=self.settings.max_queue_size,
             slots=self.settings.max_queue_size,
         )
-        return DynamicBatcher(runtime, self.executor, options)
+        executor = ThreadPoolExecutor(
+            max_workers=self.settings.inference_threads,
+            thread_name_prefix=f"inference-{meta.name}-{meta.version}",
+        )
+        return DynamicBatcher(
+            runtime, executor, options, self.cost_limits(options), owns_executor=True
+        )
+
+    def cost_limits(self, options: BatchingOptions) -> CostLimits:
+        """What one request and one onnxruntime call may cost (``core/cost.py``)."""
+        return CostLimits(
+            max_request_timesteps=self.settings.max_request_timesteps,
+            max_call_cells=self.settings.max_call_cells,
+            bucket_ratio=options.bucket_ratio,
+        )
 
     def load(self, version_dir: Path) -> ServedModel:
         """Load and warm up one version (blocking; the repository calls it in a thread)."""
@@ -130,5 +154,4 @@ class Server:
         for task in (self._evictor, self._poller):
             if task is not None:
                 task.cancel()
-        await self.repository.close()
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        await self.repository.close()  # closes every version's batcher and its threads

@@ -178,6 +178,7 @@ class SequenceStore:
         self.max_sequences = max_sequences
         self.idle_timeout_s = idle_timeout_s
         self._live: dict[SequenceKey, HeldSequence] = {}
+        self._bytes = 0  # held state bytes, a running total: O(1) per request, not O(live)
 
     @property
     def live(self) -> int:
@@ -185,7 +186,18 @@ class SequenceStore:
 
     @property
     def state_bytes(self) -> int:
-        return sum(s.nbytes for s in self._live.values())
+        return self._bytes
+
+    def _put(self, key: SequenceKey, held: HeldSequence) -> None:
+        previous = self._live.get(key)
+        self._bytes += held.nbytes - (previous.nbytes if previous is not None else 0)
+        self._live[key] = held
+
+    def _pop(self, key: SequenceKey) -> HeldSequence | None:
+        held = self._live.pop(key, None)
+        if held is not None:
+            self._bytes -= held.nbytes
+        return held
 
     def _publish(self) -> None:
         LIVE_SEQUENCES.set(self.live)
@@ -200,13 +212,13 @@ class SequenceStore:
             if now - held.last_used > self.idle_timeout_s and not held.lock.locked()
         ]
         for key in stale:
-            del self._live[key]
+            self._pop(key)
         if stale:
             self._publish()
         return len(stale)
 
     def end(self, key: SequenceKey) -> bool:
-        found = self._live.pop(key, None) is not None
+        found = self._pop(key) is not None
         self._publish()
         return found
 
@@ -224,7 +236,7 @@ class SequenceStore:
         held = HeldSequence(model=model, states=model.runtime.zero_states(1))
         if previous is not None:
             held.lock = previous.lock  # a restart still waits for the chunk in flight
-        self._live[key] = held
+        self._put(key, held)
         return held
 
     def _lookup(self, key: SequenceKey) -> HeldSequence:
@@ -270,7 +282,10 @@ class SequenceStore:
             request.states = held.states
             request.outputs = request.outputs.with_states()  # the store keeps them
             result = await held.model.batcher.submit(request)
-            held.states = [(h.copy(), c.copy()) for h, c in result.final_states]
+            states = [(h.copy(), c.copy()) for h, c in result.final_states]
+            if self._live.get(key) is held:  # not ended or restarted meanwhile
+                self._bytes += sum(h.nbytes + c.nbytes for h, c in states) - held.nbytes
+            held.states = states
             held.steps += int(request.lengths[0])
             held.last_used = time.monotonic()
         finally:

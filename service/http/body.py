@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -61,9 +62,10 @@ async def _discard_rest(request: Request, budget: int, timeout_s: float) -> None
     Past either bound the connection is closed after the 413 (``http/connections.py``
     closes a connection whose body was not read to the end).
     """
-    declared = _declared_length(request)
-    if declared is not None and declared.isdigit() and int(declared) > budget:
-        return  # hopeless: do not read what will be cut off anyway
+    with contextlib.suppress(BadRequest):  # a malformed length was refused before this
+        declared = declared_length(request)
+        if declared is not None and declared > budget:
+            return  # hopeless: do not read what will be cut off anyway
     with contextlib.suppress(TimeoutError, ClientDisconnect):
         async with asyncio.timeout(timeout_s):
             while budget >= 0:
@@ -75,21 +77,22 @@ async def _discard_rest(request: Request, budget: int, timeout_s: float) -> None
                     return
 
 
-def _declared_length(request: Request) -> bytes | None:
-    return next((v for k, v in request.scope["headers"] if k == b"content-length"), None)
+def declared_length(request: Request) -> int | None:
+    """The body's ``Content-Length``, or None when the client did not declare it."""
+    declared = next((v for k, v in request.scope["headers"] if k == b"content-length"), None)
+    if declared is None:
+        return None
+    if not declared.isdigit():
+        raise BadRequest(f"Content-Length {declared.decode('latin-1')!r} is not a number of bytes")
+    return int(declared)
 
 
 async def _read(request: Request, limit: int) -> bytes:
     """Reads the ASGI messages itself rather than through ``Request.stream()``: on the
     hot routes every microsecond is a fraction of the request."""
-    declared = _declared_length(request)
-    if declared is not None:
-        if not declared.isdigit():
-            raise BadRequest(
-                f"Content-Length {declared.decode('latin-1')!r} is not a number of bytes"
-            )
-        if int(declared) > limit:
-            raise PayloadTooLarge(f"request body is {int(declared)} bytes; the limit is {limit}")
+    declared = declared_length(request)
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -175,6 +178,33 @@ def first_boolean(array: np.ndarray, source: Any) -> tuple[int, ...] | None:
         if isinstance(value, bool):
             return tuple(int(i) for i in place)
     return None
+
+
+@dataclass(frozen=True)
+class JsonLimits:
+    """How much JSON one body may hold, and from what size it is parsed off the loop."""
+
+    max_bytes: int = 4 * 1024 * 1024
+    thread_bytes: int = 256 * 1024
+
+
+async def load_json(body: bytes, limits: JsonLimits) -> Any:
+    """``parse_json`` within ``limits``: the size is checked before parsing, because the
+    parsed objects take up to ~20x the text (a nested list of small numbers), and a large
+    body is parsed on a worker thread so the event loop is not held meanwhile.
+
+    orjson holds the GIL while it parses, so the thread bounds the loop's stall by the
+    size limit rather than removing it; the limit is the bound that matters.
+    """
+    if len(body) > limits.max_bytes:
+        raise PayloadTooLarge(
+            f"the JSON in the request body is {len(body)} bytes; the limit is "
+            f"{limits.max_bytes} (max_json_bytes): send large tensors as V2 binary data, "
+            "or fewer sequences per request"
+        )
+    if len(body) > limits.thread_bytes:
+        return await asyncio.to_thread(parse_json, body)
+    return parse_json(body)
 
 
 def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:

@@ -20,6 +20,7 @@ from service.core.errors import (
     BadRequest,
     BodyTimeout,
     Conflict,
+    CostLimit,
     Forbidden,
     InvalidInput,
     ModelNotFound,
@@ -44,12 +45,13 @@ V1_STATUS: dict[type[ServingError], int] = {
     PayloadTooLarge: 413,
     BodyTimeout: 408,
     InvalidInput: 422,
+    CostLimit: 422,
     Overloaded: 503,
     NotReady: 503,
 }
 """``/v1`` (and everything outside ``/v2``), as TF-Serving answers."""
 
-V2_STATUS: dict[type[ServingError], int] = {**V1_STATUS, InvalidInput: 400}
+V2_STATUS: dict[type[ServingError], int] = {**V1_STATUS, InvalidInput: 400, CostLimit: 422}
 """The Open Inference Protocol: a request that does not fit the model is a 400."""
 
 

@@ -16,6 +16,11 @@ apart on the same machine, because absolute numbers on a shared box mean little.
   single-sequence requests at concurrency 1, 16 and 64, and 32-sequence
   requests at concurrency 4, as ``/v1`` JSON (and V2 binary for the latter).
 
+Then the costly requests of issue 12 (``costly.py``: the small requests that
+used to cost gigabytes or seconds, and cases at the edge of the limits), one at
+a time against a fresh server: each one's status, time and the server's peak
+RSS, and the RSS once it is answered (memory given back).
+
 Every row reports requests/s, sequences/s, p50/p99 latency, the fractions of
 the two baselines' sequences/s, and the server's peak resident memory (all worker
 processes). The access log is off (``LSTM_SERVE_LOG_LEVEL=warning``), as an
@@ -44,7 +49,8 @@ import onnxruntime as ort
 from service.core.contract import ModelMetadata
 from service.loadtest import LoadResult, LoadSpec, run_load
 from service.loadtest.budget import stage_costs
-from service.loadtest.process import PeakRss, ServerProcess, tree_cpu_s
+from service.loadtest.costly import cases
+from service.loadtest.process import PeakRss, ServerProcess, tree_cpu_s, tree_rss_mib
 from service.settings import DEFAULT_REPOSITORY
 
 MODEL = "basic_motions"
@@ -163,6 +169,52 @@ def _measure(
             rows.append(Row(point, result, memory.peak, cpu_s / max(answered, 1) * 1e6))
             print(f"  {point.label}: {result.requests_per_s:.0f} req/s", file=sys.stderr)
         return rows
+
+
+def run_costly(env: dict[str, str], repository: Path) -> list[dict[str, Any]]:
+    """Each costly case once, on its own: status, seconds, peak and after RSS (MiB)."""
+    import httpx
+
+    server = ServerProcess(repository, env)
+    rows: list[dict[str, Any]] = []
+    try:
+        server.wait_ready(timeout=120.0)
+        with httpx.Client(base_url=server.url, timeout=120.0) as client:
+            idle = tree_rss_mib(server.process.pid)
+            for case in cases():
+                payload = case.payload
+                with PeakRss(server.process.pid, every_s=0.01) as memory:
+                    start = time.perf_counter()
+                    answer = client.post(
+                        payload.path, content=payload.body, headers=payload.header_dict()
+                    )
+                    seconds = time.perf_counter() - start
+                time.sleep(0.5)
+                rows.append(
+                    {
+                        "label": case.label,
+                        "status": answer.status_code,
+                        "expected": case.status,
+                        "seconds": seconds,
+                        "idle_rss_mib": idle,
+                        "peak_rss_mib": memory.peak,
+                        "after_rss_mib": tree_rss_mib(server.process.pid),
+                    }
+                )
+    finally:
+        server.stop(timeout=60.0)
+    return rows
+
+
+def report_costly(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'costly request (issue 12)':<58}{'status':>7}{'s':>7}{'peak MiB':>10}{'after':>7}"]
+    for r in rows:
+        status = f"{r['status']}" + ("" if r["status"] == r["expected"] else "!")
+        lines.append(
+            f"{r['label']:<58}{status:>7}{r['seconds']:>7.2f}{r['peak_rss_mib']:>10.0f}"
+            f"{r['after_rss_mib']:>7.0f}"
+        )
+    return "\n".join(lines)
 
 
 def _one_process(args: tuple[Path, int, int, float]) -> dict[str, float]:
@@ -290,6 +342,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--plot", type=Path, help="write the latency/throughput PNG here")
+    parser.add_argument("--no-costly", action="store_true", help="skip issue 12's cases")
     args = parser.parse_args(argv)
 
     print("raw onnxruntime ...", file=sys.stderr)
@@ -323,6 +376,11 @@ def main(argv: list[str] | None = None) -> None:
     print(report(raw, machine, runs))
     print("\nCPU per request (batching on), and where it goes (µs):\n")
     print(budget_report(runs["batching on"], version_dir, args.timesteps, args.workers))
+    costly: list[dict[str, Any]] = []
+    if not args.no_costly:
+        print("costly requests ...", file=sys.stderr)
+        costly = run_costly({**env, "LSTM_SERVE_WORKERS": "1"}, args.repository)
+        print("\n" + report_costly(costly))
     if args.json:
         payload: dict[str, Any] = {
             "raw": raw,
@@ -339,6 +397,7 @@ def main(argv: list[str] | None = None) -> None:
                 ]
                 for name, rows in runs.items()
             },
+            "costly": costly,
         }  # fmt: skip
         args.json.write_text(json.dumps(payload, indent=2, default=str))
     if args.plot:

@@ -64,3 +64,38 @@ def test_concurrent_chunks_of_one_sequence_run_in_arrival_order(tiny_repository:
             np.testing.assert_array_equal(got.final_output, alone.final_output)
 
     asyncio.run(scenario())
+
+
+def test_held_bytes_are_a_running_total_whatever_the_live_count(tiny_repository: Path) -> None:
+    """Starts, restarts, continues, ends and evictions keep ``state_bytes`` equal to the sum
+    over live sequences, and a request never walks the live sequences to get it."""
+
+    async def scenario() -> None:
+        _, model = await loaded_model(tiny_repository)
+        store = SequenceStore(max_sequences=3000, idle_timeout_s=60)
+        for i in range(2000):
+            await store.run_chunk(i, model, chunk(1), start=True, end=False)
+        await store.run_chunk(7, model, chunk(2), start=True, end=False)  # a restart
+        await store.run_chunk(8, model, chunk(2), start=False, end=False)
+        await store.run_chunk(9, model, chunk(2), start=False, end=True)
+        store.end(10)
+        live = list(store._live.values())
+        assert store.live == 1998
+        assert store.state_bytes == sum(h.nbytes for h in live) == 1998 * 2 * (8 + 4) * 4
+        walked: list[int] = []
+        real = type(live[0]).nbytes
+
+        def counting(self: object) -> int:
+            walked.append(1)
+            return real.fget(self)  # type: ignore[attr-defined,no-any-return]
+
+        type(live[0]).nbytes = property(counting)  # type: ignore[assignment,method-assign]
+        try:
+            await store.run_chunk(11, model, chunk(2), start=False, end=False)
+        finally:
+            type(live[0]).nbytes = real  # type: ignore[method-assign]
+        assert len(walked) <= 2  # the chunk's own sequence, never the other 1,997
+        assert store.evict_idle(now=time.monotonic() + 61) == 1998
+        assert store.state_bytes == 0
+
+    asyncio.run(scenario())

@@ -25,7 +25,8 @@ from tests.conftest import ServerProcess, start_server
 
 FUZZ = settings(
     max_examples=int(os.environ.get("FUZZ_EXAMPLES", "60")),
-    deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 ROUTES = [
     "/v1/models/tiny:predict",

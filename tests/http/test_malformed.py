@@ -72,9 +72,7 @@ def test_a_unicode_digit_as_the_binary_header_length_is_a_400(
 
 
 @pytest.mark.parametrize("version", ["%C2%B2", "%EF%BC%91", "%D9%A1"])
-@pytest.mark.parametrize(
-    "template", ["/v1/models/tiny/versions/{}", "/v2/models/tiny/versions/{}"]
-)
+@pytest.mark.parametrize("template", ["/v1/models/tiny/versions/{}", "/v2/models/tiny/versions/{}"])
 def test_versions_are_ascii_digits_only(server: ServerProcess, template: str, version: str) -> None:
     answer = requests.get(server.url + template.format(version), timeout=30)
     assert answer.status_code == 404
@@ -97,8 +95,7 @@ def test_a_lone_surrogate_id_is_a_400(server: ServerProcess) -> None:
     answer = post(server, "/v2/models/tiny/infer", data=body)
     assert answer.status_code == 400
     assert answer.json()["error"].startswith(
-        "request body holds a value that is refused: str is not valid UTF-8: "
-        "surrogates not allowed"
+        "request body holds a value that is refused: str is not valid UTF-8: surrogates not allowed"
     )
 
 

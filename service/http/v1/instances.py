@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from service.core.errors import InvalidInput
+from service.core.errors import CostLimit, InvalidInput
 from service.core.request import first_non_finite
 from service.http.body import first_boolean
 
@@ -93,8 +93,18 @@ def _check_finite(x: np.ndarray, source: list[Any], name: str) -> None:
     )
 
 
+def _check_size(batch: int, steps: int, features: int, max_input_bytes: int | None) -> None:
+    """The padded float32 x, refused before it is allocated."""
+    size = batch * steps * features * 4
+    if max_input_bytes is not None and size > max_input_bytes:
+        raise CostLimit(
+            f"instances pad to {batch} x {steps} x {features} float32 values ({size} bytes); "
+            f"the limit is {max_input_bytes} bytes (max_input_bytes)"
+        )
+
+
 def _padded(
-    instances: list[Any], features: int, model: str, max_timesteps: int
+    instances: list[Any], features: int, model: str, max_timesteps: int, max_input_bytes: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
     try:
         whole = np.asarray(instances)
@@ -111,12 +121,14 @@ def _padded(
         if steps > max_timesteps:
             raise InvalidInput(f"instances[0] has {steps} timesteps; the limit is {max_timesteps}")
         _refuse_booleans(whole, instances, "instances")
+        _check_size(batch, steps, features, max_input_bytes)
         return whole.astype(np.float32), np.full(batch, steps, dtype=np.int64)
     arrays = [
         _sequence_array(f"instances[{i}]", s, features, model, max_timesteps)
         for i, s in enumerate(instances)
     ]
     lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+    _check_size(len(arrays), int(lengths.max()), features, max_input_bytes)
     x = np.zeros((len(arrays), int(lengths.max()), features), dtype=np.float32)
     for i, a in enumerate(arrays):
         x[i, : len(a)] = a
@@ -124,14 +136,19 @@ def _padded(
 
 
 def decode_instances(
-    instances: list[Any], *, features: int, model: str, max_timesteps: int
+    instances: list[Any],
+    *,
+    features: int,
+    model: str,
+    max_timesteps: int,
+    max_input_bytes: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Nested lists [B][T_i][F] -> (x float32 [B, max T_i, F] right-padded, lengths int64 [B])."""
     if not instances:
         raise InvalidInput("instances is empty; send at least one sequence")
     # Values beyond float32's range become inf in the cast; _check_finite reports them.
     with np.errstate(over="ignore", invalid="ignore"):
-        x, lengths = _padded(instances, features, model, max_timesteps)
+        x, lengths = _padded(instances, features, model, max_timesteps, max_input_bytes)
     _check_finite(x, instances, "instances")
     return x, lengths
 

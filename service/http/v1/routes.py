@@ -22,7 +22,7 @@ from service.core.repository import parse_version
 from service.core.request import FINAL, SEQUENCE, InferenceRequest
 from service.core.server import Server
 from service.http.asgi import hot, server_of
-from service.http.body import json_response, parse_json, read_body
+from service.http.body import JsonLimits, declared_length, json_response, load_json, read_body
 from service.http.errors import describe_validation_errors
 from service.http.openapi import PREDICT_ERRORS, errors, json_answer, request_body
 from service.http.responses import ModelDescription as ModelDescriptionAnswer
@@ -70,17 +70,26 @@ class PredictRequest(BaseModel):
 
 async def _predict(request: Request, name: str, version: int | None) -> Response:
     server = server_of(request)
+    declared = declared_length(request)
+    if not server.large_requests.is_large(declared):  # the usual case, without a wait
+        return await _admitted(request, server, name, version)
+    async with server.large_requests.admit(declared, server.settings.request_timeout_s):
+        return await _admitted(request, server, name, version)
+
+
+async def _admitted(request: Request, server: Server, name: str, version: int | None) -> Response:
     model = server.repository.resolve(name, version)
     request.state.model, request.state.version = model.name, model.version
     settings = server.settings
-    payload = parse_json(
+    payload = await load_json(
         await read_body(
             request,
             settings.max_body_bytes,
             settings.request_timeout_s,
             settings.lingering_close_bytes,
             settings.lingering_close_s,
-        )
+        ),
+        JsonLimits(settings.max_json_bytes, settings.json_thread_bytes),
     )
     try:
         envelope = PredictRequest.model_validate(payload)
@@ -97,6 +106,7 @@ async def _predict(request: Request, name: str, version: int | None) -> Response
         features=meta.num_features,
         model=meta.name,
         max_timesteps=settings.max_timesteps,
+        max_input_bytes=settings.max_input_bytes,
     )
     inference = InferenceRequest(
         x=x,

@@ -117,9 +117,7 @@ async def _receive_text(websocket: WebSocket, idle_s: float) -> str | None:
 
 async def _serve_open(websocket: WebSocket, server: Server, name: str, version: str | None) -> None:
     try:
-        model = server.repository.resolve(
-            name, None if version is None else parse_version(version)
-        )
+        model = server.repository.resolve(name, None if version is None else parse_version(version))
         check_stateful(model)
     except ServingError as exc:
         await _send(websocket, {"error": exc.message})

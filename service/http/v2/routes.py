@@ -33,7 +33,13 @@ from service.core.repository import parse_version
 from service.core.request import InferenceRequest, Outputs
 from service.core.server import Server
 from service.http.asgi import hot, server_of
-from service.http.body import decode_content, json_response, read_body
+from service.http.body import (
+    JsonLimits,
+    declared_length,
+    decode_content,
+    json_response,
+    read_body,
+)
 from service.http.errors import describe_validation_errors
 from service.http.openapi import (
     INFER_ERRORS,
@@ -83,6 +89,14 @@ def _envelope(payload: Any) -> InferenceRequestBody:
 
 async def infer(request: Request, name: str, version: str | None) -> Response:
     server = server_of(request)
+    declared = declared_length(request)
+    if not server.large_requests.is_large(declared):  # the usual case, without a wait
+        return await _admitted(request, server, name, version)
+    async with server.large_requests.admit(declared, server.settings.request_timeout_s):
+        return await _admitted(request, server, name, version)
+
+
+async def _admitted(request: Request, server: Server, name: str, version: str | None) -> Response:
     model = resolve(server, name, version)
     request.state.model, request.state.version = model.name, model.version
     settings = server.settings
@@ -98,13 +112,25 @@ async def infer(request: Request, name: str, version: str | None) -> Response:
         request.headers.get("content-encoding"),
         limit,
     )
-    parts = split_body(body, request.headers.get(HEADER_LENGTH))
+    parts = await split_body(
+        body,
+        request.headers.get(HEADER_LENGTH),
+        JsonLimits(settings.max_json_bytes, settings.json_thread_bytes),
+    )
     envelope = _envelope(parts.json)
     options = envelope.state_options(caller(request))
     buffers = slice_buffers(parts.tail, envelope.inputs)
     meta = model.metadata
     x, lengths = decode_inputs(
-        envelope.inputs, buffers, meta, Limits(settings.max_instances, settings.max_timesteps)
+        envelope.inputs,
+        buffers,
+        meta,
+        Limits(
+            settings.max_instances,
+            settings.max_timesteps,
+            settings.max_input_bytes,
+            model.batcher.limits,
+        ),
     )
     selected = select_outputs(envelope.outputs, meta, envelope.binary_data_output())
     roles = {choice.spec.role for choice in selected}

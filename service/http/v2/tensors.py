@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,10 +41,11 @@ import orjson
 from starlette.responses import Response
 
 from service.core.contract import ModelMetadata
-from service.core.errors import BadRequest
+from service.core.cost import CostLimits, check_request
+from service.core.errors import BadRequest, CostLimit
 from service.core.request import first_non_finite
 from service.core.runtime import RunResult
-from service.http.body import first_boolean, parse_json
+from service.http.body import JsonLimits, first_boolean, load_json
 from service.http.v2.schema import InputTensor, OutputSpec, RequestedOutput, output_specs
 
 # Little-endian, as the binary extension specifies, whatever the host's order.
@@ -72,11 +73,11 @@ class Body:
     tail: memoryview
 
 
-def split_body(body: bytes, header_length: str | None) -> Body:
+async def split_body(body: bytes, header_length: str | None, limits: JsonLimits) -> Body:
     """Parse the JSON part of the body; without the header, the whole body is JSON."""
     if header_length is None:
         try:
-            return Body(parse_json(body), memoryview(b""))
+            return Body(await load_json(body, limits), memoryview(b""))
         except BadRequest as exc:
             if not body:
                 raise
@@ -92,7 +93,7 @@ def split_body(body: bytes, header_length: str | None) -> Body:
     if size == 0:
         raise BadRequest(f"{HEADER_LENGTH} is 0: the body must start with a JSON object")
     view = memoryview(body)
-    return Body(parse_json(bytes(view[:size])), view[size:])
+    return Body(await load_json(bytes(view[:size]), limits), view[size:])
 
 
 def binary_data_size(tensor: InputTensor) -> int | None:
@@ -163,6 +164,10 @@ def _names(names: Sequence[str]) -> str:
 class Limits:
     max_instances: int
     max_timesteps: int
+    max_input_bytes: int = 64 * 1024 * 1024
+    """x as float32, checked from its shape before FP16/FP64 data is converted."""
+    cost: CostLimits = field(default_factory=CostLimits)
+    """The model's request caps, checked before x is converted too."""
 
 
 def _numbers(tensor: InputTensor, count: int, kinds: str, what: str) -> np.ndarray:
@@ -251,6 +256,12 @@ def _check_x_shape(tensor: InputTensor, meta: ModelMetadata, limits: Limits) -> 
         raise BadRequest(
             f"input {tensor.name!r} has {steps} timesteps; the limit is {limits.max_timesteps}"
         )
+    size = batch * steps * features * 4
+    if size > limits.max_input_bytes:
+        raise CostLimit(
+            f"input {tensor.name!r} of shape {shape} is {size} bytes as FP32; the limit is "
+            f"{limits.max_input_bytes} bytes (max_input_bytes)"
+        )
 
 
 def _x(tensor: InputTensor, buffer: memoryview | None) -> np.ndarray:
@@ -310,13 +321,14 @@ def decode_inputs(
         )
     x_tensor, x_buffer = by_name[t.x]
     _check_x_shape(x_tensor, meta, limits)
-    x = _x(x_tensor, x_buffer)
     batch, steps = x_tensor.shape[0], x_tensor.shape[1]
     if t.lengths in by_name:
         lengths = _lengths(*by_name[t.lengths], batch, steps)
     else:
         lengths = np.full(batch, steps, dtype=np.int64)
-    return x, lengths
+    # Refused before x is converted to float32, which allocates
+    check_request(lengths, limits.cost, meta.bidirectional)
+    return _x(x_tensor, x_buffer), lengths
 
 
 @dataclass(frozen=True)
