@@ -78,7 +78,7 @@ def test_held_bytes_are_a_running_total_whatever_the_live_count(tiny_repository:
         await store.run_chunk(7, model, chunk(2), start=True, end=False)  # a restart
         await store.run_chunk(8, model, chunk(2), start=False, end=False)
         await store.run_chunk(9, model, chunk(2), start=False, end=True)
-        store.end(10)
+        store.end(("", model.name, 10))  # keys are (owner, model, id)
         live = list(store._live.values())
         assert store.live == 1998
         assert store.state_bytes == sum(h.nbytes for h in live) == 1998 * 2 * (8 + 4) * 4
