@@ -84,12 +84,16 @@ def main(argv: list[str] | None = None) -> None:
         # in a folder of our own that goes when the server does.
         metrics_dir = tempfile.mkdtemp(prefix="lstm-serve-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    peers_dir = None
     try:
         ensure_default_model(settings)
         if settings.workers > 1 and reuse_port_supported():
-            Supervisor(settings).run()
+            # The workers' private Unix sockets (http/peers.py): mode 0700, ours alone.
+            peers_dir = tempfile.mkdtemp(prefix="lstm-serve-peers-")
+            Supervisor(settings, peers_dir).run()
         else:  # one process, or no SO_REUSEPORT (not Linux/BSD): uvicorn's shared-socket workers
             uvicorn.run(APP, workers=settings.workers, **uvicorn_options(settings))
     finally:
-        if metrics_dir is not None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+        for folder in (metrics_dir, peers_dir):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)

@@ -47,6 +47,7 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from functools import partial
@@ -170,6 +171,8 @@ class DynamicBatcher:
         self._in_flight = 0
         self._drained = asyncio.Event()
         self._drained.set()
+        self._holders = 0  # requests that resolved this version and have not answered yet
+        self._closed = asyncio.Event()  # set by close(): streams on this version end then
         self._depth = runtime.metrics.queue_depth
         self.stats = BatcherStats()
 
@@ -201,8 +204,30 @@ class DynamicBatcher:
         finally:
             self._in_flight -= 1
             self._depth.dec()
-            if self._in_flight == 0:
+            if self._in_flight == 0 and self._holders == 0:
                 self._drained.set()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold this version from resolution to answer: a rollout's drain then waits for a
+        request still uploading its body rather than closing under it (a 503)."""
+        self._holders += 1
+        self._drained.clear()
+        try:
+            yield
+        finally:
+            self._holders -= 1
+            if self._in_flight == 0 and self._holders == 0:
+                self._drained.set()
+
+    @property
+    def closing(self) -> bool:
+        """True once ``close`` began: the version is retired and takes no more work."""
+        return self._closing
+
+    async def wait_closed(self) -> None:
+        """Return once the version is retired (``close`` began)."""
+        await self._closed.wait()
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait until no request holds this version; False if the wait ran out."""
@@ -252,6 +277,7 @@ class DynamicBatcher:
     async def close(self) -> None:
         """Refuse queued and new requests; wait for the batches already running."""
         self._closing = True
+        self._closed.set()
         if self._hold is not None:
             self._hold.cancel()
         for queue in self._buckets.values():

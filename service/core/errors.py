@@ -56,6 +56,11 @@ class SequenceNotFound(ServingError):
     """A continuing chunk named a sequence that is not live (never started, ended, evicted)."""
 
 
+class SequenceGone(ServingError):
+    """A chunk continued a sequence whose model version was retired (unloaded, or replaced
+    by a rollout): its state went with the version, so retrying cannot help (410)."""
+
+
 class SequenceLimit(ServingError):
     """Every sequence slot is taken by a live sequence."""
 

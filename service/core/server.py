@@ -110,15 +110,17 @@ class Server:
 
     @property
     def ready(self) -> bool:
-        """Started, at least one model serving, and nothing half-loaded."""
+        """Started and at least one model serving: server readiness (KServe's and Triton's
+        ``/v2/health/ready``). A version loading, draining or failed after startup does
+        not make a serving server unready: that is the model's readiness
+        (``/v2/models/{m}/ready``), so a slow or broken load, or a loop of load calls,
+        never takes the whole server out of its load balancer."""
         return not self.not_ready_reason()
 
     def not_ready_reason(self) -> str:
         """Why the server is not ready ("" when it is): the readiness answer says it."""
         if not self._started:
             return "starting: models are loading"
-        if self.repository.is_loading():
-            return "a model version is loading"
         if not self.repository.names():
             failed = [s for s in self.repository.index() if s.state == "UNAVAILABLE"]
             detail = "; ".join(f"{s.name} {s.version}: {s.reason}" for s in failed[:5])

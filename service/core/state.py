@@ -36,6 +36,7 @@ from typing import Any
 from service.core.errors import (
     InvalidInput,
     Overloaded,
+    SequenceGone,
     SequenceLimit,
     SequenceNotFound,
 )
@@ -281,7 +282,7 @@ class SequenceStore:
                 )
             request.states = held.states
             request.outputs = request.outputs.with_states()  # the store keeps them
-            result = await held.model.batcher.submit(request)
+            result = await self._submit(key, held, request)
             states = [(h.copy(), c.copy()) for h, c in result.final_states]
             if self._live.get(key) is held:  # not ended or restarted meanwhile
                 self._bytes += sum(h.nbytes + c.nbytes for h, c in states) - held.nbytes
@@ -295,6 +296,29 @@ class SequenceStore:
         else:
             self._publish()
         return result
+
+    async def _submit(
+        self, key: SequenceKey, held: HeldSequence, request: InferenceRequest
+    ) -> RunResult:
+        """The chunk's result on the sequence's own version; ``SequenceGone`` (and the
+        sequence ended) once a rollout retired that version, so the client gets one
+        definitive answer rather than an endless "retry"."""
+        batcher = held.model.batcher
+        try:
+            if batcher.closing:
+                raise Overloaded("retired")
+            return await batcher.submit(request)
+        except Overloaded:
+            if not batcher.closing:
+                raise
+            if self._live.get(key) is held:
+                self._pop(key)
+                self._publish()
+            raise SequenceGone(
+                f"sequence {key[2]!r} ran on model {held.model.name!r} version "
+                f"{held.model.version}, which was unloaded; its state went with it: start "
+                "the sequence again (sequence_start) on the version now serving"
+            ) from None
 
     async def evict_forever(self, every_s: float) -> None:
         """Background task: evict idle sequences periodically."""

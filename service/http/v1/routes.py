@@ -25,6 +25,7 @@ from service.http.asgi import hot, server_of
 from service.http.body import JsonLimits, declared_length, json_response, load_json, read_body
 from service.http.errors import describe_validation_errors
 from service.http.openapi import PREDICT_ERRORS, errors, json_answer, request_body
+from service.http.peers import forward_to_holder, sequence_holder
 from service.http.responses import ModelDescription as ModelDescriptionAnswer
 from service.http.responses import ModelList, ModelStatus, PredictResponse
 from service.http.security import caller
@@ -80,21 +81,27 @@ async def _predict(request: Request, name: str, version: int | None) -> Response
 async def _admitted(request: Request, server: Server, name: str, version: int | None) -> Response:
     model = server.repository.resolve(name, version)
     request.state.model, request.state.version = model.name, model.version
+    with model.batcher.held():  # a rollout's drain waits for this request, body and all
+        return await _served(request, server, model)
+
+
+async def _served(request: Request, server: Server, model: ServedModel) -> Response:
     settings = server.settings
-    payload = await load_json(
-        await read_body(
-            request,
-            settings.max_body_bytes,
-            settings.request_timeout_s,
-            settings.lingering_close_bytes,
-            settings.lingering_close_s,
-        ),
-        JsonLimits(settings.max_json_bytes, settings.json_thread_bytes),
+    body = await read_body(
+        request,
+        settings.max_body_bytes,
+        settings.request_timeout_s,
+        settings.lingering_close_bytes,
+        settings.lingering_close_s,
     )
+    payload = await load_json(body, JsonLimits(settings.max_json_bytes, settings.json_thread_bytes))
     try:
         envelope = PredictRequest.model_validate(payload)
     except ValidationError as exc:
         raise InvalidInput(describe_validation_errors(exc.errors())) from None
+    options = envelope.state_options(caller(request))
+    if (holder := sequence_holder(request, model.name, options.sequence_id)) is not None:
+        return await forward_to_holder(request, server, holder, body)
     if len(envelope.instances) > settings.max_instances:
         raise InvalidInput(
             f"instances has {len(envelope.instances)} sequences; the limit is "
@@ -114,7 +121,6 @@ async def _admitted(request: Request, server: Server, name: str, version: int | 
         outputs=SEQUENCE if envelope.return_sequences else FINAL,
         deadline=time.monotonic() + settings.request_timeout_s,
     )
-    options = envelope.state_options(caller(request))
     if options.stateful:
         result = await state.infer(
             model,

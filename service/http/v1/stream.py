@@ -45,6 +45,7 @@ router = APIRouter(prefix="/v1", tags=["v1 streaming"])
 POLICY_VIOLATION = 1008
 GOING_AWAY = 1001  # idle past websocket_idle_timeout_s
 TRY_AGAIN_LATER = 1013  # max_websockets streams already open on this worker
+SERVICE_RESTART = 1012  # the stream's model version was retired (unloaded or rolled over)
 
 
 async def _send(websocket: WebSocket, message: dict[str, Any]) -> None:
@@ -97,16 +98,31 @@ async def _serve(websocket: WebSocket, name: str, version: str | None) -> None:
         state.open_streams -= 1
 
 
-async def _receive_text(websocket: WebSocket, idle_s: float) -> str | None:
-    """The next text message; None once the client left, or was idle for ``idle_s``."""
+async def _receive_text(
+    websocket: WebSocket, idle_s: float, model: ServedModel, retired: asyncio.Future[None]
+) -> str | None:
+    """The next text message; None once the client left, was idle for ``idle_s``, or the
+    stream's version was retired (``retired`` done): then the stream is closed with 1012
+    and a reason, at once, not left to answer "retry" to every message."""
     while True:
-        try:
-            async with asyncio.timeout(idle_s):
-                message = await websocket.receive()
-        except TimeoutError:
+        receive = asyncio.ensure_future(websocket.receive())
+        done, _ = await asyncio.wait(
+            {receive, retired}, timeout=idle_s, return_when=asyncio.FIRST_COMPLETED
+        )
+        if receive not in done or retired.done():
+            receive.cancel()
+            if retired.done():
+                reason = (
+                    f"model {model.name!r} version {model.version} was unloaded; reconnect "
+                    "to stream on the version now serving"
+                )
+                await _send(websocket, {"error": reason})
+                await websocket.close(SERVICE_RESTART, reason=reason)
+                return None
             await _send(websocket, {"error": f"no message for {idle_s:g} s; closing the stream"})
             await websocket.close(GOING_AWAY)
             return None
+        message = receive.result()
         if message["type"] == "websocket.disconnect":
             return None
         text = message.get("text")
@@ -126,8 +142,9 @@ async def _serve_open(websocket: WebSocket, server: Server, name: str, version: 
     states = model.runtime.zero_states(1)
     steps = 0
     idle_s = server.settings.websocket_idle_timeout_s
+    retired = asyncio.ensure_future(model.batcher.wait_closed())
     try:
-        while (raw := await _receive_text(websocket, idle_s)) is not None:
+        while (raw := await _receive_text(websocket, idle_s, model, retired)) is not None:
             try:
                 message = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
@@ -150,6 +167,8 @@ async def _serve_open(websocket: WebSocket, server: Server, name: str, version: 
             await _send(websocket, {**answer, "steps": steps})
     except WebSocketDisconnect:
         return  # the client left; its state goes with the connection
+    finally:
+        retired.cancel()
 
 
 @router.websocket("/models/{name}/stream")

@@ -26,6 +26,7 @@ from service.core.errors import BadRequest, Forbidden, ServingError
 from service.http.asgi import server_of
 from service.http.body import json_response
 from service.http.openapi import errors, json_answer
+from service.http.peers import broadcast, control_lock, current, is_peer_call, summary
 from service.http.responses import Empty, RepositoryEntry
 from service.http.security import caller, client_address
 
@@ -73,6 +74,23 @@ def check_control(request: Request, action: str) -> None:
         )
 
 
+async def on_every_worker(request: Request, action: str, name: str) -> Response | None:
+    """With several workers, the call sent to each of them (``http/peers.py``) and their
+    answers combined; None when this worker should apply it itself (one worker, or this
+    is a sibling's call)."""
+    peers = current()
+    if peers is None or is_peer_call(request):
+        return None
+    async with control_lock(peers):
+        answers = await broadcast(
+            request, peers, server_of(request).settings.peer_control_timeout_s
+        )
+        status, body = summary(answers)
+        if status == 200:
+            peers.record_change(action, name)
+    return json_response(body, status=status)
+
+
 @router.post(
     "/index",
     summary="Every model version on disk, with its state",
@@ -98,6 +116,8 @@ async def load(request: Request, name: str) -> Response:
     repository = server_of(request).repository
     async with audited(request, "load", name):
         check_control(request, "load")
+        if (everywhere := await on_every_worker(request, "load", name)) is not None:
+            return everywhere
         failed = await repository.load_model(name)
         if failed:
             reasons = "; ".join(f"version {s.version}: {s.reason}" for s in failed)
@@ -114,5 +134,7 @@ async def load(request: Request, name: str) -> Response:
 async def unload(request: Request, name: str) -> Response:
     async with audited(request, "unload", name):
         check_control(request, "unload")
+        if (everywhere := await on_every_worker(request, "unload", name)) is not None:
+            return everywhere
         await server_of(request).repository.unload_model(name)
     return json_response({})

@@ -49,6 +49,7 @@ from service.http.openapi import (
     json_answer,
     request_body,
 )
+from service.http.peers import forward_to_holder, sequence_holder
 from service.http.responses import (
     InferenceResponse,
     ModelConfig,
@@ -99,6 +100,11 @@ async def infer(request: Request, name: str, version: str | None) -> Response:
 async def _admitted(request: Request, server: Server, name: str, version: str | None) -> Response:
     model = resolve(server, name, version)
     request.state.model, request.state.version = model.name, model.version
+    with model.batcher.held():  # a rollout's drain waits for this request, body and all
+        return await _served(request, server, model)
+
+
+async def _served(request: Request, server: Server, model: ServedModel) -> Response:
     settings = server.settings
     limit = settings.max_body_bytes
     body = decode_content(
@@ -119,6 +125,8 @@ async def _admitted(request: Request, server: Server, name: str, version: str | 
     )
     envelope = _envelope(parts.json)
     options = envelope.state_options(caller(request))
+    if (holder := sequence_holder(request, model.name, options.sequence_id)) is not None:
+        return await forward_to_holder(request, server, holder, body)
     buffers = slice_buffers(parts.tail, envelope.inputs)
     meta = model.metadata
     x, lengths = decode_inputs(
