@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.core.errors import SequenceLimit, SequenceNotFound
+from service.core.errors import SequenceGone, SequenceLimit, SequenceNotFound
 from service.core.model import ServedModel
 from service.core.request import InferenceRequest
 from service.core.server import Server
@@ -97,5 +97,41 @@ def test_held_bytes_are_a_running_total_whatever_the_live_count(tiny_repository:
         assert len(walked) <= 2  # the chunk's own sequence, never the other 1,997
         assert store.evict_idle(now=time.monotonic() + 61) == 1998
         assert store.state_bytes == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_sequence_on_a_retired_version_gets_410_once_then_404(tiny_repository: Path) -> None:
+    """A rollout retires the version a sequence runs on: one definitive answer, no "retry"."""
+
+    async def scenario() -> None:
+        _, model = await loaded_model(tiny_repository)
+        store = SequenceStore(max_sequences=4, idle_timeout_s=60)
+        await store.run_chunk("old", model, chunk(), start=True, end=False)
+        await model.close()  # what the repository does once the retired version drained
+        with pytest.raises(SequenceGone) as gone:
+            await store.run_chunk("old", model, chunk(), start=False, end=False)
+        assert gone.value.message == (
+            "sequence 'old' ran on model 'tiny' version 2, which was unloaded; its state went "
+            "with it: start the sequence again (sequence_start) on the version now serving"
+        )
+        assert store.live == 0 and store.state_bytes == 0  # ended: its memory is free
+        with pytest.raises(SequenceNotFound, match="sequence 'old' is not live"):
+            await store.run_chunk("old", model, chunk(), start=False, end=False)
+
+    asyncio.run(scenario())
+
+
+def test_a_held_version_drains_only_once_its_holders_answered(tiny_repository: Path) -> None:
+    """A request that resolved a version (still reading its body) keeps the drain waiting."""
+
+    async def scenario() -> None:
+        _, model = await loaded_model(tiny_repository)
+        with model.batcher.held():
+            assert await model.drain(0.05) is False
+            await model.batcher.submit(chunk())
+            assert await model.drain(0.05) is False  # answered, but still held
+        assert await model.drain(0.05) is True
+        await model.close()
 
     asyncio.run(scenario())

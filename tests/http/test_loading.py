@@ -1,4 +1,5 @@
-"""While a model version loads, ``/v1`` and V2 agree: 503 with Retry-After, not a 404."""
+"""While a model version loads, ``/v1`` and V2 agree: 503 with Retry-After, not a 404;
+the server itself stays ready (server readiness versus model readiness)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,11 @@ def test_v1_and_v2_answer_503_with_retry_after_while_a_model_loads(
                 client.post("/v2/models/tiny/infer", json={"inputs": []}),
                 client.get("/v2/models/tiny"),
             ]
+            # Server readiness is not model readiness (KServe, Triton): tiny_bi serves,
+            # so the server stays ready while tiny loads; only tiny's own probe says no.
+            server_ready = client.get("/v2/health/ready")
+            serving_ready = client.get("/v2/models/tiny_bi/ready")
+            loading_ready = client.get("/v2/models/tiny/ready")
         finally:
             release.set()
             loader.join(60)
@@ -52,3 +58,7 @@ def test_v1_and_v2_answer_503_with_retry_after_while_a_model_loads(
             assert answer.headers["retry-after"] == "1"
             assert answer.json() == {"error": "model 'tiny' version 2 is loading; retry shortly"}
         assert client.post("/v1/models/tiny:predict", json=body).status_code == 200
+        assert (server_ready.status_code, server_ready.json()) == (200, {"ready": True})
+        assert serving_ready.status_code == 200
+        assert loading_ready.status_code == 503
+        assert loading_ready.json() == {"error": "model 'tiny' version 2 is loading; retry shortly"}
