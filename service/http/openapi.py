@@ -65,6 +65,7 @@ ERROR_STATUSES: dict[int, str] = {
     408: "The body did not arrive within LSTM_SERVE_REQUEST_TIMEOUT_S",
     413: "Body over LSTM_SERVE_MAX_BODY_BYTES",
     422: "Well-formed, but does not fit the model (features, lengths, limits)",
+    410: "The server-held sequence's model version was unloaded: start the sequence again",
     429: "Too many open sequences (LSTM_SERVE_MAX_SEQUENCES)",
     503: "The model is loading or unloading, or its queue is full (with Retry-After)",
 }
