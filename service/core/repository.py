@@ -272,6 +272,3 @@ class ModelRepository:
 
     def all(self) -> list[ServedModel]:
         return [m for name in self.names() for m in self.versions(name)]
-
-    def is_loading(self) -> bool:
-        return any(s.state == "LOADING" for s in self._status.values())

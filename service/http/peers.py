@@ -177,8 +177,8 @@ async def call(
                 status_line, *lines = (
                     (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
                 )
-                answer = [tuple(x.split(":", 1)) for x in lines if ":" in x]
-                got = [(k.strip().lower(), v.strip()) for k, v in answer]
+                fields = (line.partition(":") for line in lines if ":" in line)
+                got = [(k.strip().lower(), v.strip()) for k, _, v in fields]
                 length = int(dict(got).get("content-length", "0"))
                 content = await reader.readexactly(length)
             finally:

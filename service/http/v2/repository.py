@@ -35,13 +35,20 @@ router = APIRouter(prefix="/v2/repository", tags=["v2 repository"])
 audit_log = logging.getLogger("service.audit")
 
 
+class Audit:
+    """What the audit line says: "ok" unless the block says otherwise (a broadcast)."""
+
+    outcome = "ok"
+
+
 @asynccontextmanager
-async def audited(request: Request, action: str, name: str = "") -> AsyncIterator[None]:
+async def audited(request: Request, action: str, name: str = "") -> AsyncIterator[Audit]:
     """Log who did what to which model, and how it ended, whatever happens inside."""
     outcome = "error"
+    audit = Audit()
     try:
-        yield
-        outcome = "ok"
+        yield audit
+        outcome = audit.outcome
     except ServingError as exc:
         outcome = f"refused: {exc.message}"
         raise
@@ -74,7 +81,9 @@ def check_control(request: Request, action: str) -> None:
         )
 
 
-async def on_every_worker(request: Request, action: str, name: str) -> Response | None:
+async def on_every_worker(
+    request: Request, action: str, name: str, audit: Audit
+) -> Response | None:
     """With several workers, the call sent to each of them (``http/peers.py``) and their
     answers combined; None when this worker should apply it itself (one worker, or this
     is a sibling's call)."""
@@ -88,6 +97,7 @@ async def on_every_worker(request: Request, action: str, name: str) -> Response 
         status, body = summary(answers)
         if status == 200:
             peers.record_change(action, name)
+    audit.outcome = f"every worker: {body.get('error') or 'ok'}"
     return json_response(body, status=status)
 
 
@@ -114,9 +124,9 @@ async def index(request: Request) -> Response:
 )
 async def load(request: Request, name: str) -> Response:
     repository = server_of(request).repository
-    async with audited(request, "load", name):
+    async with audited(request, "load", name) as audit:
         check_control(request, "load")
-        if (everywhere := await on_every_worker(request, "load", name)) is not None:
+        if (everywhere := await on_every_worker(request, "load", name, audit)) is not None:
             return everywhere
         failed = await repository.load_model(name)
         if failed:
@@ -132,9 +142,9 @@ async def load(request: Request, name: str) -> Response:
     responses={**json_answer(Empty, "Unloaded"), **errors(404)},
 )
 async def unload(request: Request, name: str) -> Response:
-    async with audited(request, "unload", name):
+    async with audited(request, "unload", name) as audit:
         check_control(request, "unload")
-        if (everywhere := await on_every_worker(request, "unload", name)) is not None:
+        if (everywhere := await on_every_worker(request, "unload", name, audit)) is not None:
             return everywhere
         await server_of(request).repository.unload_model(name)
     return json_response({})
