@@ -13,7 +13,9 @@ A bad message (a binary frame included) gets ``{"error": "..."}`` and the stream
 goes on. Every stream is bounded: at most ``max_websockets`` open per worker
 (beyond, an error and close 1013), ``websocket_idle_timeout_s`` without a message
 (an error and close 1001), ``max_websocket_message_bytes`` per message after
-permessage-deflate (uvicorn's websockets closes with 1009). Messages are
+permessage-deflate (uvicorn's websockets closes with 1009). A stream whose model
+version is retired (unloaded, or replaced by a rollout) is closed at once with an
+error message and close 1012 (service restart) naming the version. Messages are
 handled one at a time: a client that sends faster than the model computes fills
 the socket's bounded receive queue and then TCP's window, which slows the client
 (backpressure) instead of growing memory here.
@@ -109,21 +111,22 @@ async def _receive_text(
         done, _ = await asyncio.wait(
             {receive, retired}, timeout=idle_s, return_when=asyncio.FIRST_COMPLETED
         )
-        if receive not in done or retired.done():
+        message = receive.result() if receive in done else None
+        if message is not None and message["type"] == "websocket.disconnect":
+            return None
+        if retired.done():
             receive.cancel()
-            if retired.done():
-                reason = (
-                    f"model {model.name!r} version {model.version} was unloaded; reconnect "
-                    "to stream on the version now serving"
-                )
-                await _send(websocket, {"error": reason})
-                await websocket.close(SERVICE_RESTART, reason=reason)
-                return None
+            reason = (
+                f"model {model.name!r} version {model.version} was unloaded; reconnect to "
+                "stream on the version now serving"
+            )
+            await _send(websocket, {"error": reason})
+            await websocket.close(SERVICE_RESTART, reason=reason)
+            return None
+        if message is None:
+            receive.cancel()
             await _send(websocket, {"error": f"no message for {idle_s:g} s; closing the stream"})
             await websocket.close(GOING_AWAY)
-            return None
-        message = receive.result()
-        if message["type"] == "websocket.disconnect":
             return None
         text = message.get("text")
         if text is not None:
