@@ -23,9 +23,9 @@ checks (a forwarded request keeps the caller's ``Authorization``):
   and its answer relayed, so one process holds each sequence, its chunks run in
   order under that process's per-sequence lock, and any connection continues it.
 
-A request counts as a peer's only if it came over a Unix socket (uvicorn gives
-those no ``server`` address) and carries ``PEER_HEADER``; a client on the TCP
-port sending the header is treated like any other client.
+A request counts as a peer's only if it came over this worker's Unix socket
+(uvicorn's ``server`` is then the socket's path) and carries ``PEER_HEADER``; a
+client on the TCP port sending the header is treated like any other client.
 """
 
 from __future__ import annotations
@@ -119,7 +119,16 @@ def current() -> Peers | None:
 
 
 def is_peer_call(connection: HTTPConnection) -> bool:
-    return connection.scope.get("server") is None and PEER_HEADER in connection.headers
+    """Sent by a sibling: it came over this worker's Unix socket (uvicorn's ``server`` is
+    then ``(socket path, None)``) and carries the header."""
+    peers, server = _current, connection.scope.get("server")
+    return (
+        peers is not None
+        and server is not None
+        and server[1] is None
+        and server[0] == str(peers.socket_path(peers.index))
+        and PEER_HEADER in connection.headers
+    )
 
 
 @dataclass(frozen=True)
