@@ -178,55 +178,57 @@ def test_a_rollout_under_load_loses_no_request_and_ends_sequences_and_streams(
     held = {"instances": [STEP], "sequence_id": 42}
     assert httpx.post(predict, json={**held, "sequence_start": True}).status_code == 200
     assert httpx.post(predict, json=held).status_code == 200
-    stream = connect(f"ws://{url.removeprefix('http://')}/v1/models/tiny/stream")
-    stream.send(json.dumps({"timesteps": STEP}))
-    assert json.loads(stream.recv(timeout=30))["steps"] == 1
+    with connect(f"ws://{url.removeprefix('http://')}/v1/models/tiny/stream") as stream:
+        stream.send(json.dumps({"timesteps": STEP}))
+        assert json.loads(stream.recv(timeout=30))["steps"] == 1
 
-    # A request that is still uploading its body when the rollout starts.
-    body = json.dumps({"instances": [STEP * 4]}).encode()
-    host, port = url.removeprefix("http://").split(":")
-    upload = socket.create_connection((host, int(port)))
-    upload.sendall(
-        f"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: "
-        f"application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-        + body[:10]
-    )
-    time.sleep(0.5)  # the request resolved version 1 and waits for the rest of its body
-
-    with clients(predict, {"instances": [STEP]}) as statuses:
-        shutil.copytree(tiny_repository / "tiny" / "2", root / "tiny" / "2")
-        rollout: list[httpx.Response] = []
-        loader = threading.Thread(
-            target=lambda: rollout.append(
-                httpx.post(f"{url}/v2/repository/models/tiny/load", timeout=60)
-            )
+        # A request that is still uploading its body when the rollout starts.
+        body = json.dumps({"instances": [STEP * 4]}).encode()
+        host, port = url.removeprefix("http://").split(":")
+        upload = socket.create_connection((host, int(port)))
+        upload.sendall(
+            f"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: "
+            f"application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body[:10]
         )
-        loader.start()
-        time.sleep(1.0)
-        upload.sendall(body[10:])
-        reply = upload.recv(65536).decode()
-        loader.join(60)
-        time.sleep(0.3)
-    upload.close()
-    assert reply.startswith("HTTP/1.1 200 "), reply
-    assert json.loads(reply.split("\r\n\r\n", 1)[1])["version"] == "1"
-    assert (rollout[0].status_code, rollout[0].json()) == (200, BOTH_OK)
-    assert set(statuses) == {200} and len(statuses) > 10
+        time.sleep(0.5)  # the request resolved version 1 and waits for the rest of its body
 
-    gone = httpx.post(predict, json=held)
-    assert gone.status_code == 410
-    assert gone.json() == {
-        "error": "sequence 42 ran on model 'tiny' version 1, which was unloaded; its state went "
-        "with it: start the sequence again (sequence_start) on the version now serving"
-    }
-    assert httpx.post(predict, json=held).status_code == 404  # ended: one definitive answer
+        with clients(predict, {"instances": [STEP]}) as statuses:
+            shutil.copytree(tiny_repository / "tiny" / "2", root / "tiny" / "2")
+            rollout: list[httpx.Response] = []
+            loader = threading.Thread(
+                target=lambda: rollout.append(
+                    httpx.post(f"{url}/v2/repository/models/tiny/load", timeout=60)
+                )
+            )
+            loader.start()
+            time.sleep(1.0)
+            upload.sendall(body[10:])
+            reply = upload.recv(65536).decode()
+            loader.join(60)
+            time.sleep(0.3)
+        upload.close()
+        assert reply.startswith("HTTP/1.1 200 "), reply
+        assert json.loads(reply.split("\r\n\r\n", 1)[1])["version"] == "1"
+        assert (rollout[0].status_code, rollout[0].json()) == (200, BOTH_OK)
+        assert set(statuses) == {200} and len(statuses) > 10
 
-    reason = "model 'tiny' version 1 was unloaded; reconnect to stream on the version now serving"
-    assert json.loads(stream.recv(timeout=30)) == {"error": reason}
-    with pytest.raises(ConnectionClosed) as closed:
-        stream.recv(timeout=30)
-    assert closed.value.rcvd is not None
-    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1012, reason)
+        gone = httpx.post(predict, json=held)
+        assert gone.status_code == 410
+        assert gone.json() == {
+            "error": "sequence 42 ran on model 'tiny' version 1, which was unloaded; its state "
+            "went with it: start the sequence again (sequence_start) on the version now serving"
+        }
+        assert httpx.post(predict, json=held).status_code == 404  # ended: one definitive answer
+
+        reason = (
+            "model 'tiny' version 1 was unloaded; reconnect to stream on the version now serving"
+        )
+        assert json.loads(stream.recv(timeout=30)) == {"error": reason}
+        with pytest.raises(ConnectionClosed) as closed:
+            stream.recv(timeout=30)
+        assert closed.value.rcvd is not None
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1012, reason)
 
 
 @given(
