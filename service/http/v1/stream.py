@@ -108,9 +108,8 @@ async def _receive_text(
     and a reason, at once, not left to answer "retry" to every message."""
     while True:
         receive = asyncio.ensure_future(websocket.receive())
-        done, _ = await asyncio.wait(
-            {receive, retired}, timeout=idle_s, return_when=asyncio.FIRST_COMPLETED
-        )
+        waiting: set[asyncio.Future[Any]] = {receive, retired}
+        done, _ = await asyncio.wait(waiting, timeout=idle_s, return_when=asyncio.FIRST_COMPLETED)
         message = receive.result() if receive in done else None
         if message is not None and message["type"] == "websocket.disconnect":
             return None
