@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> None:
         ensure_default_model(settings)
         if settings.workers > 1 and reuse_port_supported():
             # The workers' private Unix sockets (http/peers.py): mode 0700, ours alone.
-            peers_dir = tempfile.mkdtemp(prefix="lstm-serve-peers-")
+            # A Unix socket's path has at most 107 bytes: a deep TMPDIR falls back to /tmp.
+            short = len(tempfile.gettempdir()) <= 60 or not os.access("/tmp", os.W_OK)
+            peers_dir = tempfile.mkdtemp(prefix="lstm-serve-peers-", dir=None if short else "/tmp")
             Supervisor(settings, peers_dir).run()
         else:  # one process, or no SO_REUSEPORT (not Linux/BSD): uvicorn's shared-socket workers
             uvicorn.run(APP, workers=settings.workers, **uvicorn_options(settings))

@@ -7,7 +7,9 @@ balancers and most clients do, so the kernel spreads them over both workers.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +29,7 @@ from websockets.sync.client import connect
 
 from service.http.peers import PeerAnswer, Peers, summary
 from tests.conftest import ServerProcess, reference
+from tests.test_workers import workers_of
 
 BOTH_OK = {"workers": [{"worker": 0, "status": 200}, {"worker": 1, "status": 200}]}
 STEP = [[0.1, 0.2, 0.3]]
@@ -135,6 +138,25 @@ def test_load_and_unload_reach_every_worker_before_the_call_answers(
     assert set(ready) == {(200, compact({"ready": True}))}
     index = {text for _, text in answers("POST", f"{url}/v2/repository/index", times=10)}
     assert len(index) == 1
+
+    # A worker the supervisor replaces (once the broken version is gone) replays the
+    # unload: it serves what its sibling does.
+    shutil.rmtree(root / "tiny" / "3")
+    victim = min(workers_of(server.process.pid))
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while victim in (now := workers_of(server.process.pid)) or len(now) < 2:
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.2)
+    for _ in range(10):  # the replacement finished startup
+        while httpx.get(f"{url}/v2/health/ready").status_code != 200:
+            time.sleep(0.1)
+    replayed = answers("POST", f"{url}/v1/models/tiny_bi:predict", json={"instances": [[[1, 2]]]})
+    assert {code for code, _ in replayed} == {404}, replayed
+    versions = answers("POST", f"{url}/v1/models/tiny:predict", json={"instances": [STEP]})
+    assert {(code, json.loads(text)["version"]) for code, text in versions} == {(200, "2")}
+    server.stop()
+    assert not list((tmp_path / "tmp").glob("lstm-serve-peers-*"))  # removed with the server
 
 
 def test_a_sequence_continued_over_50_new_connections_equals_the_whole(
