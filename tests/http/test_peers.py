@@ -6,6 +6,7 @@ balancers and most clients do, so the kernel spreads them over both workers.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -298,3 +299,45 @@ def test_a_broadcast_says_what_each_worker_did() -> None:
             ],
         },
     )
+
+
+def test_a_v2_sequence_in_binary_and_gzip_continues_on_any_worker(
+    server_factory: Callable[..., ServerProcess], tiny_repository: Path, tmp_path: Path
+) -> None:
+    """The forwarded chunk is the decoded body; the relayed answer keeps its binary framing."""
+    server = two_workers(server_factory, tiny_repository, tmp_path)
+    x = np.random.default_rng(11).normal(size=(1, 60, 3)).astype(np.float32)
+    outputs = []
+    for i in range(20):
+        piece = x[:, 3 * i : 3 * i + 3]
+        head = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "x",
+                        "shape": [1, 3, 3],
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": piece.nbytes},
+                    }
+                ],
+                "outputs": [{"name": "sequence_output", "parameters": {"binary_data": True}}],
+                "parameters": {"sequence_id": 7, "sequence_start": i == 0, "sequence_end": i == 19},
+            }
+        ).encode()
+        answer = httpx.post(
+            f"{server.url}/v2/models/tiny/infer",
+            content=gzip.compress(head + piece.tobytes()),
+            headers={
+                "Inference-Header-Content-Length": str(len(head)),
+                "Content-Encoding": "gzip",
+                "Content-Type": "application/octet-stream",
+            },
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        size = int(answer.headers["inference-header-content-length"])
+        header = json.loads(answer.content[:size])
+        assert header["outputs"][0]["shape"][:2] == [1, 3]
+        outputs.append(np.frombuffer(answer.content[size:], np.float32).reshape(3, -1))
+    want = reference(tiny_repository / "tiny" / "2", x, np.array([60]))
+    np.testing.assert_allclose(np.concatenate(outputs), want["sequence_output"][0], atol=1e-5)
