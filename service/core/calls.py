@@ -101,7 +101,8 @@ def run_batch(
                 run_options,
             )
             parts = list(split(result, live))
-        except Exception:  # reach every caller; the batcher itself must survive
+        except Exception as error:  # reach every caller; the batcher itself must survive
+            exc: Exception = error
             if run_options is not None and run_options.terminate:
                 log.info("stopped a call of %d sequences: nobody waits for it", batch.batch_size)
                 exc = DeadlineExceeded("the request did not finish before its deadline")

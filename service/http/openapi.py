@@ -67,15 +67,23 @@ ERROR_STATUSES: dict[int, str] = {
     422: "Well-formed, but does not fit the model (features, lengths, limits)",
     410: "The server-held sequence's model version was unloaded: start the sequence again",
     429: "Too many open sequences (LSTM_SERVE_MAX_SEQUENCES)",
+    401: "No API key, or a wrong one, while keys are on (with WWW-Authenticate)",
+    403: "The key lacks the route's scope, the Origin is not allowed, or model control is "
+    "off (LSTM_SERVE_MODEL_CONTROL_MODE)",
+    409: "The change would leave the server serving no model",
+    415: "A POST body that is neither JSON nor binary tensor data",
     503: "The model is loading or unloading, or its queue is full (with Retry-After)",
 }
 """The statuses the core's errors map to (``V1_STATUS``/``V2_STATUS``), as documented."""
 
 # Every status a core error can become on each protocol's inference route: derived from
 # the tables that answer them, so the document cannot drift from what is answered.
-PREDICT_ERRORS = tuple(sorted(set(V1_STATUS.values())))
-INFER_ERRORS = tuple(sorted(set(V2_STATUS.values())))
-MODEL_ERRORS = (404, 503)
+GUARD_ERRORS = (401, 403, 415)
+"""What the security layer (``http/security.py``) can answer before any route runs."""
+_CONTROL_ONLY = {409}  # Conflict: only the model-control API raises it
+PREDICT_ERRORS = tuple(sorted(set(V1_STATUS.values()) - _CONTROL_ONLY | set(GUARD_ERRORS)))
+INFER_ERRORS = tuple(sorted(set(V2_STATUS.values()) - _CONTROL_ONLY | set(GUARD_ERRORS)))
+MODEL_ERRORS = (401, 403, 404, 503)
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -49,8 +49,8 @@ import onnxruntime as ort
 from service.core.contract import ModelMetadata
 from service.loadtest import LoadResult, LoadSpec, run_load
 from service.loadtest.budget import stage_costs
-from service.loadtest.costly import cases
-from service.loadtest.process import PeakRss, ServerProcess, tree_cpu_s, tree_rss_mib
+from service.loadtest.costly import report_costly, run_costly
+from service.loadtest.process import PeakRss, ServerProcess, tree_cpu_s
 from service.settings import DEFAULT_REPOSITORY
 
 MODEL = "basic_motions"
@@ -169,52 +169,6 @@ def _measure(
             rows.append(Row(point, result, memory.peak, cpu_s / max(answered, 1) * 1e6))
             print(f"  {point.label}: {result.requests_per_s:.0f} req/s", file=sys.stderr)
         return rows
-
-
-def run_costly(env: dict[str, str], repository: Path) -> list[dict[str, Any]]:
-    """Each costly case once, on its own: status, seconds, peak and after RSS (MiB)."""
-    import httpx
-
-    server = ServerProcess(repository, env)
-    rows: list[dict[str, Any]] = []
-    try:
-        server.wait_ready(timeout=120.0)
-        with httpx.Client(base_url=server.url, timeout=120.0) as client:
-            idle = tree_rss_mib(server.process.pid)
-            for case in cases():
-                payload = case.payload
-                with PeakRss(server.process.pid, every_s=0.01) as memory:
-                    start = time.perf_counter()
-                    answer = client.post(
-                        payload.path, content=payload.body, headers=payload.header_dict()
-                    )
-                    seconds = time.perf_counter() - start
-                time.sleep(0.5)
-                rows.append(
-                    {
-                        "label": case.label,
-                        "status": answer.status_code,
-                        "expected": case.status,
-                        "seconds": seconds,
-                        "idle_rss_mib": idle,
-                        "peak_rss_mib": memory.peak,
-                        "after_rss_mib": tree_rss_mib(server.process.pid),
-                    }
-                )
-    finally:
-        server.stop(timeout=60.0)
-    return rows
-
-
-def report_costly(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'costly request (issue 12)':<58}{'status':>7}{'s':>7}{'peak MiB':>10}{'after':>7}"]
-    for r in rows:
-        status = f"{r['status']}" + ("" if r["status"] == r["expected"] else "!")
-        lines.append(
-            f"{r['label']:<58}{status:>7}{r['seconds']:>7.2f}{r['peak_rss_mib']:>10.0f}"
-            f"{r['after_rss_mib']:>7.0f}"
-        )
-    return "\n".join(lines)
 
 
 def _one_process(args: tuple[Path, int, int, float]) -> dict[str, float]:

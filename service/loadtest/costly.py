@@ -9,12 +9,16 @@ times each and reports the server's peak RSS), so both send the same bytes.
 from __future__ import annotations
 
 import gzip
+import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
 
 from service.loadtest.payloads import HEADER_LENGTH, JSON, OCTET_STREAM, Payload
+from service.loadtest.process import PeakRss, ServerProcess, tree_rss_mib
 from service.settings import Settings
 
 MODEL = "basic_motions"
@@ -132,3 +136,49 @@ def request_bound_mib(settings: Settings, units: list[int], features: int, outpu
     answers = STEP_ANSWER_BYTES * settings.max_request_timesteps
     calls = settings.inference_threads * call_mib(settings.max_call_cells, units)
     return (body + parsed + x + out + answers) / MIB + calls
+
+
+def run_costly(env: dict[str, str], repository: Path) -> list[dict[str, Any]]:
+    """Each costly case once, on its own: status, seconds, peak and after RSS (MiB)."""
+    import httpx
+
+    server = ServerProcess(repository, env)
+    rows: list[dict[str, Any]] = []
+    try:
+        server.wait_ready(timeout=120.0)
+        with httpx.Client(base_url=server.url, timeout=120.0) as client:
+            idle = tree_rss_mib(server.process.pid)
+            for case in cases():
+                payload = case.payload
+                with PeakRss(server.process.pid, every_s=0.01) as memory:
+                    start = time.perf_counter()
+                    answer = client.post(
+                        payload.path, content=payload.body, headers=payload.header_dict()
+                    )
+                    seconds = time.perf_counter() - start
+                time.sleep(0.5)
+                rows.append(
+                    {
+                        "label": case.label,
+                        "status": answer.status_code,
+                        "expected": case.status,
+                        "seconds": seconds,
+                        "idle_rss_mib": idle,
+                        "peak_rss_mib": memory.peak,
+                        "after_rss_mib": tree_rss_mib(server.process.pid),
+                    }
+                )
+    finally:
+        server.stop(timeout=60.0)
+    return rows
+
+
+def report_costly(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'costly request (issue 12)':<58}{'status':>7}{'s':>7}{'peak MiB':>10}{'after':>7}"]
+    for r in rows:
+        status = f"{r['status']}" + ("" if r["status"] == r["expected"] else "!")
+        lines.append(
+            f"{r['label']:<58}{status:>7}{r['seconds']:>7.2f}{r['peak_rss_mib']:>10.0f}"
+            f"{r['after_rss_mib']:>7.0f}"
+        )
+    return "\n".join(lines)

@@ -128,3 +128,17 @@ def test_request_limits_name_the_setting() -> None:
     ):
         check_request(np.array([51]), limits, bidirectional=True)
     check_request(np.array([99]), limits, bidirectional=False)  # chunked in time instead
+
+
+def test_a_failing_call_reaches_every_request_of_its_batch(uni: ModelRuntime) -> None:
+    """onnxruntime refusing a batch is each request's answer, never the batcher's crash."""
+    from service.core.calls import run_batch
+    from service.core.request import InferenceRequest
+
+    wrong = np.zeros((1, 4, 5), np.float32)  # the model takes 3 features, not 5
+    requests = [InferenceRequest(wrong, np.array([4])) for _ in range(2)]
+    outcomes = run_batch(uni, requests)
+    assert len(outcomes) == 2
+    for outcome in outcomes:
+        assert isinstance(outcome, Exception) and not isinstance(outcome, NameError)
+        assert "x" in str(outcome)  # onnxruntime names the input it could not take

@@ -120,7 +120,7 @@ async def index(request: Request) -> Response:
 @router.post(
     "/models/{name}/load",
     summary="Load new versions, retire those the policy drops",
-    responses={**json_answer(Empty, "Loaded"), **errors(400, 404)},
+    responses={**json_answer(Empty, "Loaded"), **errors(400, 401, 403, 404)},
 )
 async def load(request: Request, name: str) -> Response:
     repository = server_of(request).repository
@@ -139,7 +139,7 @@ async def load(request: Request, name: str) -> Response:
 @router.post(
     "/models/{name}/unload",
     summary="Drain and unload every version of a model",
-    responses={**json_answer(Empty, "Unloaded"), **errors(404)},
+    responses={**json_answer(Empty, "Unloaded"), **errors(401, 403, 404, 409)},
 )
 async def unload(request: Request, name: str) -> Response:
     async with audited(request, "unload", name) as audit:
