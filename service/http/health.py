@@ -1,7 +1,10 @@
 """Liveness and readiness, at the Open Inference Protocol's paths.
 
 Live: the process answers. Ready: startup finished and at least one model is
-loaded, so an orchestrator sends no traffic before the models can take it.
+loaded, so an orchestrator sends no traffic before the models can take it. This is
+*server* readiness (KServe's and Triton's ``/v2/health/ready``): a version that is
+loading, draining or failed to load after startup leaves a serving server ready;
+that version's own readiness is ``/v2/models/{m}/versions/{v}/ready``.
 """
 
 from __future__ import annotations
