@@ -87,6 +87,25 @@ def compact(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+def read_reply(sock: socket.socket) -> str:
+    """One whole HTTP response from a raw socket (its head and body may arrive apart)."""
+    data = b""
+    while True:
+        head, separator, body = data.partition(b"\r\n\r\n")
+        if separator:
+            lengths = [
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ]
+            if len(body) >= (lengths[0] if lengths else 0):
+                return data.decode()
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data.decode()
+        data += chunk
+
+
 def answers(method: str, url: str, times: int = 20, **kwargs: object) -> list[tuple[int, str]]:
     return [
         (r.status_code, r.text)
@@ -227,7 +246,7 @@ def test_a_rollout_under_load_loses_no_request_and_ends_sequences_and_streams(
             loader.start()
             time.sleep(1.0)
             upload.sendall(body[10:])
-            reply = upload.recv(65536).decode()
+            reply = read_reply(upload)
             loader.join(60)
             time.sleep(0.3)
         upload.close()
