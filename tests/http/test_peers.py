@@ -37,7 +37,10 @@ STEP = [[0.1, 0.2, 0.3]]
 
 
 def two_workers(
-    server_factory: Callable[..., ServerProcess], root: Path, tmp_path: Path
+    server_factory: Callable[..., ServerProcess],
+    root: Path,
+    tmp_path: Path,
+    env: dict[str, str] | None = None,
 ) -> ServerProcess:
     """A server with 2 workers and model control on, once both workers' sockets exist."""
     temporary = tmp_path / "tmp"
@@ -48,6 +51,7 @@ def two_workers(
             "LSTM_SERVE_WORKERS": "2",
             "LSTM_SERVE_MODEL_CONTROL_MODE": "explicit",
             "TMPDIR": str(temporary),
+            **(env or {}),
         },
     )
     deadline = time.monotonic() + 60
@@ -360,3 +364,35 @@ def test_a_v2_sequence_in_binary_and_gzip_continues_on_any_worker(
         outputs.append(np.frombuffer(answer.content[size:], np.float32).reshape(3, -1))
     want = reference(tiny_repository / "tiny" / "2", x, np.array([60]))
     np.testing.assert_allclose(np.concatenate(outputs), want["sequence_output"][0], atol=1e-5)
+
+
+ALICE, BOB, ADMIN = ("alice-" + "a" * 32, "bob-" + "b" * 32, "root-" + "r" * 32)
+
+
+def test_keys_travel_with_forwarded_chunks_and_broadcasts(
+    server_factory: Callable[..., ServerProcess], tiny_repository: Path, tmp_path: Path
+) -> None:
+    """A forwarded request is checked again by its holder: a sequence stays its key's own."""
+    keys = [f"alice:inference:{ALICE}", f"bob:inference:{BOB}", f"root:admin:{ADMIN}"]
+    server = two_workers(
+        server_factory, tiny_repository, tmp_path, {"LSTM_SERVE_API_KEYS": json.dumps(keys)}
+    )
+    predict = f"{server.url}/v1/models/tiny:predict"
+
+    def as_key(key: str, **fields: object) -> httpx.Response:
+        body = {"instances": [STEP], "sequence_id": "mine", **fields}
+        return httpx.post(predict, json=body, headers={"Authorization": f"Bearer {key}"})
+
+    assert as_key(ALICE, sequence_start=True).status_code == 200
+    for _ in range(10):  # new connections: either worker, the holder decides
+        assert as_key(ALICE).status_code == 200
+        stranger = as_key(BOB)
+        assert stranger.status_code == 404
+        assert "sequence 'mine' is not live" in stranger.json()["error"]
+    assert httpx.post(predict, json={"instances": [STEP], "sequence_id": "mine"}).status_code == 401
+
+    control = f"{server.url}/v2/repository/models/tiny/load"
+    refused = httpx.post(control, headers={"Authorization": f"Bearer {ALICE}"})
+    assert refused.status_code == 403  # refused at the door, before any broadcast
+    loaded = httpx.post(control, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=60)
+    assert (loaded.status_code, loaded.json()) == (200, BOTH_OK)
