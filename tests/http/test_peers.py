@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,8 +44,9 @@ def two_workers(
     env: dict[str, str] | None = None,
 ) -> ServerProcess:
     """A server with 2 workers and model control on, once both workers' sockets exist."""
-    temporary = tmp_path / "tmp"
-    temporary.mkdir(exist_ok=True)
+    # A short folder: socket paths are limited to 107 bytes, and past that the server
+    # puts its sockets under /tmp instead (pytest's tmp_path can be that long).
+    temporary = Path(tempfile.mkdtemp(prefix="peers-", dir="/tmp"))
     server = server_factory(
         root,
         {
