@@ -88,6 +88,9 @@ class Container:
             "--env", f"LSTM_SERVE_PORT={self.port}",
             "--env", f"LSTM_SERVE_WORKERS={workers}",
             "--env", f"LSTM_SERVE_API_KEYS={json.dumps([CHECK_KEY])}",
+            # The drain check needs a request that computes for seconds (512 x 2,000
+            # steps), over the default cap on one request's timesteps (262,144).
+            "--env", f"LSTM_SERVE_MAX_REQUEST_TIMESTEPS={SLOW_BATCH * SLOW_STEPS}",
             self.image,
         )  # fmt: skip
 
