@@ -7,7 +7,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,30 +15,14 @@ from hypothesis import strategies as st
 
 from service.core.batching import BatchingOptions, DynamicBatcher, length_bucket
 from service.core.errors import DeadlineExceeded, Overloaded
-from service.core.model import load_version
 from service.core.request import InferenceRequest, Outputs
-from service.core.runtime import ModelRuntime, RunResult, RuntimeOptions, State
+from service.core.runtime import ModelRuntime, RunResult, State
 
 
 @pytest.fixture(scope="module")
 def executor() -> Iterator[ThreadPoolExecutor]:
     with ThreadPoolExecutor(max_workers=2) as pool:
         yield pool
-
-
-def runtime_of(repository: Path, name: str) -> ModelRuntime:
-    served = load_version(repository / name / "1", RuntimeOptions(), lambda _: None)  # type: ignore[arg-type,return-value]
-    return served.runtime
-
-
-@pytest.fixture(scope="module")
-def uni(tiny_repository: Path) -> ModelRuntime:
-    return runtime_of(tiny_repository, "tiny")
-
-
-@pytest.fixture(scope="module")
-def bi(tiny_repository: Path) -> ModelRuntime:
-    return runtime_of(tiny_repository, "tiny_bi")
 
 
 def make_request(

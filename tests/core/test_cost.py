@@ -3,7 +3,6 @@ returns exactly what one whole call returns, and no call exceeds the cell cap.""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,24 +12,8 @@ from hypothesis import strategies as st
 
 from service.core.cost import CostLimits, check_request, execute
 from service.core.errors import CostLimit
-from service.core.model import load_version
 from service.core.request import Outputs
-from service.core.runtime import ModelRuntime, RunResult, RuntimeOptions
-
-
-def runtime_of(repository: Path, name: str) -> ModelRuntime:
-    served = load_version(repository / name / "1", RuntimeOptions(), lambda _: None)  # type: ignore[arg-type,return-value]
-    return served.runtime
-
-
-@pytest.fixture(scope="module")
-def uni(tiny_repository: Path) -> ModelRuntime:
-    return runtime_of(tiny_repository, "tiny")
-
-
-@pytest.fixture(scope="module")
-def bi(tiny_repository: Path) -> ModelRuntime:
-    return runtime_of(tiny_repository, "tiny_bi")
+from service.core.runtime import ModelRuntime, RunResult
 
 
 class Recording:

@@ -26,6 +26,11 @@ def read_response(sock: socket.socket) -> tuple[int, bytes]:
         if not chunk:
             break
         data += chunk
+    return read_response_rest(data, sock)
+
+
+def read_response_rest(data: bytes, sock: socket.socket) -> tuple[int, bytes]:
+    """Status and body of a response whose first bytes (the whole head) are ``data``."""
     head, _, body = data.partition(b"\r\n\r\n")
     length = next(
         (
@@ -116,18 +121,6 @@ def test_at_the_connection_cap_busy_connections_get_a_json_503_and_probes_still_
     time.sleep(0.5)  # the server notices the closed connections
     with connect(server) as again:
         assert get(again, "/v2")[0] == 200
-
-
-def read_response_rest(data: bytes, sock: socket.socket) -> tuple[int, bytes]:
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":")[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length")
-    )
-    while len(body) < length:
-        body += sock.recv(65536)
-    return int(head.split(b" ")[1]), body
 
 
 def test_a_connection_that_sends_nothing_is_closed_at_the_head_timeout(
