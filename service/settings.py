@@ -78,6 +78,15 @@ class Settings(BaseSettings):
         "core, 1 (measured: 2 only adds GIL and scheduler contention)",
     )
 
+    split_threads: int = Field(
+        default=0,
+        ge=0,
+        description="onnxruntime calls one batch's rows may be spread over at once, so that "
+        "a large request uses every core even when few connections are busy "
+        "(service/core/parallel.py); 0: one per CPU available (affinity and cgroup quota); "
+        "1: never split. Only batches of >= 16 rows per call split",
+    )
+
     # Dynamic batching (service/core/batching.py), per model version
     dynamic_batching: bool = Field(
         default=True, description="merge concurrent requests into one onnxruntime call"

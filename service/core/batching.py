@@ -57,6 +57,7 @@ import onnxruntime as ort
 from service.core.calls import run_batch
 from service.core.cost import CostLimits, check_request, length_bucket
 from service.core.errors import DeadlineExceeded, Overloaded
+from service.core.parallel import RowSplit
 from service.core.request import InferenceRequest
 from service.core.runtime import ModelRuntime, RunResult
 
@@ -154,8 +155,10 @@ class DynamicBatcher:
         limits: CostLimits | None = None,
         *,
         owns_executor: bool = False,
+        split: RowSplit | None = None,
     ) -> None:
         self._runtime = runtime
+        self._split = split  # a batch's rows over several cores (parallel.py); None: one call
         self._executor = executor
         self._owns_executor = owns_executor  # the server gives each version its own threads
         self._options = options
@@ -357,7 +360,7 @@ class DynamicBatcher:
                 pending.call = call
             try:
                 done = self._executor.submit(
-                    run_batch, self._runtime, requests, self._limits, call.options
+                    run_batch, self._runtime, requests, self._limits, call.options, self._split
                 )
             except RuntimeError as exc:  # the executor is shut down: the server is stopping
                 self._finish(batch, [exc] * len(batch))
