@@ -9,12 +9,21 @@ apart on the same machine, because absolute numbers on a shared box mean little.
   session with onnxruntime's default threads; the larger of the two. Every row's
   ``x mach`` divides by it; ``x 1thr`` divides by one one-thread session (a
   core's worth), the figure earlier versions of this table used.
-- **The service**, started as users start it (``python -m service``: uvicorn,
-  ``--workers`` processes, one onnxruntime thread each), once with dynamic
-  batching off and once on, driven by the project's own client (``run_load``,
-  a separate process's worth of asyncio on the same cores) at:
-  single-sequence requests at concurrency 1, 16 and 64, and 32-sequence
-  requests at concurrency 4, as ``/v1`` JSON (and V2 binary for the latter).
+- **The service** as shipped (``python -m service``: uvicorn, ``--workers``
+  processes, one onnxruntime thread each, dynamic batching on, a batch's rows
+  split over the cores, ``core/parallel.py``), driven by the project's own client
+  (``run_load``, a separate process's worth of asyncio on the same cores) at:
+  single-sequence requests at concurrency 1, 16 and 64, and 32-sequence requests
+  at 1, 2 and 4 keep-alive connections, as ``/v1`` JSON and as V2 binary; then an
+  overload at three times the last rate. ``cores`` is the server's CPU seconds per
+  second of the point: how much of the machine it kept busy. ``--batching-off``
+  measures the same points with dynamic batching off first.
+- **Streams**: ``--streams`` (1,000) sequences at once, one timestep per message,
+  over the WebSocket and over ``/v1`` server-held state (``streams.py``): steps/s,
+  p50/p99 per step, and steps/s over the single-sequence request rate at 16 clients.
+- **The CPU budget** of each point (``budget.py``) and **issue 19's targets**,
+  each with the figure measured in this run (and 3x KServe's and MLServer's
+  fractions of the same limit as issue 19 measured them, ``OTHERS``).
 
 Then the costly requests of issue 12 (``costly.py``: the small requests that
 used to cost gigabytes or seconds, and cases at the edge of the limits), one at
@@ -33,6 +42,7 @@ info`` measures it on.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import multiprocessing
 import os
@@ -51,6 +61,7 @@ from service.loadtest import LoadResult, LoadSpec, run_load
 from service.loadtest.budget import stage_costs
 from service.loadtest.costly import report_costly, run_costly
 from service.loadtest.process import PeakRss, ServerProcess, tree_cpu_s
+from service.loadtest.streams import drive
 from service.settings import DEFAULT_REPOSITORY
 
 MODEL = "basic_motions"
@@ -75,13 +86,19 @@ class Row:
     result: LoadResult
     rss_mib: float
     cpu_us_per_request: float
+    cores: float
+    """The server's CPU seconds per second of the point: how many cores it kept busy."""
 
 
 POINTS = (
     Point("1 seq/request, 1 client", "v1", 1, 1),
     Point("1 seq/request, 16 clients", "v1", 1, 16),
     Point("1 seq/request, 64 clients", "v1", 1, 64),
+    Point("32 seq/request, 1 client", "v1", 32, 1),
+    Point("32 seq/request, 2 clients", "v1", 32, 2),
     Point("32 seq/request, 4 clients", "v1", 32, 4),
+    Point("32 seq/request, 1 client, V2 binary", "v2-binary", 32, 1),
+    Point("32 seq/request, 2 clients, V2 binary", "v2-binary", 32, 2),
     Point("32 seq/request, 4 clients, V2 binary", "v2-binary", 32, 4),
 )
 # With batching on, overload follows: three times what the last point achieved,
@@ -90,6 +107,38 @@ OVERLOAD = (
     Point("overload: 3x that rate, open loop", "v2-binary", 32, 0, overload=3.0),
     Point("right after: 32 seq/request, 1 client", "v2-binary", 32, 1, warmup_s=0.0),
 )
+STREAMS = 1000
+# Issue 19's figures for KServe 0.21 and MLServer 1.7 (adaptive batching) on this
+# machine kind, wrk as the client, as fractions of the same all-core limit (the
+# lower end of its ranges, whose base is the larger of the two limits, as here).
+OTHERS = {
+    "1 seq/request, 16 clients": {"KServe": 0.03, "MLServer": 0.02},
+    "32 seq/request, 4 clients": {"KServe": 0.18, "MLServer": 0.15},
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of issue 19's goals: a row's figure against a bound."""
+
+    label: str
+    row: str
+    figure: str  # "mach" (fraction of the limit), "p99", or "streams" (x the request rate)
+    bound: float
+    at_least: bool = True
+
+
+TARGETS = (
+    Target("V2 binary, 32 seq/request, 4 clients", "32 seq/request, 4 clients, V2 binary",
+           "mach", 0.85),
+    Target("/v1 JSON, 32 seq/request, 4 clients", "32 seq/request, 4 clients", "mach", 0.6),
+    Target("/v1, 1 seq/request, 16 clients", "1 seq/request, 16 clients", "mach", 0.22),
+    Target("/v1, 1 seq/request, 16 clients: p99 ms", "1 seq/request, 16 clients", "p99", 10.0,
+           at_least=False),
+    Target(f"{STREAMS:,} WebSocket streams: steps/s over 1-seq req/s (16 clients)", "ws",
+           "streams", 3.0),
+    Target(f"{STREAMS:,} /v1 server-held streams: the same ratio", "v1", "streams", 3.0),
+)  # fmt: skip
 
 
 def raw_baseline(
@@ -99,7 +148,7 @@ def raw_baseline(
 
     ``threads`` intra-op threads; 0 is onnxruntime's default (one per core).
     """
-    meta = ModelMetadata.model_validate_json((version_dir / "metadata.json").read_bytes())
+    meta = _metadata(version_dir)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -128,15 +177,52 @@ def raw_baseline(
     }
 
 
+@dataclass(frozen=True)
+class StreamRow:
+    """Many sequences at once, one timestep per message (``streams.py``)."""
+
+    mode: str
+    result: dict[str, Any]
+    cpu_us_per_step: float
+    cores: float
+
+
 def run_points(
-    env: dict[str, str], steps: int, seconds: float, repository: Path, points: tuple[Point, ...]
-) -> list[Row]:
+    env: dict[str, str],
+    steps: int,
+    seconds: float,
+    repository: Path,
+    points: tuple[Point, ...],
+    streams: int = 0,
+) -> tuple[list[Row], list[StreamRow]]:
     server = ServerProcess(repository, env)
     try:
         server.wait_ready(timeout=120.0)
-        return _measure(server, steps, seconds, points)
+        rows = _measure(server, steps, seconds, points)
+        features = _metadata(repository / MODEL / "1").num_features
+        return rows, _measure_streams(server, features, seconds, streams) if streams else []
     finally:
         server.stop(timeout=60.0)
+
+
+def _metadata(version_dir: Path) -> ModelMetadata:
+    return ModelMetadata.model_validate_json((version_dir / "metadata.json").read_bytes())
+
+
+def _measure_streams(
+    server: ServerProcess, features: int, seconds: float, streams: int
+) -> list[StreamRow]:
+    """``streams`` sequences over the WebSocket, then over ``/v1`` server-held state."""
+    rows: list[StreamRow] = []
+    for mode in ("ws", "v1"):
+        asyncio.run(drive(server.url, mode, MODEL, features, min(streams, 64), 1.0))  # warm-up
+        cpu_before, started = tree_cpu_s(server.process.pid), time.monotonic()
+        result = asyncio.run(drive(server.url, mode, MODEL, features, streams, seconds))
+        elapsed = time.monotonic() - started
+        cpu_s = tree_cpu_s(server.process.pid) - cpu_before
+        rows.append(StreamRow(mode, result, cpu_s / max(result["steps"], 1) * 1e6, cpu_s / elapsed))
+        print(f"  {streams} streams, {mode}: {result['steps_per_s']:.0f} steps/s", file=sys.stderr)
+    return rows
 
 
 def _measure(
@@ -166,7 +252,8 @@ def _measure(
             result = run_load(spec)
             cpu_s = tree_cpu_s(server.process.pid) - cpu_before
             answered = sum((result.ok, *result.errors.values()))
-            rows.append(Row(point, result, memory.peak, cpu_s / max(answered, 1) * 1e6))
+            per_request = cpu_s / max(answered, 1) * 1e6
+            rows.append(Row(point, result, memory.peak, per_request, cpu_s / result.elapsed_s))
             print(f"  {point.label}: {result.requests_per_s:.0f} req/s", file=sys.stderr)
         return rows
 
@@ -207,11 +294,11 @@ def report(
     limit = machine["sequences_per_s"]
     lines = [
         f"{'service':<13}{'load':<40}{'req/s':>8}{'seq/s':>9}{'p50 ms':>8}{'p99 ms':>8}"
-        f"{'x mach':>7}{'x 1thr':>7}{'RSS MiB':>9}  errors",
+        f"{'x mach':>7}{'x 1thr':>7}{'cores':>6}{'RSS MiB':>9}  errors",
         f"{'raw ORT':<13}{'32 seq/call, all cores (the limit)':<40}{'':>8}{limit:>9.0f}"
-        f"{'':>8}{'':>8}{1.0:>7.2f}{limit / one:>7.2f}{'':>9}{'':>8}",
+        f"{'':>8}{'':>8}{1.0:>7.2f}{limit / one:>7.2f}",
         f"{'raw ORT':<13}{'32 seq/call, 1 thread, in-process':<40}{'':>8}{one:>9.0f}"
-        f"{raw['p50_ms']:>8.2f}{raw['p99_ms']:>8.2f}{one / limit:>7.2f}{1.0:>7.2f}{'':>9}{'':>8}",
+        f"{raw['p50_ms']:>8.2f}{raw['p99_ms']:>8.2f}{one / limit:>7.2f}{1.0:>7.2f}",
     ]
     for name, rows in runs.items():
         for row in rows:
@@ -221,9 +308,66 @@ def report(
             lines.append(
                 f"{name:<13}{point.label:<40}{r.requests_per_s:>8.0f}{r.sequences_per_s:>9.0f}"
                 f"{lat['p50']:>8.2f}{lat['p99']:>8.2f}{r.sequences_per_s / limit:>7.2f}"
-                f"{r.sequences_per_s / one:>7.2f}{rss:>9.0f}  {errors}"
+                f"{r.sequences_per_s / one:>7.2f}{row.cores:>6.2f}{rss:>9.0f}  {errors}"
             )
     return "\n".join(lines)
+
+
+def streams_report(rows: list[StreamRow], single: Row | None) -> str:
+    """Steps/s of the streams, and as a multiple of single-sequence requests/s."""
+    rate = single.result.requests_per_s if single else float("nan")
+    lines = [
+        f"{'streams':<40}{'steps/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'x req/s':>8}"
+        f"{'CPU µs':>8}{'cores':>6}  errors"
+    ]
+    for row in rows:
+        r = row.result
+        how = "WebSocket" if row.mode == "ws" else "/v1 server-held state"
+        label = f"{r['streams']:,} streams, 1 step/message, {how}"
+        lines.append(
+            f"{label:<40}{r['steps_per_s']:>9.0f}"
+            f"{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}{r['steps_per_s'] / rate:>8.2f}"
+            f"{row.cpu_us_per_step:>8.0f}{row.cores:>6.2f}  {r['errors'] or 0}"
+        )
+    label = single.point.label if single else "?"
+    lines.append(f"(x req/s: over the {rate:.0f} req/s of '{label}'; CPU µs per step)")
+    return "\n".join(lines)
+
+
+def targets_report(
+    rows: list[Row], streams: list[StreamRow], limit: float
+) -> tuple[str, list[dict[str, Any]]]:
+    """Issue 19's goals, each with the figure measured in this run, and 3x the others'."""
+    by_label = {row.point.label: row for row in rows}
+    single = by_label.get("1 seq/request, 16 clients")
+    by_mode = {row.mode: row for row in streams}
+    lines = [f"{'target':<64}{'measured':>9}{'goal':>8}  met"]
+    found: list[dict[str, Any]] = []
+    for target in TARGETS:
+        value = float("nan")
+        if target.figure == "streams" and target.row in by_mode and single is not None:
+            value = by_mode[target.row].result["steps_per_s"] / single.result.requests_per_s
+        elif (row := by_label.get(target.row)) is not None:
+            r = row.result
+            value = r.latency_ms["p99"] if target.figure == "p99" else r.sequences_per_s / limit
+        met = value >= target.bound if target.at_least else value <= target.bound
+        goal = f"{'>=' if target.at_least else '<='}{target.bound:g}"
+        lines.append(f"{target.label:<64}{value:>9.2f}{goal:>8}  {'yes' if met else 'NO'}")
+        found.append({"target": target.label, "measured": value, "goal": target.bound,
+                      "at_least": target.at_least, "met": met})  # fmt: skip
+    for label, others in OTHERS.items():
+        if (row := by_label.get(label)) is None:
+            continue
+        ours = row.result.sequences_per_s / limit
+        for other, theirs in others.items():
+            met = ours >= 3 * theirs
+            lines.append(
+                f"{f'{label}: x mach against 3 x {other} ({theirs:.2f})':<64}{ours:>9.2f}"
+                f"{f'>={3 * theirs:.2f}':>8}  {'yes' if met else 'NO'}"
+            )
+            found.append({"target": f"{label} >= 3 x {other}", "measured": ours,
+                          "goal": 3 * theirs, "at_least": True, "met": met})  # fmt: skip
+    return "\n".join(lines), found
 
 
 def budget_report(rows: list[Row], version_dir: Path, steps: int, workers: int) -> str:
@@ -297,6 +441,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--plot", type=Path, help="write the latency/throughput PNG here")
     parser.add_argument("--no-costly", action="store_true", help="skip issue 12's cases")
+    parser.add_argument("--streams", type=int, default=STREAMS, help="0: no streams rows")
+    parser.add_argument(
+        "--batching-off", action="store_true", help="also measure with dynamic batching off"
+    )
     args = parser.parse_args(argv)
 
     print("raw onnxruntime ...", file=sys.stderr)
@@ -304,32 +452,44 @@ def main(argv: list[str] | None = None) -> None:
     raw = raw_baseline(version_dir, 32, args.timesteps, args.seconds)
     print("the machine's limit (all cores) ...", file=sys.stderr)
     machine = machine_limit(version_dir, 32, args.timesteps, args.seconds, args.workers)
+    # The service as shipped (split_threads, batching on), with room for every stream.
     env = {
         "LSTM_SERVE_WORKERS": str(args.workers),
-        "LSTM_SERVE_INFERENCE_THREADS": "1",
-        "LSTM_SERVE_INTRA_OP_THREADS": "1",
         "LSTM_SERVE_LOG_LEVEL": args.log_level,
+        "LSTM_SERVE_MAX_WEBSOCKETS": str(max(256, args.streams)),
     }
     runs: dict[str, list[Row]] = {}
-    for name, batching, points in (
-        ("batching off", "false", POINTS),
-        ("batching on", "true", POINTS + OVERLOAD),
-    ):
+    streams: list[StreamRow] = []
+    plan: list[tuple[str, str, tuple[Point, ...], int]] = [
+        ("batching on", "true", POINTS + OVERLOAD, args.streams)
+    ]
+    if args.batching_off:
+        plan.insert(0, ("batching off", "false", POINTS, 0))
+    for name, batching, points, stream_count in plan:
         print(f"{name} ...", file=sys.stderr)
-        runs[name] = run_points(
+        runs[name], measured = run_points(
             {**env, "LSTM_SERVE_DYNAMIC_BATCHING": batching},
             args.timesteps,
             args.seconds,
             args.repository,
             points,
+            stream_count,
         )
+        streams += measured
+    on = runs["batching on"]
+    single = next((r for r in on if r.point.label == "1 seq/request, 16 clients"), None)
     print(
         f"\n{MODEL}, T={args.timesteps}, {args.workers} uvicorn workers x 1 onnxruntime "
         f"thread, {os.cpu_count()} cores shared with the client, {args.seconds:g} s per point\n"
     )
     print(report(raw, machine, runs))
+    if streams:
+        print("\n" + streams_report(streams, single))
     print("\nCPU per request (batching on), and where it goes (µs):\n")
-    print(budget_report(runs["batching on"], version_dir, args.timesteps, args.workers))
+    print(budget_report(on, version_dir, args.timesteps, args.workers))
+    targets, met = targets_report(on, streams, machine["sequences_per_s"])
+    print("\nIssue 19's targets, as fractions of the all-core limit measured above:\n")
+    print(targets)
     costly: list[dict[str, Any]] = []
     if not args.no_costly:
         print("costly requests ...", file=sys.stderr)
@@ -344,13 +504,16 @@ def main(argv: list[str] | None = None) -> None:
             "runs": {
                 name: [
                     {**w.result.to_dict(), "label": w.point.label, "server_peak_rss_mib": w.rss_mib,
-                     "server_cpu_us_per_request": w.cpu_us_per_request,
+                     "server_cpu_us_per_request": w.cpu_us_per_request, "server_cores": w.cores,
                      "fraction_of_raw": w.result.sequences_per_s / raw["sequences_per_s"],
                      "fraction_of_machine": w.result.sequences_per_s / machine["sequences_per_s"]}
                     for w in rows
                 ]
                 for name, rows in runs.items()
             },
+            "streams": [{**s.result, "server_cpu_us_per_step": s.cpu_us_per_step,
+                         "server_cores": s.cores} for s in streams],
+            "targets": met,
             "costly": costly,
         }  # fmt: skip
         args.json.write_text(json.dumps(payload, indent=2, default=str))
