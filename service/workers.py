@@ -19,6 +19,7 @@ reach it, so the workers act as one server (``http/peers.py``).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -32,6 +33,7 @@ from typing import Any
 
 import uvicorn
 
+from service.core import parallel
 from service.http import peers
 from service.http.connections import PROTOCOL
 from service.http.peers import Peers
@@ -102,10 +104,12 @@ def peer_socket(path: Path) -> socket.socket:
     return sock
 
 
-def _worker_main(index: int, peers_dir: str | None) -> None:
+def _worker_main(index: int, peers_dir: str | None, board: Any = None) -> None:
     """One worker process: its own sockets, its own event loop, the whole app."""
     from service.logs import configure_logging
 
+    if board is not None:  # which cores the workers' batches hold (core/parallel.py)
+        parallel.share_board(board, index)
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format == "json")
     sockets = [listening_socket(settings.host, settings.port)]
@@ -126,14 +130,20 @@ class Supervisor:
         self.count = settings.workers
         self._context = multiprocessing.get_context("spawn")
         self._workers: list[BaseProcess] = []
+        # One slot per worker: the batches it runs now, so a worker splits a batch over
+        # cores only when the others' batches leave one idle (core/parallel.py).
+        self._board = self._context.RawArray(ctypes.c_int, self.count)
         self._stopping = False
         self._deaths: list[float] = []
 
     def _spawn(self, index: int) -> BaseProcess:
         """Worker ``index``: a replacement keeps the index, so its socket and its share of
         the sequences stay where the other workers look for them."""
+        self._board[index] = 0  # a dead predecessor's batches are not running
         process = self._context.Process(
-            target=_worker_main, args=(index, self.peers_dir), name="lstm-serve-worker"
+            target=_worker_main,
+            args=(index, self.peers_dir, self._board),
+            name="lstm-serve-worker",
         )
         process.start()
         log.info("started worker process %d (worker %d)", process.pid, index)

@@ -202,9 +202,14 @@ class DynamicBatcher:
         self._in_flight += 1
         self._depth.inc()
         self._drained.clear()
+        board = self._split.board if self._split else None
+        if board is not None:
+            board.enter()  # this worker holds a core: other workers' batches split less
         try:
             return await self._submit(request)
         finally:
+            if board is not None:
+                board.leave()
             self._in_flight -= 1
             self._depth.dec()
             if self._in_flight == 0 and self._holders == 0:

@@ -12,9 +12,15 @@ against 20.7k for one thread of 32, and four threads of 16 rows on two cores
 (every worker splitting at once) 37.2k, so splitting when the cores are already
 busy costs ~4%.
 
-A batch is split only when every part keeps ``min_rows`` rows (an LSTM call of
-16 rows is as efficient per row as one of 32; of 8, ~5% less) and ``min_cells``
-padded cells (below that the hand-off costs more than the part's compute).
+A batch is split only when a core would otherwise idle: ``CoreBoard`` says which
+worker processes of the server have requests in hand (shared memory, one slot per
+worker), and a batch gets one part more for each core that no worker holds
+(measured on two cores with two workers: splitting whatever the other worker did
+added ~200 µs of CPU to a 32-sequence request, GIL hand-offs between three
+threads, and lost 7% at four connections while gaining 25% at one). And only when every part keeps
+``min_rows`` rows (an LSTM call of 16 rows is as efficient per row as one of 32;
+of 8, ~5% less) and ``min_cells`` padded cells (below that the hand-off costs
+more than the part's compute).
 Splitting changes neither the cells a batch computes nor its memory (the parts
 together hold what the one call would have held), so the cost bounds of
 ``cost.py`` stand. The calling thread runs the first part itself; the rest go to
@@ -27,8 +33,9 @@ from __future__ import annotations
 import itertools
 import math
 import os
+from collections.abc import MutableSequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
@@ -50,6 +57,41 @@ def available_cpus(cgroup_cpu_max: Path = CGROUP_CPU_MAX) -> int:
     return max(1, min(cpus, math.ceil(int(quota) / int(period))))
 
 
+class CoreBoard:
+    """Which worker processes of the server are serving requests now.
+
+    ``slots`` is one integer per worker in memory the supervisor shares with them
+    (``workers.py``; a plain list in a lone process): the requests the worker has
+    inside its batchers (queued, running, being answered). Only the worker's event
+    loop writes its slot, so no lock; the others read it without one, since an
+    estimate a moment old is all a split decision needs. A worker with a request in
+    hand keeps a core busy (its event loop, then its inference thread), so the cores
+    that no worker holds are the ones a batch may spread to.
+    """
+
+    def __init__(self, slots: MutableSequence[int] | None = None, index: int = 0) -> None:
+        self._slots: MutableSequence[int] = [0] if slots is None else slots
+        self._index = index
+
+    def enter(self) -> None:
+        self._slots[self._index] += 1
+
+    def leave(self) -> None:
+        self._slots[self._index] -= 1
+
+    def busy_workers(self) -> int:
+        return sum(1 for n in self._slots if n > 0)
+
+
+_board = CoreBoard()
+
+
+def share_board(slots: MutableSequence[int], index: int) -> None:
+    """Worker ``index`` of a server whose workers share ``slots`` (before the app starts)."""
+    global _board
+    _board = CoreBoard(slots, index)
+
+
 @dataclass(frozen=True)
 class RowSplit:
     """How a batch's rows may be spread over threads, and the threads that help."""
@@ -58,23 +100,31 @@ class RowSplit:
     """Calls of one batch at once (the caller's thread included); 1: never split."""
     executor: Executor | None = None
     """``threads - 1`` helper threads, shared by every model version of the process."""
+    board: CoreBoard = field(default_factory=CoreBoard)
+    cpus: int = 0
+    """The cores the server's processes share (0: as many as ``threads``)."""
     min_rows: int = 16
     min_cells: int = 512
 
     @classmethod
     def start(cls, threads: int) -> RowSplit | None:
         """``threads`` calls per batch at most (0: one per available CPU); None if 1."""
-        threads = threads or available_cpus()
+        cpus = available_cpus()
+        threads = threads or cpus
         if threads <= 1:
             return None
         pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="split")
-        return cls(threads, pool)
+        return cls(threads, pool, _board, cpus)
 
     def parts(self, rows: int, steps: int) -> list[slice]:
-        """Contiguous row ranges of near-equal size; one range when splitting does not pay."""
+        """Contiguous row ranges of near-equal size; one range when splitting does not pay.
+
+        Called while the batch's requests are in hand: the board counts this worker busy.
+        """
         by_rows = rows // self.min_rows
         by_cells = rows * steps // self.min_cells
-        count = min(self.threads, by_rows, by_cells)
+        idle = (self.cpus or self.threads) - max(1, self.board.busy_workers())
+        count = min(self.threads, by_rows, by_cells, 1 + idle)
         if count <= 1:
             return [slice(0, rows)]
         bounds = [round(i * rows / count) for i in range(count + 1)]

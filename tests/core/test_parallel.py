@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.core.cost import CostLimits, execute
-from service.core.parallel import RowSplit, available_cpus
+from service.core.parallel import CoreBoard, RowSplit, available_cpus
 from service.core.request import Outputs
 from service.core.runtime import ModelRuntime, RunResult
 from tests.core.test_cost import batch_of
@@ -148,3 +148,63 @@ def test_a_terminated_batch_stops_every_part(uni: ModelRuntime) -> None:
             )
     finally:
         split.shutdown()
+
+
+def test_the_board_counts_workers_with_requests_in_hand() -> None:
+    slots = [0, 0, 0]
+    mine, theirs = CoreBoard(slots, 0), CoreBoard(slots, 2)
+    mine.enter()
+    mine.enter()
+    theirs.enter()
+    assert slots == [2, 0, 1] and mine.busy_workers() == theirs.busy_workers() == 2
+    mine.leave()
+    mine.leave()
+    assert slots == [0, 0, 1] and mine.busy_workers() == 1
+
+
+@pytest.mark.parametrize(
+    ("slots", "parts"),
+    [([1, 0], 2), ([1, 1], 1), ([0, 0], 2), ([3, 0, 0, 0], 4), ([1, 1, 1, 0], 2)],
+)
+def test_a_batch_spreads_only_to_cores_no_worker_holds(slots: list[int], parts: int) -> None:
+    """Worker 0's batch of 64 rows, its siblings' slots as given; one core each."""
+    split = RowSplit(len(slots), board=CoreBoard(slots, 0), cpus=len(slots))
+    assert len(split.parts(64, 50)) == parts
+
+
+def test_a_request_holds_its_worker_on_the_board_until_answered(uni: ModelRuntime) -> None:
+    """The batcher marks the worker busy from submit to answer, and clears it after,
+    failures included."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.core.batching import BatchingOptions, DynamicBatcher
+    from service.core.request import InferenceRequest
+
+    slots = [0, 1]  # the sibling is busy: no split, whatever the batch
+    split = RowSplit(2, ThreadPoolExecutor(1), CoreBoard(slots, 0), cpus=2)
+    seen: list[list[int]] = []
+
+    class Watching(Threads):
+        def run(self, x: np.ndarray, *args: Any) -> RunResult:
+            seen.append(list(slots))
+            return super().run(x, *args)
+
+    watching = Watching(uni)
+    watching.metrics = uni.metrics  # type: ignore[attr-defined]
+    executor = ThreadPoolExecutor(1)
+    batcher = DynamicBatcher(watching, executor, BatchingOptions(), split=split)  # type: ignore[arg-type]
+    x, _ = batch_of(uni, [50] * 32, seed=2)
+
+    async def go() -> None:
+        await batcher.submit(InferenceRequest(x, np.full(32, 50)))
+        with pytest.raises(Exception):  # noqa: B017 - onnxruntime's own error type
+            await batcher.submit(InferenceRequest(x[:, :, :1].copy(), np.full(32, 50)))
+
+    try:
+        asyncio.run(go())
+    finally:
+        executor.shutdown()
+        split.shutdown()
+    assert seen[0] == [1, 1] and slots == [0, 1]
+    assert [rows for _, rows in watching.calls][:1] == [32]  # one call: no idle core
