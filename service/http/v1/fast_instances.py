@@ -36,7 +36,7 @@ _EXACT = float(2**53)
 rounds it as numpy's int64 -> float32 does, and no value overflows float32."""
 
 _BOM = b"\xef\xbb\xbf"
-"""simdjson skips a UTF-8 byte order mark; orjson refuses it, and so must we."""
+"""simdjson skips a UTF-8 byte order mark; orjson refuses it, so the general path answers."""
 
 
 @dataclass(frozen=True)
@@ -72,16 +72,6 @@ class SimpleInstances:
         return x, self.lengths
 
 
-@dataclass(frozen=True)
-class Structure:
-    """What ``structure`` found in a parsed body: all but the numbers."""
-
-    envelope: dict[str, Any]
-    """Every top-level key, as orjson reads it, with ``instances`` mapped to []."""
-    lengths: list[int]
-    """Each sequence's number of timesteps."""
-
-
 def read_simple(body: bytes, features: int) -> tuple[dict[str, Any], SimpleInstances] | None:
     """The body's envelope and instances when the body is simple, else None (see the module).
 
@@ -89,38 +79,66 @@ def read_simple(body: bytes, features: int) -> tuple[dict[str, Any], SimpleInsta
     mapped to ``[]``: pydantic validates it as it would the whole body, and the
     instances themselves are in the ``SimpleInstances``.
     """
-    if body.startswith(_BOM):
-        return None
-    doc: Any = None
+    parsed: Parsed | None = None
     try:
-        # A new parser per body: a parser is not thread-safe, its document dies with
-        # its next parse, and it keeps ~13x the largest body it has parsed (52 MiB
-        # after 4 MiB). Keeping one per thread saved < 1 µs a request (measured).
-        doc = simdjson.Parser().parse(body)
-        found = structure(doc, body, features)
-        values = None if found is None else numbers(doc["instances"], found, features)
-    except (ValueError, RuntimeError, TypeError, KeyError):
+        parsed = parse(body, features)
+        simple = None if parsed is None else parsed.numbers()
+        return None if parsed is None or simple is None else (parsed.envelope, simple)
+    except (ValueError, RuntimeError, TypeError):
         # ValueError: not JSON, or a number simdjson cannot hold; RuntimeError: an
-        # integer past 64 bits. (TypeError, KeyError: what the checks rule out.)
+        # integer past 64 bits; TypeError: a non-number, which the checks rule out first.
         return None
     finally:
-        doc = None  # the parser and its buffers go now, not when the caller's frame does
-    if found is None or values is None:
-        return None
-    return found.envelope, SimpleInstances(values, np.array(found.lengths, dtype=np.int64))
+        parsed = None  # the parser and its buffers go now, not when the caller's frame does
 
 
-def structure(doc: Any, body: bytes, features: int) -> Structure | None:
-    """The envelope and sequence lengths, if ``doc`` (``body`` parsed) is simple.
+@dataclass(frozen=True)
+class Parsed:
+    """A simple body, parsed and its shape checked: all but the numbers read."""
+
+    envelope: dict[str, Any]
+    """Every top-level key, as orjson reads it, with ``instances`` mapped to []."""
+    lengths: list[int]
+    """Each sequence's number of timesteps."""
+    features: int
+    instances: Any
+    """simdjson's ``instances`` array (it keeps its parser and document alive)."""
+
+    def numbers(self) -> SimpleInstances | None:
+        """The numbers as float32, copied in C, or None if one is not below 2**53 in magnitude.
+
+        The count is checked too: with F = 1 the shape check cannot tell ``[]`` from
+        ``[5]``.
+        """
+        flat = np.frombuffer(self.instances.as_buffer(of_type="d"), dtype=np.float64)
+        if len(flat) != sum(self.lengths) * self.features:
+            return None
+        if not (flat.min() > -_EXACT and flat.max() < _EXACT):
+            return None
+        values = flat.astype(np.float32).reshape(-1, self.features)
+        return SimpleInstances(values, np.array(self.lengths, dtype=np.int64))
+
+
+def parse(body: bytes, features: int) -> Parsed | None:
+    """``body`` parsed by simdjson, if it is simple (raises what simdjson raises).
+
+    A new parser per body: a parser is not thread-safe, its document dies with its
+    next parse, and it keeps ~13x the largest body it has parsed (52 MiB after a
+    4 MiB body). One kept per thread saved under 1 µs a request (measured), so
+    nothing is kept between requests.
 
     simdjson gives the top-level keys and each sequence's length. The rest of the
     nesting (every step exactly F numbers, nothing deeper) is checked on the body's
     own text of ``instances``, with numbers and whitespace removed, against the text
     expected for those lengths: ragged steps, deeper nesting, strings, booleans, null
     and objects all leave characters that the expected text does not have. (The
-    text, not simdjson's ``mini``: ``mini`` writes every number anew, ~55 ns each.)
+    body's text, not simdjson's ``mini``: ``mini`` writes every number anew, ~55 ns
+    each.)
     """
-    if not isinstance(doc, simdjson.Object) or features < 1:
+    if body.startswith(_BOM) or features < 1:
+        return None
+    doc = simdjson.Parser().parse(body)
+    if not isinstance(doc, simdjson.Object):
         return None
     envelope: dict[str, Any] = {}
     instances = None
@@ -154,7 +172,7 @@ def structure(doc: Any, body: bytes, features: int) -> Structure | None:
     rest = body[start:].translate(None, _REMOVED)
     if not rest.startswith(_skeleton(lengths, features)):
         return None
-    return Structure(envelope, lengths)
+    return Parsed(envelope, lengths, features, instances)
 
 
 def _instances_start(body: bytes) -> int | None:
@@ -185,20 +203,6 @@ _REMOVED = b"0123456789.eE+- \t\n\r"
 """Number characters and JSON's whitespace: what is left of simple instances is brackets
 and commas. In valid JSON with no quotes, a run of these between brackets and commas
 can only be a number (``true``, ``false``, ``null`` have other letters)."""
-
-
-def numbers(instances: Any, structure: Structure, features: int) -> np.ndarray | None:
-    """The instances' numbers as float32 [sum T_i, features], or None if one is out of range.
-
-    The count is checked too: with F = 1 the structure check cannot tell ``[]`` from
-    ``[5]``.
-    """
-    flat = np.frombuffer(instances.as_buffer(of_type="d"), dtype=np.float64)
-    if len(flat) != sum(structure.lengths) * features:
-        return None
-    if not (flat.min() > -_EXACT and flat.max() < _EXACT):
-        return None
-    return flat.astype(np.float32).reshape(-1, features)
 
 
 def _skeleton(lengths: list[int], features: int) -> bytes:
