@@ -1,10 +1,13 @@
 """A ``/v1`` predict body's ``instances`` read straight to float32, when the body is simple.
 
 The general path (``body.parse_json`` then ``instances.decode_instances``) makes a
-Python float for every number and then numpy reads them back: for 32 sequences of
-50 steps of 6 features, ~75 ns a number. Here simdjson parses the body, checks its
-shape without making Python objects, and copies every number into one float64
-buffer in C (~13 ns a number).
+Python float for every number and then numpy reads them back. Here simdjson parses
+the body, its shape is checked without making Python objects, and every number is
+copied into one float64 buffer in C, then cast to float32. For 32 sequences of 50
+steps of 6 features (108 KB), measured in-process: ~1,040 µs (~110 ns a number) on
+the general path with the envelope's validation, ~350 µs (~36 ns a number) here:
+simdjson's parse ~165, the shape check ~135 (~1.1 ns a byte of the body's text),
+the numbers to float32 ~40.
 
 ``read_simple`` answers only the case it can answer exactly as the general path
 would: a JSON object whose ``instances`` is B >= 1 sequences of T_i >= 1 steps of

@@ -1,7 +1,8 @@
 """TF-Serving-style REST: ``/v1/models/{name}[/versions/{v}]:predict`` and model status.
 
-Routes are thin: read the body (``http/body.py``), validate the envelope with
-pydantic, turn the instances into arrays (``instances.py``), hand them to the
+Routes are thin: read the body (``http/body.py``; a simple one's instances straight
+to float32, ``fast_instances.py``), validate the envelope with pydantic, turn the
+instances into arrays (``instances.py``, or the numbers already read), hand them to the
 model version's batcher (``core/batching.py``, through ``core/state.py`` when the
 request carries or continues state), and shape the answer (``predictions.py``).
 """
@@ -42,14 +43,13 @@ router = APIRouter(prefix="/v1", tags=["v1"])
 
 
 class PredictRequest(BaseModel):
-    """The envelope only: ``instances`` stay raw lists until numpy reads them in one go.
-
-    For a simple body (``fast_instances.py``) ``instances`` is validated as ``[]``:
-    its numbers are already read, and ``_arrays`` takes them from there.
-    """
+    """The envelope only: ``instances`` stay raw lists until numpy reads them in one go."""
 
     model_config = ConfigDict(extra="forbid")
 
+    # (Not in the docstring, which is the schema's description.) A simple body's
+    # instances are validated as []: fast_instances.py has read its numbers already,
+    # and _arrays takes them from there.
     instances: list[Any] = Field(
         description="sequences, each a list of timesteps, each a list of the model's features"
     )
@@ -154,11 +154,11 @@ async def _read_payload(
     """
     if len(body) <= limits.max_bytes:
         if len(body) > limits.thread_bytes:
-            simple = await asyncio.to_thread(read_simple, body, features)
+            read = await asyncio.to_thread(read_simple, body, features)
         else:
-            simple = read_simple(body, features)
-        if simple is not None:
-            return simple
+            read = read_simple(body, features)
+        if read is not None:
+            return read
     return await load_json(body, limits), None
 
 
