@@ -63,10 +63,10 @@ class SimpleInstances:
         before the padded array is allocated).
         """
         batch, features = len(self.lengths), self.values.shape[1]
-        over = np.flatnonzero(self.lengths > max_timesteps)
-        if len(over):
-            check_timesteps(f"instances[{over[0]}]", int(self.lengths[over[0]]), max_timesteps)
         steps = int(self.lengths.max())
+        if steps > max_timesteps:  # the first sequence over, as the general path names it
+            first = int(np.argmax(self.lengths > max_timesteps))
+            check_timesteps(f"instances[{first}]", int(self.lengths[first]), max_timesteps)
         check_size(batch, steps, features, max_input_bytes)
         if len(self.values) == batch * steps:  # every sequence as long: no padding to do
             return self.values.reshape(batch, steps, features), self.lengths
