@@ -5,11 +5,13 @@ of the process tree over a load point, divided by the requests answered). This
 module times, in this process, the same functions the server runs for the same
 request body, step by step:
 
-- ``parse``: the body's bytes to Python objects (``http/body.py``; for V2 binary
-  the framing split and the JSON header);
+- ``parse``: the body's bytes parsed: for ``/v1``, simdjson and the check that the
+  instances are simple (``v1/fast_instances.py``, the path the server takes for
+  these bodies); for V2 the JSON header to Python objects (``http/body.py``; the
+  framing split is slicing);
 - ``validate``: the envelope (pydantic);
-- ``decode``: the data to the core's float32 arrays (``instances.py`` /
-  ``tensors.py``);
+- ``decode``: the data to the core's float32 arrays (for ``/v1`` the numbers copied
+  to float32 in C and padded, ``fast_instances.py``; ``tensors.py`` for V2);
 - ``merge``: padding the request into a batch of ``merge_with`` like it and
   splitting the result back (``core/batching.py``), per request;
 - ``session.run``: onnxruntime on the request's arrays (at the batch the
@@ -37,7 +39,7 @@ from service.core.model import load_version
 from service.core.request import FINAL, InferenceRequest
 from service.core.runtime import ModelRuntime, RuntimeOptions
 from service.http.body import JsonLimits, json_response, parse_json
-from service.http.v1.instances import decode_instances
+from service.http.v1 import fast_instances
 from service.http.v1.predictions import format_predictions
 from service.http.v1.routes import PredictRequest
 from service.http.v2.schema import InferenceRequestBody
@@ -52,6 +54,8 @@ from service.http.v2.tensors import (
 )
 from service.loadtest.payloads import build_payload, random_inputs
 from service.loadtest.spec import Protocol
+
+_NOT_SIMPLE = "the benchmark's /v1 body is not one that fast_instances.py reads"
 
 
 def _per_call_us(fn: Callable[[], Any], budget_s: float = 0.2) -> float:
@@ -90,16 +94,18 @@ def stage_costs(
     limits = Limits(max_instances=1 << 20, max_timesteps=1 << 20)
     costs: dict[str, float] = {}
     if protocol == "v1":
-        body = parse_json(payload.body)
-        envelope = PredictRequest.model_validate(body)
-        costs["parse"] = _per_call_us(lambda: parse_json(payload.body))
-        costs["validate"] = _per_call_us(lambda: PredictRequest.model_validate(body))
+        # The server's path for the benchmark's bodies (simple ones): fast_instances.py.
+        parsed = fast_instances.parse(payload.body, meta.num_features)
+        if parsed is None:
+            raise ValueError(_NOT_SIMPLE)
+        costs["parse"] = _per_call_us(lambda: fast_instances.parse(payload.body, meta.num_features))
+        costs["validate"] = _per_call_us(lambda: PredictRequest.model_validate(parsed.envelope))
 
         def decode() -> tuple[np.ndarray, np.ndarray]:
-            return decode_instances(
-                envelope.instances, features=meta.num_features, model=meta.name,
-                max_timesteps=1 << 20,
-            )  # fmt: skip
+            simple = parsed.numbers()
+            if simple is None:
+                raise ValueError(_NOT_SIMPLE)
+            return simple.padded(max_timesteps=1 << 20, max_input_bytes=None)
 
         costs["decode"] = _per_call_us(decode)
         arrays, lengths = decode()

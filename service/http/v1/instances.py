@@ -59,8 +59,7 @@ def _sequence_array(
         )
     if not sequence:
         raise InvalidInput(f"{where} has no timesteps; a sequence needs at least one")
-    if len(sequence) > max_timesteps:
-        raise InvalidInput(f"{where} has {len(sequence)} timesteps; the limit is {max_timesteps}")
+    check_timesteps(where, len(sequence), max_timesteps)
     try:
         array = np.asarray(sequence)
     except (ValueError, TypeError):
@@ -93,8 +92,14 @@ def _check_finite(x: np.ndarray, source: list[Any], name: str) -> None:
     )
 
 
-def _check_size(batch: int, steps: int, features: int, max_input_bytes: int | None) -> None:
-    """The padded float32 x, refused before it is allocated."""
+def check_timesteps(where: str, steps: int, max_timesteps: int) -> None:
+    """One sequence's length against ``max_timesteps`` (for ``fast_instances.py`` too)."""
+    if steps > max_timesteps:
+        raise InvalidInput(f"{where} has {steps} timesteps; the limit is {max_timesteps}")
+
+
+def check_size(batch: int, steps: int, features: int, max_input_bytes: int | None) -> None:
+    """The padded float32 x, refused before it is allocated (by both paths)."""
     size = batch * steps * features * 4
     if max_input_bytes is not None and size > max_input_bytes:
         raise CostLimit(
@@ -118,17 +123,16 @@ def _padded(
         and whole.shape[2] == features
     ):
         batch, steps = whole.shape[:2]
-        if steps > max_timesteps:
-            raise InvalidInput(f"instances[0] has {steps} timesteps; the limit is {max_timesteps}")
+        check_timesteps("instances[0]", steps, max_timesteps)
         _refuse_booleans(whole, instances, "instances")
-        _check_size(batch, steps, features, max_input_bytes)
+        check_size(batch, steps, features, max_input_bytes)
         return whole.astype(np.float32), np.full(batch, steps, dtype=np.int64)
     arrays = [
         _sequence_array(f"instances[{i}]", s, features, model, max_timesteps)
         for i, s in enumerate(instances)
     ]
     lengths = np.array([len(a) for a in arrays], dtype=np.int64)
-    _check_size(len(arrays), int(lengths.max()), features, max_input_bytes)
+    check_size(len(arrays), int(lengths.max()), features, max_input_bytes)
     x = np.zeros((len(arrays), int(lengths.max()), features), dtype=np.float32)
     for i, a in enumerate(arrays):
         x[i, : len(a)] = a

@@ -1,21 +1,25 @@
 """TF-Serving-style REST: ``/v1/models/{name}[/versions/{v}]:predict`` and model status.
 
-Routes are thin: read the body (``http/body.py``), validate the envelope with
-pydantic, turn the instances into arrays (``instances.py``), hand them to the
+Routes are thin: read the body (``http/body.py``; a simple one's instances straight
+to float32, ``fast_instances.py``), validate the envelope with pydantic, turn the
+instances into arrays (``instances.py``, or the numbers already read), hand them to the
 model version's batcher (``core/batching.py``, through ``core/state.py`` when the
 request carries or continues state), and shape the answer (``predictions.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from starlette.responses import Response
 
 from service.core import state
+from service.core.contract import ModelMetadata
 from service.core.errors import InvalidInput
 from service.core.model import ServedModel
 from service.core.repository import parse_version
@@ -29,9 +33,11 @@ from service.http.peers import forward_to_holder, sequence_holder
 from service.http.responses import ModelDescription as ModelDescriptionAnswer
 from service.http.responses import ModelList, ModelStatus, PredictResponse
 from service.http.security import caller
+from service.http.v1.fast_instances import SimpleInstances, read_simple
 from service.http.v1.instances import decode_instances
 from service.http.v1.predictions import format_predictions
 from service.http.v1.state_json import decode_state, encode_states
+from service.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 
@@ -41,6 +47,9 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # (Not in the docstring, which is the schema's description.) A simple body's
+    # instances are validated as []: fast_instances.py has read its numbers already,
+    # and _arrays takes them from there.
     instances: list[Any] = Field(
         description="sequences, each a list of timesteps, each a list of the model's features"
     )
@@ -94,7 +103,9 @@ async def _served(request: Request, server: Server, model: ServedModel) -> Respo
         settings.lingering_close_bytes,
         settings.lingering_close_s,
     )
-    payload = await load_json(body, JsonLimits(settings.max_json_bytes, settings.json_thread_bytes))
+    meta = model.metadata
+    limits = JsonLimits(settings.max_json_bytes, settings.json_thread_bytes)
+    payload, simple = await _read_payload(body, limits, meta.num_features)
     try:
         envelope = PredictRequest.model_validate(payload)
     except ValidationError as exc:
@@ -102,19 +113,7 @@ async def _served(request: Request, server: Server, model: ServedModel) -> Respo
     options = envelope.state_options(caller(request))
     if (holder := sequence_holder(request, model.name, options.sequence_id)) is not None:
         return await forward_to_holder(request, server, holder, body)
-    if len(envelope.instances) > settings.max_instances:
-        raise InvalidInput(
-            f"instances has {len(envelope.instances)} sequences; the limit is "
-            f"{settings.max_instances}"
-        )
-    meta = model.metadata
-    x, lengths = decode_instances(
-        envelope.instances,
-        features=meta.num_features,
-        model=meta.name,
-        max_timesteps=settings.max_timesteps,
-        max_input_bytes=settings.max_input_bytes,
-    )
+    x, lengths = _arrays(envelope, simple, settings, meta)
     inference = InferenceRequest(
         x=x,
         lengths=lengths,
@@ -141,6 +140,52 @@ async def _served(request: Request, server: Server, model: ServedModel) -> Respo
     if options.return_states:
         answer["states"] = encode_states(meta, result.final_states)
     return json_response(answer)
+
+
+async def _read_payload(
+    body: bytes, limits: JsonLimits, features: int
+) -> tuple[Any, SimpleInstances | None]:
+    """What pydantic validates, and the instances already as numbers when the body is simple.
+
+    A simple body (``fast_instances.py``) is read without Python objects for its
+    numbers; any other goes through ``load_json``, whose errors the client gets. A body
+    over ``limits.max_bytes`` goes straight to ``load_json``, which refuses it (413);
+    one over ``limits.thread_bytes`` is read on a worker thread, as ``load_json`` does.
+    """
+    if len(body) <= limits.max_bytes:
+        if len(body) > limits.thread_bytes:
+            read = await asyncio.to_thread(read_simple, body, features)
+        else:
+            read = read_simple(body, features)
+        if read is not None:
+            return read
+    return await load_json(body, limits), None
+
+
+def _arrays(
+    envelope: PredictRequest,
+    simple: SimpleInstances | None,
+    settings: Settings,
+    meta: ModelMetadata,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The instances as (x, lengths), within the limits: from the simple body's numbers,
+    or from the envelope's lists (``instances.py``), with the same checks and messages."""
+    count = len(envelope.instances) if simple is None else len(simple)
+    if count > settings.max_instances:
+        raise InvalidInput(
+            f"instances has {count} sequences; the limit is {settings.max_instances}"
+        )
+    if simple is not None:
+        return simple.padded(
+            max_timesteps=settings.max_timesteps, max_input_bytes=settings.max_input_bytes
+        )
+    return decode_instances(
+        envelope.instances,
+        features=meta.num_features,
+        model=meta.name,
+        max_timesteps=settings.max_timesteps,
+        max_input_bytes=settings.max_input_bytes,
+    )
 
 
 _STEPS = [[0.1, 0.2, 0.3, 0.0, 0.1, 0.2], [0.2, 0.1, 0.0, 0.1, 0.0, 0.1]]
