@@ -452,11 +452,14 @@ def main(argv: list[str] | None = None) -> None:
     raw = raw_baseline(version_dir, 32, args.timesteps, args.seconds)
     print("the machine's limit (all cores) ...", file=sys.stderr)
     machine = machine_limit(version_dir, 32, args.timesteps, args.seconds, args.workers)
-    # The service as shipped (split_threads, batching on), with room for every stream.
+    # The service as shipped (split_threads, batching on), with room for every stream:
+    # a worker may hold all of them (the kernel's hash), each with a step queued.
+    room = str(max(256, args.streams))
     env = {
         "LSTM_SERVE_WORKERS": str(args.workers),
         "LSTM_SERVE_LOG_LEVEL": args.log_level,
-        "LSTM_SERVE_MAX_WEBSOCKETS": str(max(256, args.streams)),
+        "LSTM_SERVE_MAX_WEBSOCKETS": room,
+        "LSTM_SERVE_MAX_QUEUE_SIZE": room,
     }
     runs: dict[str, list[Row]] = {}
     streams: list[StreamRow] = []

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,7 +32,6 @@ from typing import Any, Literal
 
 import numpy as np
 import orjson
-import websockets
 
 from service.loadtest.client import encode_request
 from service.loadtest.process import ServerProcess
@@ -54,23 +56,90 @@ def _step(rng: np.random.Generator, features: int) -> list[list[float]]:
     return [[round(float(v), 4) for v in rng.normal(size=features)]]
 
 
+class _WebSocket:
+    """The client half of RFC 6455, as lean as ``lstm-bench``'s HTTP: what one stream needs.
+
+    The ``websockets`` library costs ~80 µs of client CPU a message, which on a
+    machine shared with the server is CPU the server does not get; this sends one
+    masked text frame and reads one unfragmented text frame per step (the server,
+    uvicorn's websockets-sansio, sends each message whole; no extension is offered).
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, target: Target, path: str) -> _WebSocket:
+        reader, writer = await asyncio.open_connection(target.host, target.port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        headers = (
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", key),
+            ("Sec-WebSocket-Version", "13"),
+        )
+        writer.write(encode_request(target, "GET", path, b"", headers))
+        head = await reader.readuntil(b"\r\n\r\n")
+        accept = base64.b64encode(hashlib.sha1((key + _WS_GUID).encode()).digest())
+        if not head.startswith(b"HTTP/1.1 101") or accept not in head:
+            writer.close()
+            raise ConnectionError(f"no WebSocket handshake: {head[:40]!r}")
+        return cls(reader, writer)
+
+    def send_text(self, payload: bytes) -> None:
+        size = len(payload)
+        if size < 126:
+            head = bytes((0x81, 0x80 | size))
+        else:
+            head = bytes((0x81, 0x80 | 126)) + size.to_bytes(2, "big")
+        mask = os.urandom(4)
+        stream = (mask * (size // 4 + 1))[:size]
+        masked = (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(
+            size, "big"
+        )
+        self.writer.write(head + mask + masked)
+
+    async def receive_text(self) -> bytes:
+        first, second = await self.reader.readexactly(2)
+        size = second & 0x7F
+        if size == 126:
+            size = int.from_bytes(await self.reader.readexactly(2), "big")
+        elif size == 127:
+            size = int.from_bytes(await self.reader.readexactly(8), "big")
+        payload = await self.reader.readexactly(size)
+        if first != 0x81:  # not a whole text frame: a close (0x88) or something unexpected
+            raise ConnectionError(f"WebSocket frame 0x{first:02x}: {payload[:80]!r}")
+        return payload
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+_WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
 async def _ws_stream(
     url: str, model: str, features: int, end: float, seed: int, tally: Tally
 ) -> None:
     rng = np.random.default_rng(seed)
-    uri = url.replace("http://", "ws://", 1) + f"/v1/models/{model}/stream"
     try:
-        async with websockets.connect(uri, max_size=2**20, compression=None) as ws:
-            while time.monotonic() < end:
-                start = time.perf_counter()
-                await ws.send(orjson.dumps({"timesteps": _step(rng, features)}).decode())
-                answer = orjson.loads(await ws.recv())
-                if "error" in answer:
-                    tally.fail(str(answer["error"])[:80])
-                    return
-                tally.latencies.append(time.perf_counter() - start)
-    except (OSError, websockets.WebSocketException) as exc:
+        ws = await _WebSocket.connect(parse_target(url), f"/v1/models/{model}/stream")
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
         tally.fail(type(exc).__name__)
+        return
+    try:
+        while time.monotonic() < end:
+            start = time.perf_counter()
+            ws.send_text(orjson.dumps({"timesteps": _step(rng, features)}))
+            answer = orjson.loads(await ws.receive_text())
+            if "error" in answer:
+                tally.fail(str(answer["error"])[:80])
+                return
+            tally.latencies.append(time.perf_counter() - start)
+    except (OSError, asyncio.IncompleteReadError) as exc:
+        tally.fail(type(exc).__name__)
+    finally:
+        ws.close()
 
 
 async def _read_response(reader: asyncio.StreamReader) -> int:

@@ -55,3 +55,39 @@ def test_errors_name_the_place(instances: object, message: str) -> None:
     with pytest.raises(InvalidInput) as caught:
         decode_instances(instances, features=2, model="m", max_timesteps=10)  # type: ignore[arg-type]
     assert caught.value.message == message
+
+
+values = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(2**70), 2**70),
+    st.sampled_from([2**63 - 1, 2**63, 2**64, -(2**63), -(2**63) - 1, 10**400]),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=2),
+)
+
+
+@given(
+    st.lists(st.lists(values, min_size=0, max_size=4), min_size=0, max_size=10),
+    st.integers(1, 4),
+)
+def test_a_stream_message_decodes_as_the_general_path_would(
+    sequence: list[list[object]], features: int
+) -> None:
+    """Short sequences take a plain-Python check first; whatever it accepts is exactly the
+    general path's array, and everything it declines is left to the general path."""
+    from service.http.v1 import instances
+
+    few = instances._few_steps(sequence, features)
+    try:
+        general = instances._sequence_array("t", sequence, features, "m", 100)
+        with np.errstate(over="ignore", invalid="ignore"):
+            general = general.astype(np.float32)
+        instances._check_finite(general, sequence, "t")
+    except InvalidInput:
+        assert few is None
+        return
+    if few is not None:
+        assert few.dtype == np.float32 and np.array_equal(few, general)
+    else:
+        assert len(sequence) > instances._FEW_STEPS
