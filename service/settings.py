@@ -303,6 +303,13 @@ class Settings(BaseSettings):
         "apply it (loading and warming up, or draining for up to unload_drain_s) before the "
         "call reports that worker as failed (503)",
     )
+    handoff_backlog: int = Field(
+        default=2,
+        ge=0,
+        description="with workers > 1: requests a worker has in hand before it hands a large "
+        "one (16 KiB or more, not server-held) to a sibling with none, so that clients the "
+        "kernel put on one worker still use every core; 0: never",
+    )
     peer_forward_timeout_s: float = Field(
         default=5.0,
         gt=0,

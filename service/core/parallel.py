@@ -82,8 +82,26 @@ class CoreBoard:
     def busy_workers(self) -> int:
         return sum(1 for n in self._slots if n > 0)
 
+    def idle_sibling(self, backlog: int = 2) -> int | None:
+        """A sibling with no request in hand while this worker has ``backlog``: where a
+        large request runs at once instead of waiting here (``http/peers.py`` hands it
+        over). One in hand is the ordinary state of a busy worker (and a sibling between
+        two requests has none for a moment), so it takes two to hand over."""
+        if self._slots[self._index] < backlog:
+            return None
+        count = len(self._slots)
+        for step in range(1, count):
+            sibling = (self._index + step) % count
+            if self._slots[sibling] == 0:
+                return sibling
+        return None
+
 
 _board = CoreBoard()
+
+
+def current_board() -> CoreBoard:
+    return _board
 
 
 def share_board(slots: MutableSequence[int], index: int) -> None:

@@ -41,9 +41,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import Counter
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
+from service.core import parallel
 from service.core.errors import Overloaded
 from service.core.server import Server
 from service.http.security import caller
@@ -210,6 +212,48 @@ async def forward(
     )
     kept = {k: v for k, v in answer.headers if k not in _HOP_BY_HOP}
     return Response(answer.body, status_code=answer.status, headers=kept)
+
+
+HANDOFF_BYTES = 16 * 1024
+"""Bodies from this size up are worth handing to an idle sibling (a 32-sequence V2
+binary request of the default model is 38 KB, a single-sequence ``/v1`` one 3 KB)."""
+
+
+HANDOFFS = Counter(
+    "lstm_peer_handoffs_total",
+    "Requests this worker handed to an idle sibling worker, having a backlog of its own.",
+)
+
+
+def idle_sibling(request: Request, server: Server, body: bytes) -> int | None:
+    """The sibling to hand this request to, or None to serve it here.
+
+    The kernel spreads connections over the workers by a hash, so a few keep-alive
+    clients can all land on one worker while another idles (measured: 4 clients of
+    32-sequence requests all on one of two workers in 1 run of 6, at half the
+    throughput). A worker that already has a request in hand hands a large one,
+    body as received, to a sibling with none (``core/parallel.py``'s board), which
+    serves it whole and answers through this worker: the sibling's core does the
+    parsing and the compute. Small requests stay (forwarding costs about what they
+    do), as do server-held sequences (their holder decides where they run) and
+    requests a sibling already handed over.
+    """
+    peers, backlog = current(), server.settings.handoff_backlog
+    if peers is None or not backlog or len(body) < HANDOFF_BYTES or is_peer_call(request):
+        return None
+    if b"sequence_id" in body:  # possibly server-held: leave it to sequence_holder
+        return None
+    return parallel.current_board().idle_sibling(backlog)
+
+
+async def hand_off(request: Request, server: Server, sibling: int, body: bytes) -> Response:
+    """The request served by ``sibling``, its answer relayed as this worker's."""
+    peers = current()
+    assert peers is not None  # idle_sibling found one
+    settings = server.settings
+    timeout = settings.request_timeout_s + settings.peer_forward_timeout_s
+    HANDOFFS.inc()
+    return await forward(request, peers, sibling, body, timeout)
 
 
 def sequence_holder(request: Request, model: str, sequence_id: str | int | None) -> int | None:

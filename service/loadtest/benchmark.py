@@ -188,19 +188,29 @@ class StreamRow:
 
 
 def run_points(
-    env: dict[str, str],
-    steps: int,
-    seconds: float,
-    repository: Path,
-    points: tuple[Point, ...],
-    streams: int = 0,
-) -> tuple[list[Row], list[StreamRow]]:
+    env: dict[str, str], steps: int, seconds: float, repository: Path, points: tuple[Point, ...]
+) -> list[Row]:
     server = ServerProcess(repository, env)
     try:
         server.wait_ready(timeout=120.0)
-        rows = _measure(server, steps, seconds, points)
+        return _measure(server, steps, seconds, points)
+    finally:
+        server.stop(timeout=60.0)
+
+
+def run_streams(
+    env: dict[str, str], seconds: float, repository: Path, streams: int
+) -> list[StreamRow]:
+    """The streams on a server of their own, with room for every one of them: a worker
+    may take them all (the kernel's hash), each with a step queued. The points above
+    keep the default queue, so their overload is the one users get."""
+    room = str(max(256, streams))
+    env = {**env, "LSTM_SERVE_MAX_WEBSOCKETS": room, "LSTM_SERVE_MAX_QUEUE_SIZE": room}
+    server = ServerProcess(repository, env)
+    try:
+        server.wait_ready(timeout=120.0)
         features = _metadata(repository / MODEL / "1").num_features
-        return rows, _measure_streams(server, features, seconds, streams) if streams else []
+        return _measure_streams(server, features, seconds, streams)
     finally:
         server.stop(timeout=60.0)
 
@@ -452,33 +462,25 @@ def main(argv: list[str] | None = None) -> None:
     raw = raw_baseline(version_dir, 32, args.timesteps, args.seconds)
     print("the machine's limit (all cores) ...", file=sys.stderr)
     machine = machine_limit(version_dir, 32, args.timesteps, args.seconds, args.workers)
-    # The service as shipped (split_threads, batching on), with room for every stream:
-    # a worker may hold all of them (the kernel's hash), each with a step queued.
-    room = str(max(256, args.streams))
-    env = {
-        "LSTM_SERVE_WORKERS": str(args.workers),
-        "LSTM_SERVE_LOG_LEVEL": args.log_level,
-        "LSTM_SERVE_MAX_WEBSOCKETS": room,
-        "LSTM_SERVE_MAX_QUEUE_SIZE": room,
-    }
+    # The service as shipped: dynamic batching on, a batch's rows over idle cores.
+    env = {"LSTM_SERVE_WORKERS": str(args.workers), "LSTM_SERVE_LOG_LEVEL": args.log_level}
     runs: dict[str, list[Row]] = {}
-    streams: list[StreamRow] = []
-    plan: list[tuple[str, str, tuple[Point, ...], int]] = [
-        ("batching on", "true", POINTS + OVERLOAD, args.streams)
-    ]
+    plan: list[tuple[str, str, tuple[Point, ...]]] = [("batching on", "true", POINTS + OVERLOAD)]
     if args.batching_off:
-        plan.insert(0, ("batching off", "false", POINTS, 0))
-    for name, batching, points, stream_count in plan:
+        plan.insert(0, ("batching off", "false", POINTS))
+    for name, batching, points in plan:
         print(f"{name} ...", file=sys.stderr)
-        runs[name], measured = run_points(
+        runs[name] = run_points(
             {**env, "LSTM_SERVE_DYNAMIC_BATCHING": batching},
             args.timesteps,
             args.seconds,
             args.repository,
             points,
-            stream_count,
         )
-        streams += measured
+    streams: list[StreamRow] = []
+    if args.streams:
+        print("streams ...", file=sys.stderr)
+        streams = run_streams(env, args.seconds * 2, args.repository, args.streams)
     on = runs["batching on"]
     single = next((r for r in on if r.point.label == "1 seq/request, 16 clients"), None)
     print(

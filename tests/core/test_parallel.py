@@ -208,3 +208,20 @@ def test_a_request_holds_its_worker_on_the_board_until_answered(uni: ModelRuntim
         split.shutdown()
     assert seen[0] == [1, 1] and slots == [0, 1]
     assert [rows for _, rows in watching.calls][:1] == [32]  # one call: no idle core
+
+
+@pytest.mark.parametrize(
+    ("slots", "index", "backlog", "sibling"),
+    [
+        ([2, 0], 0, 2, 1),  # a backlog here, nothing there: hand over
+        ([1, 0], 0, 2, None),  # one in hand is a busy worker's ordinary state
+        ([1, 0], 0, 1, 1),
+        ([2, 1], 0, 2, None),  # the sibling is busy too
+        ([0, 3, 1, 0], 1, 2, 3),  # the next idle one after this worker
+        ([0, 0], 1, 1, None),  # nothing in hand here
+    ],
+)
+def test_a_backlog_goes_to_a_sibling_with_nothing_in_hand(
+    slots: list[int], index: int, backlog: int, sibling: int | None
+) -> None:
+    assert CoreBoard(slots, index).idle_sibling(backlog) == sibling

@@ -368,6 +368,66 @@ def test_a_v2_sequence_in_binary_and_gzip_continues_on_any_worker(
     np.testing.assert_allclose(np.concatenate(outputs), want["sequence_output"][0], atol=1e-5)
 
 
+def test_a_worker_with_a_backlog_hands_large_requests_to_an_idle_sibling(
+    server_factory: Callable[..., ServerProcess], tiny_repository: Path, tmp_path: Path
+) -> None:
+    """While one worker computes a long request, large requests that reach it go to its
+    idle sibling, and every answer is the model's own (``peers.idle_sibling``)."""
+    server = two_workers(
+        server_factory,
+        tiny_repository,
+        tmp_path,
+        {"LSTM_SERVE_HANDOFF_BACKLOG": "1", "LSTM_SERVE_MAX_REQUEST_TIMESTEPS": "1200000"},
+    )
+    rng = np.random.default_rng(5)
+    long_x = rng.normal(size=(120, 10_000, 3)).astype(np.float32)  # V2 binary: 14 MB
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": list(long_x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": long_x.nbytes},
+                }
+            ]
+        }
+    ).encode()
+    slow_status: list[int] = []
+    slow = threading.Thread(
+        target=lambda: slow_status.append(
+            httpx.post(
+                f"{server.url}/v2/models/tiny/infer",
+                content=head + long_x.tobytes(),
+                headers={
+                    "Inference-Header-Content-Length": str(len(head)),
+                    "Content-Type": "application/octet-stream",
+                },
+                timeout=60,
+            ).status_code
+        )
+    )
+    slow.start()
+    time.sleep(0.3)  # its body on its way, then its compute running
+    x = rng.normal(size=(32, 40, 3)).round(3)  # ~40 KB of JSON: over HANDOFF_BYTES
+    served = httpx.get(f"{server.url}/v1/models/tiny").json()["model_version_status"][0]
+    want = reference(tiny_repository / "tiny" / served["version"], x, np.full(32, 40))
+    sent = 0
+    while slow.is_alive() or sent < 4:  # a new connection each: about half reach the busy one
+        sent += 1
+        answer = httpx.post(
+            f"{server.url}/v1/models/tiny:predict", json={"instances": x.tolist()}, timeout=30
+        )
+        assert answer.status_code == 200, answer.text
+        got = [p["probabilities"] for p in answer.json()["predictions"]]
+        np.testing.assert_allclose(got, want["final_output"], atol=1e-5)
+    slow.join(60)
+    assert slow_status == [200]
+    metrics = httpx.get(f"{server.url}/metrics").text
+    handed = [line for line in metrics.splitlines() if line.startswith("lstm_peer_handoffs_total")]
+    assert handed and float(handed[0].split()[-1]) >= 1, metrics[:2000]
+
+
 ALICE, BOB, ADMIN = ("alice-" + "a" * 32, "bob-" + "b" * 32, "root-" + "r" * 32)
 
 
