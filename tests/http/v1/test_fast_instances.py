@@ -410,3 +410,12 @@ def test_client_carried_state_takes_the_fast_path(client: TestClient, paths: lis
     whole = client.post("/v1/models/tiny:predict", json={"instances": x.tolist()}).json()
     np.testing.assert_allclose(_probabilities(second.json()), _probabilities(whole), atol=1e-5)
     assert paths == ["fast"] * 3
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"\\u0000": null}', b'{"instances": [[[1]]], "\\u0000x": 1}', b'{"a\\u0000b": [1]}'],
+)
+def test_keys_simdjson_cannot_look_up_take_the_general_path(body: bytes) -> None:
+    """Found by the fuzz test: a key holding NUL made simdjson's lookup raise KeyError."""
+    assert read_simple(body, 1) is None
