@@ -132,14 +132,16 @@ class Supervisor:
         self._workers: list[BaseProcess] = []
         # One slot per worker: the batches it runs now, so a worker splits a batch over
         # cores only when the others' batches leave one idle (core/parallel.py).
-        self._board = self._context.RawArray(ctypes.c_int, self.count)
+        # and one for its open client connections (rebalanced: http/connections.py).
+        self._board = self._context.RawArray(ctypes.c_int, 2 * self.count)
         self._stopping = False
         self._deaths: list[float] = []
 
     def _spawn(self, index: int) -> BaseProcess:
         """Worker ``index``: a replacement keeps the index, so its socket and its share of
         the sequences stay where the other workers look for them."""
-        self._board[index] = 0  # a dead predecessor's batches are not running
+        # A dead predecessor's batches are not running, nor its connections open.
+        self._board[index] = self._board[self.count + index] = 0
         process = self._context.Process(
             target=_worker_main,
             args=(index, self.peers_dir, self._board),

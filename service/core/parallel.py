@@ -69,9 +69,39 @@ class CoreBoard:
     that no worker holds are the ones a batch may spread to.
     """
 
-    def __init__(self, slots: MutableSequence[int] | None = None, index: int = 0) -> None:
+    def __init__(
+        self,
+        slots: MutableSequence[int] | None = None,
+        index: int = 0,
+        connections: MutableSequence[int] | None = None,
+    ) -> None:
         self._slots: MutableSequence[int] = [0] if slots is None else slots
         self._index = index
+        # Open client connections per worker, beside the requests in hand.
+        self._connections: MutableSequence[int] = (
+            [0] * len(self._slots) if connections is None else connections
+        )
+        self._closing = 0  # this worker's connections told to close, not yet gone
+
+    def connection_opened(self) -> None:
+        self._connections[self._index] += 1
+
+    def connection_closed(self) -> None:
+        self._connections[self._index] -= 1
+
+    def crowded(self) -> bool:
+        """This worker holds two or more connections more than its least loaded sibling
+        (not counting those already told to close). The kernel's hash, not load, put
+        them here; ``http/connections.py`` then answers one request with
+        ``Connection: close`` so that its client reconnects, and the hash draws again."""
+        if len(self._connections) < 2:
+            return False
+        mine = self._connections[self._index] - self._closing
+        fewest = min(n for i, n in enumerate(self._connections) if i != self._index)
+        return mine >= fewest + 2
+
+    def closing(self, change: int) -> None:
+        self._closing += change
 
     def enter(self) -> None:
         self._slots[self._index] += 1
@@ -97,6 +127,32 @@ class CoreBoard:
         return None
 
 
+class _View(MutableSequence[int]):
+    """A window on shared memory (slicing a ctypes array would copy it)."""
+
+    def __init__(self, shared: MutableSequence[int], start: int, length: int) -> None:
+        self._shared, self._start, self._length = shared, start, length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, i: int) -> int:  # type: ignore[override]
+        if not 0 <= i < self._length:
+            raise IndexError(i)
+        return self._shared[self._start + i]
+
+    def __setitem__(self, i: int, value: int) -> None:  # type: ignore[override]
+        if not 0 <= i < self._length:
+            raise IndexError(i)
+        self._shared[self._start + i] = value
+
+    def __delitem__(self, i: int) -> None:  # type: ignore[override]
+        raise TypeError("shared slots are fixed")
+
+    def insert(self, index: int, value: int) -> None:
+        raise TypeError("shared slots are fixed")
+
+
 _board = CoreBoard()
 
 
@@ -105,9 +161,11 @@ def current_board() -> CoreBoard:
 
 
 def share_board(slots: MutableSequence[int], index: int) -> None:
-    """Worker ``index`` of a server whose workers share ``slots`` (before the app starts)."""
+    """Worker ``index`` of a server whose workers share ``slots`` (before the app starts):
+    one integer per worker for its requests in hand, then one for its connections."""
     global _board
-    _board = CoreBoard(slots, index)
+    count = len(slots) // 2
+    _board = CoreBoard(_View(slots, 0, count), index, _View(slots, count, count))
 
 
 @dataclass(frozen=True)

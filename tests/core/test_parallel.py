@@ -225,3 +225,39 @@ def test_a_backlog_goes_to_a_sibling_with_nothing_in_hand(
     slots: list[int], index: int, backlog: int, sibling: int | None
 ) -> None:
     assert CoreBoard(slots, index).idle_sibling(backlog) == sibling
+
+
+@pytest.mark.parametrize(
+    ("connections", "index", "closing", "crowded"),
+    [
+        ([3, 1], 0, 0, True),
+        ([2, 1], 0, 0, False),  # one more is as even as two workers get
+        ([3, 1], 0, 1, False),  # one already told to close
+        ([1, 3], 0, 0, False),
+        ([5, 3, 4], 0, 0, True),
+        ([4], 0, 0, False),  # a lone worker has nobody to share with
+    ],
+)
+def test_a_worker_is_crowded_two_connections_past_its_least_loaded_sibling(
+    connections: list[int], index: int, closing: int, crowded: bool
+) -> None:
+    board = CoreBoard([0] * len(connections), index, connections)
+    board.closing(closing)
+    assert board.crowded() is crowded
+
+
+def test_shared_slots_split_into_requests_and_connections() -> None:
+    from service.core import parallel
+
+    shared = [0, 0, 0, 0]  # as the supervisor's RawArray for two workers
+    before = parallel.current_board()
+    try:
+        parallel.share_board(shared, 1)
+        board = parallel.current_board()
+        board.enter()
+        board.connection_opened()
+        board.connection_opened()
+        assert shared == [0, 1, 0, 2]
+        assert board.busy_workers() == 1
+    finally:
+        parallel._board = before

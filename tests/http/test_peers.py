@@ -428,6 +428,28 @@ def test_a_worker_with_a_backlog_hands_large_requests_to_an_idle_sibling(
     assert handed and float(handed[0].split()[-1]) >= 1, metrics[:2000]
 
 
+def test_keep_alive_connections_even_out_over_the_workers(
+    server_factory: Callable[..., ServerProcess], tiny_repository: Path, tmp_path: Path
+) -> None:
+    """Eight keep-alive clients: whatever the kernel's hash did at first, a worker with
+    two connections more than its sibling answers one request with ``Connection: close``
+    until they are even, and then no more (``CoreBoard.crowded``)."""
+    server = two_workers(server_factory, tiny_repository, tmp_path)
+    url = f"{server.url}/v1/models/tiny:predict"
+    body = {"instances": [STEP]}
+    clients = [httpx.Client(timeout=30) for _ in range(8)]
+    try:
+        closes = []
+        for _ in range(30):  # rounds: each client one request
+            answers = [c.post(url, json=body) for c in clients]
+            assert {a.status_code for a in answers} == {200}
+            closes.append(sum(a.headers.get("connection") == "close" for a in answers))
+        assert sum(closes[-10:]) == 0, closes  # settled: even, nothing more to move
+    finally:
+        for c in clients:
+            c.close()
+
+
 ALICE, BOB, ADMIN = ("alice-" + "a" * 32, "bob-" + "b" * 32, "root-" + "r" * 32)
 
 
