@@ -184,7 +184,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         self.app = self._admit()
+        before = self.cycle
         super().on_headers_complete()
+        if self.cycle is before:
+            return  # a WebSocket upgrade: no HTTP cycle, and a stream is not moved
         if self._counted and not self._told_to_close and self._board.crowded():
             # The kernel's hash put more connections here than on a sibling: answer
             # this request, then close, so that the client's next connection is hashed
@@ -192,6 +195,15 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False
             self._told_to_close = True
             self._board.closing(1)
+
+    def handle_websocket_upgrade(self) -> None:
+        """The connection becomes a WebSocket stream, served by another protocol object
+        that this one never hears of again: it no longer counts among the HTTP
+        connections that the board evens out (streams are long-lived; not moved)."""
+        if self._counted:
+            self._board.connection_closed()
+            self._counted = False
+        super().handle_websocket_upgrade()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

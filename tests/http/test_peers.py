@@ -437,6 +437,8 @@ def test_keep_alive_connections_even_out_over_the_workers(
     server = two_workers(server_factory, tiny_repository, tmp_path)
     url = f"{server.url}/v1/models/tiny:predict"
     body = {"instances": [STEP]}
+    ws_url = server.url.replace("http://", "ws://") + "/v1/models/tiny/stream"
+    streams = [connect(ws_url) for _ in range(6)]  # upgrades are neither moved nor broken
     clients = [httpx.Client(timeout=30) for _ in range(8)]
     try:
         closes = []
@@ -444,10 +446,19 @@ def test_keep_alive_connections_even_out_over_the_workers(
             answers = [c.post(url, json=body) for c in clients]
             assert {a.status_code for a in answers} == {200}
             closes.append(sum(a.headers.get("connection") == "close" for a in answers))
+            for stream in streams[:2]:  # streams opened while connections move
+                stream.send(json.dumps({"timesteps": STEP}))
+                assert "predictions" in json.loads(stream.recv(timeout=30))
+            streams.append(connect(ws_url))
         assert sum(closes[-10:]) == 0, closes  # settled: even, nothing more to move
+        for stream in streams:
+            stream.send(json.dumps({"timesteps": STEP}))
+            assert "predictions" in json.loads(stream.recv(timeout=30))
     finally:
         for c in clients:
             c.close()
+        for stream in streams:
+            stream.close()
 
 
 ALICE, BOB, ADMIN = ("alice-" + "a" * 32, "bob-" + "b" * 32, "root-" + "r" * 32)
