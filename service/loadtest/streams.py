@@ -142,14 +142,15 @@ async def _ws_stream(
         ws.close()
 
 
-async def _read_response(reader: asyncio.StreamReader) -> int:
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    """The status, and whether the server closes the connection after it."""
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
     lowered = head.lower()
     at = lowered.find(b"content-length:")
     length = int(lowered[at + 15 : lowered.find(b"\r\n", at)]) if at >= 0 else 0
     await reader.readexactly(length)
-    return status
+    return status, b"\r\nconnection: close\r\n" in lowered
 
 
 async def _v1_stream(
@@ -159,29 +160,31 @@ async def _v1_stream(
     target: Target = parse_target(url)
     path = f"/v1/models/{model}:predict"
     headers = (("Content-Type", "application/json"),)
-    try:
-        reader, writer = await asyncio.open_connection(target.host, target.port)
-    except OSError as exc:
-        tally.fail(type(exc).__name__)
-        return
+    writer: asyncio.StreamWriter | None = None
     first = True
     try:
         while time.monotonic() < end:
+            if writer is None:  # the first request, or the server closed the last connection
+                reader, writer = await asyncio.open_connection(target.host, target.port)
             body: dict[str, Any] = {"instances": [_step(rng, features)], "sequence_id": seed}
             if first:
                 body["sequence_start"] = True
             start = time.perf_counter()
             writer.write(encode_request(target, "POST", path, orjson.dumps(body), headers))
-            status = await _read_response(reader)
+            status, closing = await _read_response(reader)
             if status != 200:
                 tally.fail(f"HTTP {status}")
                 return
             first = False
             tally.latencies.append(time.perf_counter() - start)
+            if closing:  # e.g. the workers evening out their connections: reconnect
+                writer.close()
+                writer = None
     except (OSError, asyncio.IncompleteReadError) as exc:
         tally.fail(type(exc).__name__)
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
 
 
 async def drive(
