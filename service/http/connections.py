@@ -105,6 +105,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._served_app = self.app
         self._board = parallel.current_board()
         self._counted = False
+        self._tcp = False
         self._told_to_close = False
         self._head_deadline: float | None = None  # loop time; None: no head awaited
         self._head_bytes: int | None = 0  # None: a head is complete, a request is running
@@ -149,11 +150,11 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         _Sweeper.watch(self.loop, self.connections, self.head_timeout_s)
         self._arm()
-        # A client's TCP connection (not a sibling's Unix socket) counts on the board.
-        self._counted = isinstance(transport.get_extra_info("peername"), tuple)
+        # A client's TCP connection (not a sibling's Unix socket) counts on the board
+        # from its first request on: sockets that never send one (idle, or a flood of
+        # them) cannot make a worker turn its real clients' connections away.
+        self._tcp = isinstance(transport.get_extra_info("peername"), tuple)
         self._told_to_close = False
-        if self._counted:
-            self._board.connection_opened()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -188,6 +189,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self.cycle is before:
             return  # a WebSocket upgrade: no HTTP cycle, and a stream is not moved
+        if self._tcp and not self._counted:
+            self._counted = True
+            self._board.connection_opened()
         if self._counted and not self._told_to_close and self._board.crowded():
             # The kernel's hash put more connections here than on a sibling: answer
             # this request, then close, so that the client's next connection is hashed
