@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 import time
 from collections import deque
@@ -57,13 +56,11 @@ import onnxruntime as ort
 from service.core.calls import run_batch
 from service.core.cost import CostLimits, check_request, length_bucket
 from service.core.errors import DeadlineExceeded, Overloaded
-from service.core.parallel import RowSplit
+from service.core.parallel import CoreBoard, RowSplit
 from service.core.request import InferenceRequest
 from service.core.runtime import ModelRuntime, RunResult
 
 __all__ = ["BatchingOptions", "DynamicBatcher", "length_bucket"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -133,10 +130,6 @@ class _Bucket:
         return self.entries[0] if self.entries else None
 
 
-def queue_full(limit: int) -> Overloaded:
-    return Overloaded(f"the model's queue is full ({limit} requests waiting); retry later")
-
-
 class DynamicBatcher:
     """The scheduler of one model version (see the module docstring).
 
@@ -159,6 +152,7 @@ class DynamicBatcher:
     ) -> None:
         self._runtime = runtime
         self._split = split  # a batch's rows over several cores (parallel.py); None: one call
+        self._board = split.board if split else CoreBoard()  # a lone one: nobody reads it
         self._executor = executor
         self._owns_executor = owns_executor  # the server gives each version its own threads
         self._options = options
@@ -202,14 +196,11 @@ class DynamicBatcher:
         self._in_flight += 1
         self._depth.inc()
         self._drained.clear()
-        board = self._split.board if self._split else None
-        if board is not None:
-            board.enter()  # this worker holds a core: other workers' batches split less
+        self._board.enter()  # this worker holds a core: other workers' batches split less
         try:
             return await self._submit(request)
         finally:
-            if board is not None:
-                board.leave()
+            self._board.leave()
             self._in_flight -= 1
             self._depth.dec()
             if self._in_flight == 0 and self._holders == 0:
@@ -253,7 +244,7 @@ class DynamicBatcher:
         # without it every accepted request is handed to the inference threads at once
         # (they queue there, each its own call), so all of them count.
         if (self._waiting if self._options.dynamic else self._in_flight - 1) >= limit:
-            raise queue_full(limit)
+            raise Overloaded(f"the model's queue is full ({limit} requests waiting); retry later")
         check_request(request.lengths, self._limits, self._runtime.metadata.bidirectional)
         loop = self._loop = asyncio.get_running_loop()
         bucket = length_bucket(int(request.x.shape[1]), self._options.bucket_ratio)
