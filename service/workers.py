@@ -108,7 +108,7 @@ def _worker_main(index: int, peers_dir: str | None, board: Any = None) -> None:
     """One worker process: its own sockets, its own event loop, the whole app."""
     from service.logs import configure_logging
 
-    if board is not None:  # which cores the workers' batches hold (core/parallel.py)
+    if board is not None:  # the workers' requests in hand and connections (core/parallel.py)
         parallel.share_board(board, index)
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format == "json")
@@ -130,9 +130,9 @@ class Supervisor:
         self.count = settings.workers
         self._context = multiprocessing.get_context("spawn")
         self._workers: list[BaseProcess] = []
-        # One slot per worker: the batches it runs now, so a worker splits a batch over
-        # cores only when the others' batches leave one idle (core/parallel.py).
-        # and one for its open client connections (rebalanced: http/connections.py).
+        # Per worker, its requests in hand (so that a batch splits over cores, or a backlog
+        # goes, only where no worker is busy) and its client connections (evened out by
+        # http/connections.py): core/parallel.py's CoreBoard.
         self._board = self._context.RawArray(ctypes.c_int, 2 * self.count)
         self._stopping = False
         self._deaths: list[float] = []
@@ -140,7 +140,7 @@ class Supervisor:
     def _spawn(self, index: int) -> BaseProcess:
         """Worker ``index``: a replacement keeps the index, so its socket and its share of
         the sequences stay where the other workers look for them."""
-        # A dead predecessor's batches are not running, nor its connections open.
+        # A dead predecessor holds no request, nor any connection.
         self._board[index] = self._board[self.count + index] = 0
         process = self._context.Process(
             target=_worker_main,

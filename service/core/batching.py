@@ -149,10 +149,13 @@ class DynamicBatcher:
         *,
         owns_executor: bool = False,
         split: RowSplit | None = None,
+        board: CoreBoard | None = None,
     ) -> None:
         self._runtime = runtime
         self._split = split  # a batch's rows over several cores (parallel.py); None: one call
-        self._board = split.board if split else CoreBoard()  # a lone one: nobody reads it
+        # Where this worker counts its requests in hand (the server's shared board, which
+        # splits and hand-offs read); a lone one when nobody reads it.
+        self._board = board or CoreBoard()
         self._executor = executor
         self._owns_executor = owns_executor  # the server gives each version its own threads
         self._options = options
@@ -196,7 +199,7 @@ class DynamicBatcher:
         self._in_flight += 1
         self._depth.inc()
         self._drained.clear()
-        self._board.enter()  # this worker holds a core: other workers' batches split less
+        self._board.enter()  # this worker holds a core: others split less, may hand over
         try:
             return await self._submit(request)
         finally:

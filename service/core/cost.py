@@ -29,7 +29,7 @@ nobody waits for the batch any more).
 from __future__ import annotations
 
 import math
-from concurrent.futures import wait
+from concurrent.futures import Executor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -189,17 +189,16 @@ def _run_parts(
     states: list[State] | None,
     outputs: Outputs,
     run_options: ort.RunOptions | None,
-    split: RowSplit | None,
+    helpers: Executor,
     parts: list[slice],
 ) -> RunResult:
     """One call's rows as concurrent calls, the first on this thread; joined in row order."""
-    assert split is not None and split.executor is not None
 
     def run(rows: slice) -> RunResult:
         part_states = None if states is None else [(h[:, rows], c[:, rows]) for h, c in states]
         return runtime.run(x[rows], lengths[rows], part_states, outputs, run_options)
 
-    helped = [split.executor.submit(run, rows) for rows in parts[1:]]
+    helped = [helpers.submit(run, rows) for rows in parts[1:]]
     try:
         results = [run(parts[0])]
     finally:  # the batch is over only when every part is: they hold its memory
@@ -229,9 +228,12 @@ def execute(
     """The batch's result, computed in calls that each stay within ``limits``."""
     batch, steps = int(x.shape[0]), int(x.shape[1])
     if _fits(lengths, steps, limits):
-        parts = [slice(0, batch)] if split is None else split.parts(batch, steps)
-        if len(parts) > 1:
-            return _run_parts(runtime, x, lengths, states, outputs, run_options, split, parts)
+        if split is not None and split.executor is not None:
+            parts = split.parts(batch, steps)
+            if len(parts) > 1:
+                return _run_parts(
+                    runtime, x, lengths, states, outputs, run_options, split.executor, parts
+                )
         return runtime.run(x, lengths, states, outputs, run_options)
     bidirectional = runtime.metadata.bidirectional
     into = _Result(runtime, batch, steps, outputs)

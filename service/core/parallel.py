@@ -17,10 +17,11 @@ worker processes of the server have requests in hand (shared memory, one slot pe
 worker), and a batch gets one part more for each core that no worker holds
 (measured on two cores with two workers: splitting whatever the other worker did
 added ~200 µs of CPU to a 32-sequence request, GIL hand-offs between three
-threads, and lost 7% at four connections while gaining 25% at one). And only when every part keeps
-``min_rows`` rows (an LSTM call of 16 rows is as efficient per row as one of 32;
-of 8, ~5% less) and ``min_cells`` padded cells (below that the hand-off costs
-more than the part's compute).
+threads, and lost 7% at four connections while gaining 7-27% at one). And only
+when every part keeps ``min_rows`` rows (an LSTM call of 16 rows is as efficient
+per row as one of 32; of 8, ~5% less) and ``min_cells`` padded cells (below that
+the hand-off costs more than the part's compute).
+
 Splitting changes neither the cells a batch computes nor its memory (the parts
 together hold what the one call would have held), so the cost bounds of
 ``cost.py`` stand. The calling thread runs the first part itself; the rest go to

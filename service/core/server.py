@@ -17,7 +17,7 @@ from service.core.batching import BatchingOptions, DynamicBatcher
 from service.core.cost import CostLimits
 from service.core.memory import fix_malloc_thresholds
 from service.core.model import ServedModel, load_version
-from service.core.parallel import RowSplit
+from service.core.parallel import RowSplit, current_board
 from service.core.repository import ModelRepository
 from service.core.runtime import ModelRuntime, RuntimeOptions
 from service.core.state import SequenceStore
@@ -104,6 +104,7 @@ class Server:
             self.cost_limits(options),
             owns_executor=True,
             split=self.split if on_cpu else None,
+            board=current_board(),
         )
 
     def cost_limits(self, options: BatchingOptions) -> CostLimits:

@@ -231,8 +231,8 @@ def idle_sibling(request: Request, server: Server, body: bytes) -> int | None:
     The kernel spreads connections over the workers by a hash, so a few keep-alive
     clients can all land on one worker while another idles (measured: 4 clients of
     32-sequence requests all on one of two workers in 1 run of 6, at half the
-    throughput). A worker that already has a request in hand hands a large one,
-    body as received, to a sibling with none (``core/parallel.py``'s board), which
+    throughput). A worker with ``handoff_backlog`` requests in hand hands a large
+    one (its body decoded) to a sibling with none (``core/parallel.py``'s board), which
     serves it whole and answers through this worker: the sibling's core does the
     parsing and the compute. Small requests stay (forwarding costs about what they
     do), as do server-held sequences (their holder decides where they run) and

@@ -193,7 +193,7 @@ def test_a_request_holds_its_worker_on_the_board_until_answered(uni: ModelRuntim
     watching = Watching(uni)
     watching.metrics = uni.metrics  # type: ignore[attr-defined]
     executor = ThreadPoolExecutor(1)
-    batcher = DynamicBatcher(watching, executor, BatchingOptions(), split=split)  # type: ignore[arg-type]
+    batcher = DynamicBatcher(watching, executor, BatchingOptions(), split=split, board=split.board)  # type: ignore[arg-type]
     x, _ = batch_of(uni, [50] * 32, seed=2)
 
     async def go() -> None:

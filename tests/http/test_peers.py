@@ -368,8 +368,12 @@ def test_a_v2_sequence_in_binary_and_gzip_continues_on_any_worker(
     np.testing.assert_allclose(np.concatenate(outputs), want["sequence_output"][0], atol=1e-5)
 
 
+@pytest.mark.parametrize("split_threads", ["0", "1"])  # with rows split or not
 def test_a_worker_with_a_backlog_hands_large_requests_to_an_idle_sibling(
-    server_factory: Callable[..., ServerProcess], tiny_repository: Path, tmp_path: Path
+    server_factory: Callable[..., ServerProcess],
+    tiny_repository: Path,
+    tmp_path: Path,
+    split_threads: str,
 ) -> None:
     """While one worker computes a long request, large requests that reach it go to its
     idle sibling, and every answer is the model's own (``peers.idle_sibling``)."""
@@ -377,7 +381,11 @@ def test_a_worker_with_a_backlog_hands_large_requests_to_an_idle_sibling(
         server_factory,
         tiny_repository,
         tmp_path,
-        {"LSTM_SERVE_HANDOFF_BACKLOG": "1", "LSTM_SERVE_MAX_REQUEST_TIMESTEPS": "1200000"},
+        {
+            "LSTM_SERVE_HANDOFF_BACKLOG": "1",
+            "LSTM_SERVE_MAX_REQUEST_TIMESTEPS": "1200000",
+            "LSTM_SERVE_SPLIT_THREADS": split_threads,
+        },
     )
     rng = np.random.default_rng(5)
     long_x = rng.normal(size=(120, 10_000, 3)).astype(np.float32)  # V2 binary: 14 MB

@@ -107,14 +107,17 @@ async def _admitted(request: Request, server: Server, name: str, version: str | 
 async def _served(request: Request, server: Server, model: ServedModel) -> Response:
     settings = server.settings
     limit = settings.max_body_bytes
-    sent = await read_body(
-        request,
+    body = decode_content(
+        await read_body(
+            request,
+            limit,
+            settings.request_timeout_s,
+            settings.lingering_close_bytes,
+            settings.lingering_close_s,
+        ),
+        request.headers.get("content-encoding"),
         limit,
-        settings.request_timeout_s,
-        settings.lingering_close_bytes,
-        settings.lingering_close_s,
     )
-    body = decode_content(sent, request.headers.get("content-encoding"), limit)
     if (sibling := idle_sibling(request, server, body)) is not None:
         return await hand_off(request, server, sibling, body)  # decoded, as peers send
     parts = await split_body(
