@@ -153,9 +153,7 @@ class DynamicBatcher:
     ) -> None:
         self._runtime = runtime
         self._split = split  # a batch's rows over several cores (parallel.py); None: one call
-        # Where this worker counts its requests in hand (the server's shared board, which
-        # splits and hand-offs read); a lone one when nobody reads it.
-        self._board = board or CoreBoard()
+        self._board = board or CoreBoard()  # requests in hand; splits and hand-offs read it
         self._executor = executor
         self._owns_executor = owns_executor  # the server gives each version its own threads
         self._options = options
