@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.core.version_policy import VersionPolicy
@@ -242,9 +242,39 @@ class Settings(BaseSettings):
         "on: onnxruntime's default, which keeps the largest call's memory for good",
     )
 
-    # Stateful sequences
+    # Server-held sequences (service/core/state/, docs/sequences.md)
+    state_url: SecretStr | None = Field(
+        default=None,
+        description="the shared sequence store: redis://[user:password@]host:6379/0 (rediss:// "
+        "for TLS). Set, every worker of every replica continues any sequence; unset, sequences "
+        "live in the process, and with workers > 1 server-held sequences are refused",
+    )
+    state_password_file: Path | None = Field(
+        default=None,
+        description="a file holding the store's password (a mounted Secret), read once at "
+        "startup; overrides a password in state_url",
+    )
+    state_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="one store call (and a wait for one of its connections) at most; beyond, "
+        "the chunk gets a 503 with Retry-After and changes nothing",
+    )
+    state_max_connections: int = Field(
+        default=64, ge=1, description="connections to the store per worker process"
+    )
     max_sequences: int = Field(
-        default=10_000, ge=1, description="server-held sequences live at once (429 beyond)"
+        default=10_000,
+        ge=1,
+        description="server-held sequences live at once, in total (in the store: across "
+        "every replica sharing it); 429 beyond",
+    )
+    max_sequences_per_key: int = Field(
+        default=1_000,
+        ge=1,
+        description="server-held sequences one API key may have live at once (429 beyond); "
+        "not applied when keys are off",
     )
     sequence_idle_timeout_s: float = Field(
         default=300.0, gt=0, description="a sequence idle this long is evicted"

@@ -62,7 +62,18 @@ class SequenceGone(ServingError):
 
 
 class SequenceLimit(ServingError):
-    """Every sequence slot is taken by a live sequence."""
+    """Every sequence slot (in total, or the caller's key's share) is taken (429)."""
+
+
+class SequenceConflict(ServingError):
+    """A chunk's ``sequence_offset`` does not match the timesteps its sequence has
+    consumed, or another chunk advanced the sequence while this one ran (409): applying
+    it could step the state twice, so it changes nothing."""
+
+
+class StoreUnavailable(Overloaded):
+    """The shared sequence store (Redis) did not answer in time: server-held sequences
+    wait for it (503 with Retry-After); stateless requests are unaffected."""
 
 
 class NotReady(ServingError):

@@ -20,7 +20,11 @@ from service.core.model import ServedModel, load_version
 from service.core.parallel import RowSplit, current_board
 from service.core.repository import ModelRepository
 from service.core.runtime import ModelRuntime, RuntimeOptions
-from service.core.state import SequenceStore
+from service.core.state import Sequences
+from service.core.state.memory import MemoryStore
+from service.core.state.redis_store import RedisStore
+from service.core.state.sequences import SequencesOptions
+from service.core.state.store import SequenceStore
 from service.core.version_policy import VersionPolicy
 from service.settings import ModelBatching, Settings
 
@@ -52,11 +56,45 @@ class Server:
         )
         # A batch's rows over the process's cores (parallel.py), for every CPU version.
         self.split = RowSplit.start(settings.split_threads)
-        self.sequences = SequenceStore(settings.max_sequences, settings.sequence_idle_timeout_s)
+        self.sequences = self._sequences()
         self._evictor: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
         self.live = True
         self._started = False
+
+    def _sequences(self) -> Sequences:
+        """Server-held sequences: in Redis when a state URL is set (any worker, any
+        replica); in this process when it runs alone; refused, saying what to set, when
+        several workers would each hold a different part of them."""
+        settings = self.settings
+        store: SequenceStore | None = None
+        unavailable = ""
+        if settings.state_url is not None:
+            password = None
+            if settings.state_password_file is not None:
+                password = settings.state_password_file.read_text().strip()
+            store = RedisStore(
+                settings.state_url.get_secret_value(),
+                password=password,
+                timeout_s=settings.state_timeout_s,
+                max_connections=settings.state_max_connections,
+            )
+        elif settings.workers == 1:
+            store = MemoryStore()
+        else:
+            unavailable = (
+                f"server-held sequences (sequence_id) need a shared store when the server runs "
+                f"{settings.workers} worker processes: set LSTM_SERVE_STATE_URL="
+                "redis://HOST:6379/0, or carry the state in the request (initial_states and "
+                "return_states), or stream over the WebSocket /v1/models/{name}/stream"
+            )
+        options = SequencesOptions(
+            idle_timeout_s=settings.sequence_idle_timeout_s,
+            max_sequences=settings.max_sequences,
+            max_per_key=settings.max_sequences_per_key,
+            unavailable=unavailable,
+        )
+        return Sequences(store, self.repository.get, options)
 
     def batching_options(self, model: str) -> BatchingOptions | None:
         """Dynamic batching's options for ``model`` (server-wide, then its own); None if off."""
@@ -145,8 +183,18 @@ class Server:
         if not loaded:
             log.warning("no model loaded from %s", self.settings.model_repository)
         log.info("ready: %s", ", ".join(loaded) or "no models")
-        every = min(10.0, self.settings.sequence_idle_timeout_s / 2)
-        self._evictor = asyncio.create_task(self.sequences.evict_forever(every))
+        store = self.sequences.store
+        if isinstance(store, MemoryStore):  # Redis expires keys itself
+            every = min(10.0, self.settings.sequence_idle_timeout_s / 2)
+            self._evictor = asyncio.create_task(_purge_forever(store, every))
+        elif isinstance(store, RedisStore):
+            answered = await store.ping()
+            log.log(
+                logging.INFO if answered else logging.WARNING,
+                "sequence store %s %s",
+                store.url,
+                "answers" if answered else "does not answer yet: server-held sequences get 503",
+            )
         if self.settings.model_control_mode == "poll":
             self._poller = asyncio.create_task(self._poll_forever())
         self._started = True
@@ -168,5 +216,13 @@ class Server:
             if task is not None:
                 task.cancel()
         await self.repository.close()  # closes every version's batcher and its threads
+        await self.sequences.close()
         if self.split is not None:
             self.split.shutdown()
+
+
+async def _purge_forever(store: MemoryStore, every_s: float) -> None:
+    """Background task: forget idle sequences even when no new one arrives."""
+    while True:
+        await asyncio.sleep(every_s)
+        store.purge()

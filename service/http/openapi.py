@@ -66,11 +66,14 @@ ERROR_STATUSES: dict[int, str] = {
     413: "Body over LSTM_SERVE_MAX_BODY_BYTES",
     422: "Well-formed, but does not fit the model (features, lengths, limits)",
     410: "The server-held sequence's model version was unloaded: start the sequence again",
-    429: "Too many open sequences (LSTM_SERVE_MAX_SEQUENCES)",
+    429: "Too many live sequences (LSTM_SERVE_MAX_SEQUENCES, or the key's "
+    "LSTM_SERVE_MAX_SEQUENCES_PER_KEY)",
     401: "No API key, or a wrong one, while keys are on (with WWW-Authenticate)",
     403: "The key lacks the route's scope, the Origin is not allowed, or model control is "
     "off (LSTM_SERVE_MODEL_CONTROL_MODE)",
-    409: "The change would leave the server serving no model",
+    409: "A chunk's sequence_offset is not where its sequence stands, or another chunk "
+    "advanced the sequence meanwhile (nothing applied); or, model control, the change would "
+    "leave the server serving no model",
     415: "A POST body that is neither JSON nor binary tensor data",
     503: "The model is loading or unloading, or its queue is full (with Retry-After)",
 }
@@ -80,9 +83,8 @@ ERROR_STATUSES: dict[int, str] = {
 # the tables that answer them, so the document cannot drift from what is answered.
 GUARD_ERRORS = (401, 403, 415)
 """What the security layer (``http/security.py``) can answer before any route runs."""
-_CONTROL_ONLY = {409}  # Conflict: only the model-control API raises it
-PREDICT_ERRORS = tuple(sorted(set(V1_STATUS.values()) - _CONTROL_ONLY | set(GUARD_ERRORS)))
-INFER_ERRORS = tuple(sorted(set(V2_STATUS.values()) - _CONTROL_ONLY | set(GUARD_ERRORS)))
+PREDICT_ERRORS = tuple(sorted(set(V1_STATUS.values()) | set(GUARD_ERRORS)))
+INFER_ERRORS = tuple(sorted(set(V2_STATUS.values()) | set(GUARD_ERRORS)))
 MODEL_ERRORS = (401, 403, 404, 503)
 
 

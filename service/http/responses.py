@@ -40,6 +40,11 @@ class PredictResponse(BaseModel):
     sequence_id: int | str | None = Field(
         default=None, description="echoed when the request named one"
     )
+    sequence_steps: int | None = Field(
+        default=None,
+        description="with a sequence_id: the timesteps the sequence has consumed after this "
+        "chunk (the next chunk's sequence_offset)",
+    )
     states: list[Any] | None = Field(
         default=None, description="with return_states: one opaque token per sequence"
     )
@@ -138,6 +143,11 @@ class InferenceResponse(BaseModel):
     model_name: str
     model_version: str
     id: str | None = None
+    parameters: dict[str, Any] | None = Field(
+        default=None,
+        description="with parameters.sequence_id: sequence_steps, the timesteps the sequence "
+        "has consumed after this chunk (the next chunk's parameters.sequence_offset)",
+    )
     outputs: list[OutputTensor]
 
 

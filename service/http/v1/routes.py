@@ -3,7 +3,7 @@
 Routes are thin: read the body (``http/body.py``; a simple one's instances straight
 to float32, ``fast_instances.py``), validate the envelope with pydantic, turn the
 instances into arrays (``instances.py``, or the numbers already read), hand them to the
-model version's batcher (``core/batching.py``, through ``core/state.py`` when the
+model version's batcher (``core/batching.py``, through ``core/state/`` when the
 request carries or continues state), and shape the answer (``predictions.py``).
 """
 
@@ -62,6 +62,12 @@ class PredictRequest(BaseModel):
     sequence_id: Any = Field(default=None, description="integer or string id of the sequence")
     sequence_start: StrictBool = False
     sequence_end: StrictBool = False
+    sequence_offset: Any = Field(
+        default=None,
+        description="timesteps of the sequence consumed before this chunk: a chunk that "
+        "does not start there is refused (409), and the last chunk resent unchanged is "
+        "answered again without stepping the state twice (retry-safe chunks)",
+    )
     # Client-carried state: any replica can continue the sequence.
     initial_states: list[dict[str, Any] | None] | None = None
     return_states: StrictBool = False
@@ -73,6 +79,7 @@ class PredictRequest(BaseModel):
             sequence_id=state.parse_sequence_id(self.sequence_id),
             sequence_start=self.sequence_start,
             sequence_end=self.sequence_end,
+            sequence_offset=state.parse_sequence_offset(self.sequence_offset),
             initial_states=self.initial_states,
             return_states=self.return_states,
         )
@@ -122,8 +129,9 @@ async def _served(request: Request, server: Server, model: ServedModel) -> Respo
         outputs=SEQUENCE if envelope.return_sequences else FINAL,
         deadline=time.monotonic() + settings.request_timeout_s,
     )
+    steps = None
     if options.stateful:
-        result = await state.infer(
+        result, steps = await state.infer(
             model,
             server.sequences,
             inference,
@@ -139,6 +147,7 @@ async def _served(request: Request, server: Server, model: ServedModel) -> Respo
     }
     if envelope.sequence_id is not None:
         answer["sequence_id"] = envelope.sequence_id
+        answer["sequence_steps"] = steps
     if options.return_states:
         answer["states"] = encode_states(meta, result.final_states)
     return json_response(answer)

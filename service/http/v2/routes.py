@@ -2,7 +2,7 @@
 
 ``GET /v2``, ``GET /v2/models/{m}[/versions/{v}]`` (+ ``/ready``, ``/config``) and
 ``POST .../infer``, with the binary tensor data extension both ways and Triton's
-sequence extension (``parameters.sequence_id``, routed to ``core/state.py``).
+sequence extension (``parameters.sequence_id``, routed to ``core/state/``).
 Health routes live in ``http/health.py``, the repository extension in
 ``repository.py``.
 
@@ -153,14 +153,17 @@ async def _served(request: Request, server: Server, model: ServedModel) -> Respo
         ),
         deadline=time.monotonic() + wait_s,
     )
+    steps = None
     if options.stateful:
-        result = await state.infer(model, server.sequences, inference, options)
+        result, steps = await state.infer(model, server.sequences, inference, options)
     else:
         result = await model.batcher.submit(inference)
     outputs, arrays = encode_outputs(selected, result)
     header: dict[str, Any] = {"model_name": meta.name, "model_version": str(meta.version)}
     if envelope.id is not None:
         header["id"] = envelope.id
+    if steps is not None:
+        header["parameters"] = {"sequence_steps": steps}
     header["outputs"] = outputs
     return binary_response(header, arrays) if arrays else json_response(header)
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from service.core.contract import ModelMetadata
 from service.core.errors import BadRequest
 from service.core.runtime import RunResult
-from service.core.state import StateOptions, parse_sequence_id
+from service.core.state import StateOptions, parse_sequence_id, parse_sequence_offset
 
 
 class _Strict(BaseModel):
@@ -98,7 +98,8 @@ class InferenceRequestBody(_Strict):
 
     def state_options(self, owner: str = "") -> StateOptions:
         """Triton's sequence extension: ``sequence_id`` (0 or absent: no sequence),
-        ``sequence_start`` and ``sequence_end``, routed to the server-held state."""
+        ``sequence_start`` and ``sequence_end``, routed to the server-held state; and
+        ``sequence_offset``, this project's retry-safe chunks (``core/state/sequences.py``)."""
         flags = {}
         for key in ("sequence_start", "sequence_end"):
             value = self.parameters.get(key, False)
@@ -111,6 +112,7 @@ class InferenceRequestBody(_Strict):
             sequence_id=None if raw_id in (None, 0, "") else parse_sequence_id(raw_id),
             sequence_start=flags["sequence_start"],
             sequence_end=flags["sequence_end"],
+            sequence_offset=parse_sequence_offset(self.parameters.get("sequence_offset")),
         )
 
 

@@ -24,37 +24,15 @@ from tests.http.ui.test_page import find_or_install_chromium
 PAGES = ("/docs", "/redoc", "/docs/oauth2-redirect")
 _REFERENCES = re.compile(r"""(?:src|href|spec-url)\s*=\s*["']([^"']+)["']|url:\s*'([^']+)'""")
 
+_ERRORS = (400, 401, 403, 404, 408, 409, 410, 413, 415, 422, 429, 503)
 INFERENCE = {
     # 401/403/415: the security layer; 422 on V2: a cost limit (core/cost.py) on both;
-    # 410: a server-held sequence whose version was retired (issue 15).
-    "/v1/models/{name}:predict": (400, 401, 403, 404, 408, 410, 413, 415, 422, 429, 503),
-    "/v1/models/{name}/versions/{version}:predict": (
-        400,
-        401,
-        403,
-        404,
-        408,
-        410,
-        413,
-        415,
-        422,
-        429,
-        503,
-    ),
-    "/v2/models/{name}/infer": (400, 401, 403, 404, 408, 410, 413, 415, 422, 429, 503),
-    "/v2/models/{name}/versions/{version}/infer": (
-        400,
-        401,
-        403,
-        404,
-        408,
-        410,
-        413,
-        415,
-        422,
-        429,
-        503,
-    ),
+    # 409: a sequence chunk at the wrong offset; 410: a server-held sequence whose version
+    # was retired.
+    "/v1/models/{name}:predict": _ERRORS,
+    "/v1/models/{name}/versions/{version}:predict": _ERRORS,
+    "/v2/models/{name}/infer": _ERRORS,
+    "/v2/models/{name}/versions/{version}/infer": _ERRORS,
 }
 
 

@@ -1,0 +1,119 @@
+"""What a request asks about state, in protocol-neutral terms, and the checks on it.
+
+Two ways to continue a sequence across requests, as Keras ``stateful=True`` does
+within one model object:
+
+- **Server-held** (Triton's sequence batcher): chunks under one ``sequence_id``;
+  the sequence's (h, c) live in the sequence store between chunks
+  (``state/sequences.py``), so any worker of any replica can continue it.
+- **Client-carried**: the request brings each sequence's initial states (decoded
+  by its protocol's wire format) and may ask for the final states back.
+
+Protocols turn their fields into a ``StateOptions``; nothing here knows HTTP or gRPC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from service.core.errors import InvalidInput
+from service.core.model import ServedModel
+
+SequenceId = str | int
+
+
+@dataclass(frozen=True)
+class StateOptions:
+    """The state a request asked for.
+
+    ``initial_states`` has one entry per sequence of the request: that sequence's
+    state as its protocol carries it (decoded by the decoder ``infer`` is given),
+    or None to start from zeros. ``sequence_offset`` is the number of timesteps of
+    the sequence consumed before this chunk, as the client counts them: the
+    retry-safety check (``state/sequences.py``).
+    """
+
+    sequence_id: SequenceId | None = None
+    sequence_start: bool = False
+    sequence_end: bool = False
+    sequence_offset: int | None = None
+    initial_states: list[Any] | None = None
+    return_states: bool = False
+    owner: str = ""
+    """Who is asking (the API key's id; "" when keys are off): server-held state is theirs."""
+
+    @property
+    def stateful(self) -> bool:
+        """Anything asked about state, so that ``infer`` must check and route it."""
+        return (
+            self.sequence_id is not None
+            or self.initial_states is not None
+            or self.return_states
+            or self.sequence_start
+            or self.sequence_end
+            or self.sequence_offset is not None
+        )
+
+
+def parse_sequence_id(value: Any) -> SequenceId | None:
+    """Triton's rule: a sequence id is an unsigned integer or a string."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**64:
+        return value
+    if isinstance(value, str) and 1 <= len(value) <= 128:
+        return value
+    raise InvalidInput(
+        f"sequence_id {value!r} must be an unsigned 64-bit integer or a string of 1 to 128 "
+        "characters"
+    )
+
+
+def parse_sequence_offset(value: Any) -> int | None:
+    """A chunk's first timestep within its sequence: a non-negative integer."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:
+        return value
+    raise InvalidInput(
+        f"sequence_offset {value!r} must be a non-negative integer: the number of timesteps "
+        "of the sequence consumed before this chunk"
+    )
+
+
+def check_options(options: StateOptions, batch: int) -> None:
+    """Refuse combinations that cannot mean anything, before any state is decoded."""
+    if options.sequence_id is None and (
+        options.sequence_start or options.sequence_end or options.sequence_offset is not None
+    ):
+        raise InvalidInput("sequence_start, sequence_end and sequence_offset need a sequence_id")
+    if options.sequence_id is not None:
+        if options.initial_states is not None:
+            raise InvalidInput(
+                "use either sequence_id (state held by the server) or initial_states "
+                "(state carried by the client), not both"
+            )
+        if batch != 1:
+            raise InvalidInput(
+                f"a request with a sequence_id carries exactly one sequence; got {batch}"
+            )
+        if options.sequence_start and options.sequence_offset not in (None, 0):
+            raise InvalidInput(
+                f"sequence_offset is {options.sequence_offset} on a chunk with "
+                "sequence_start: a sequence starts at timestep 0"
+            )
+    if options.initial_states is not None and len(options.initial_states) != batch:
+        raise InvalidInput(
+            f"initial_states has {len(options.initial_states)} entries; the request has "
+            f"{batch} sequences (use null for a sequence that starts from zero state)"
+        )
+
+
+def check_stateful(model: ServedModel) -> None:
+    """Only unidirectional models can carry state: a backward direction needs it all."""
+    if model.metadata.bidirectional:
+        raise InvalidInput(
+            f"model {model.name!r} has bidirectional layers: its backward direction needs the "
+            "whole sequence at once, so it cannot carry state across requests"
+        )
