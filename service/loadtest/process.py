@@ -91,7 +91,11 @@ class PeakRss:
 
 
 class ServerProcess:
-    """``python -m service`` on a loopback port, its output in ``log_path`` (or discarded)."""
+    """``python -m service`` on a loopback port, its output in ``log_path`` (or discarded).
+
+    ``new_session``: the server leads its own process group, so that ``os.killpg`` reaches
+    its worker processes too (a crash of the whole replica, as the scale-out tests make).
+    """
 
     def __init__(
         self,
@@ -99,6 +103,8 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         log_path: Path | None = None,
         port: int | None = None,
+        *,
+        new_session: bool = False,
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -117,6 +123,8 @@ class ServerProcess:
             stdout=output,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
+            # Its own process group (pgid = pid), so a test can signal it with its workers.
+            start_new_session=new_session,
         )
 
     def log(self) -> str:
