@@ -16,15 +16,16 @@ from service.app import create_app
 from service.core.contract import ModelMetadata
 from service.loadtest.process import ROOT, ServerProcess, start_server
 from service.settings import Settings
-from tests.redis_server import RedisServer
+from tests.scaleout.cluster import RedisServer
 
 __all__ = ["ROOT", "ServerProcess", "make_client", "reference", "start_server"]
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """One real Redis for the session (``tests/redis_server.py``); tests use their own keys."""
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    """One real Redis for the session (``tests/scaleout/cluster.py``)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
     yield server
     server.stop()
 

@@ -26,17 +26,6 @@ OVERLAYS = ("cpu", "gpu", "with-redis")
 INFERENCE_SERVICE = DEPLOY / "kserve" / "inferenceservice.yaml"
 COMPOSE = DEPLOY / "compose.yaml"
 NGINX_CONF = DEPLOY / "nginx" / "nginx.conf"
-# The sequence store's settings (issue 23): the deployment sets them already, while
-# service/settings.py gains them on another branch. Until it has them they are let
-# through unchecked; test_manifests.test_the_store_settings_are_real_settings says so
-# (xfail), and from then on they are validated like every other name.
-STORE_SETTINGS = frozenset(
-    {
-        "LSTM_SERVE_STATE_URL",
-        "LSTM_SERVE_STATE_PASSWORD_FILE",
-        "LSTM_SERVE_MAX_SEQUENCES_PER_KEY",
-    }
-)
 Get = Callable[[str], httpx.Response]
 # The oldest and newest Kubernetes minor versions the manifests are checked against.
 KUBERNETES_VERSIONS = ("1.27", "1.37")
@@ -109,11 +98,6 @@ def workloads(
 
 def settings_env_names() -> set[str]:
     return {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
-
-
-def pending_store_settings() -> set[str]:
-    """The sequence store's names that service/settings.py does not read yet."""
-    return set(STORE_SETTINGS - settings_env_names())
 
 
 def render(overlay: str | Path) -> str:
@@ -231,8 +215,7 @@ def image_env(target: str, variant: str) -> dict[str, str]:
 
 def settings_from_env(env: dict[str, str]) -> Settings:
     """Validate ``LSTM_SERVE_*`` values as the server would read them (unknown names fail)."""
-    pending = pending_store_settings()
-    unknown = sorted(set(env) - settings_env_names() - pending)
+    unknown = sorted(set(env) - settings_env_names())
     assert not unknown, f"not server settings: {unknown}"
     # Read from the environment, as the server does: lists are JSON there.
     ours = {name for name in os.environ if name.startswith(ENV_PREFIX)}

@@ -43,7 +43,6 @@ def scaleout_cluster(
         WORKERS,
         {
             "LSTM_SERVE_REQUEST_TIMEOUT_S": str(REQUEST_TIMEOUT_S),
-            "LSTM_SERVE_SPLIT_THREADS": "1",
             "LSTM_SERVE_LOG_LEVEL": "warning",
         },
     )

@@ -34,7 +34,7 @@ from service.core.state.redis_store import RedisStore
 from service.core.state.sequences import Sequences, SequencesOptions
 from service.core.state.store import SequenceStore
 from service.settings import Settings
-from tests.redis_server import RedisServer
+from tests.scaleout.cluster import RedisServer
 
 OPTIONS = SequencesOptions(idle_timeout_s=60, max_sequences=50, max_per_key=3)
 
@@ -318,7 +318,8 @@ def test_redis_down_is_a_503_within_the_deadline_and_recovers(
     """A stopped Redis: the chunk fails fast with ``StoreUnavailable`` (503, Retry-After)
     and changes nothing; restarted (append-only file kept), the sequence goes on."""
     server, model = served
-    store_server = RedisServer(tmp_path / "redis").start()
+    store_server = RedisServer(tmp_path / "redis")
+    store_server.start()
 
     async def scenario() -> None:
         seqs = Sequences(

@@ -146,7 +146,11 @@ def test_sequences_are_isolated_and_restart_resets(client: TestClient) -> None:
             "sequence 'never-started' is not live (never started, already ended, or evicted after "
             "300 s idle); send its first chunk with sequence_start set to begin it",
         ),
-        ({"sequence_start": True}, 422, "sequence_start, sequence_end and sequence_offset need a sequence_id"),
+        (
+            {"sequence_start": True},
+            422,
+            "sequence_start, sequence_end and sequence_offset need a sequence_id",
+        ),
         (
             {"sequence_id": 7, "sequence_start": True, "initial_states": [None]},
             422,
