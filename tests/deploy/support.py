@@ -223,8 +223,7 @@ def settings_from_env(env: dict[str, str]) -> Settings:
         for name in ours:
             patch.delenv(name)
         for name, value in env.items():
-            if name not in pending:
-                patch.setenv(name, value)
+            patch.setenv(name, value)
         return Settings()
 
 
