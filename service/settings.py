@@ -294,31 +294,6 @@ class Settings(BaseSettings):
     )
     ssl_keyfile: Path | None = Field(default=None, description="TLS private key (PEM)")
 
-    # Workers as one server (issue 15; service/http/peers.py, README "Many workers, one server")
-    peer_control_timeout_s: float = Field(
-        default=120.0,
-        gt=0,
-        le=3600,
-        description="with workers > 1: how long a load or unload waits for each worker to "
-        "apply it (loading and warming up, or draining for up to unload_drain_s) before the "
-        "call reports that worker as failed (503)",
-    )
-    handoff_backlog: int = Field(
-        default=2,
-        ge=0,
-        description="with workers > 1: requests a worker has in hand before it hands a large "
-        "one (16 KiB or more, not server-held) to a sibling with none, so that clients the "
-        "kernel put on one worker still use every core; 0: never",
-    )
-    peer_forward_timeout_s: float = Field(
-        default=5.0,
-        gt=0,
-        le=600,
-        description="with workers > 1: extra time, beyond request_timeout_s, that a "
-        "server-held sequence's chunk forwarded to the worker that holds the sequence may "
-        "take before it is answered 503",
-    )
-
     # Logging
     log_level: LogLevel = "info"
     log_format: Literal["json", "text"] = Field(
