@@ -67,8 +67,9 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         default=1,
         ge=0,
-        description="threads inside one onnxruntime call; 1 scales best with processes "
-        "(onnxruntime's own default, 0, sizes the pool to the host, not the container)",
+        description="threads inside one onnxruntime call; 1 scales best with one worker "
+        "per core; with one worker on a multi-core machine, raise it to use the other "
+        "cores (onnxruntime's own default, 0, sizes the pool to the host, not the container)",
     )
     inter_op_threads: int = Field(default=1, ge=0)
     inference_threads: int = Field(
@@ -76,15 +77,6 @@ class Settings(BaseSettings):
         ge=1,
         description="onnxruntime calls in flight at once per process; with one worker per "
         "core, 1 (measured: 2 only adds GIL and scheduler contention)",
-    )
-
-    split_threads: int = Field(
-        default=0,
-        ge=0,
-        description="onnxruntime calls one batch's rows may be spread over at once, so that "
-        "a large request uses every core even when few connections are busy "
-        "(service/core/parallel.py); 0: one per CPU available (affinity and cgroup quota); "
-        "1: never split. Only batches of >= 16 rows per call split",
     )
 
     # Dynamic batching (service/core/batching.py), per model version
