@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,9 +10,8 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp
 
-from service.core.errors import ServingError
 from service.core.server import Server
-from service.http import errors, health, metrics, openapi, peers
+from service.http import errors, health, metrics, openapi
 from service.http.asgi import HotRoutes, RequestObserver
 from service.http.security import Security
 from service.http.ui.routes import router as ui_router
@@ -24,25 +22,8 @@ from service.http.v2 import routes as v2
 from service.logs import configure_logging
 from service.settings import Settings
 
-log = logging.getLogger("service")
-
 HOT_ROUTERS = [v1.router, v2.router]
 """The routers whose ``@hot`` routes (predict, infer) are served straight from ASGI."""
-
-
-async def replay_changes(server: Server) -> None:
-    """A worker started after repository changes (one the supervisor replaced) applies the
-    unloads its siblings applied, so it serves what they serve (``http/peers.py``); its
-    startup load already loaded the rest."""
-    fleet = peers.current()
-    if fleet is None:
-        return
-    for name, action in fleet.changes().items():
-        if action == "unload" and name in server.repository.names():
-            try:
-                await server.repository.unload_model(name)
-            except ServingError as exc:
-                log.error("could not replay the unload of %s: %s", name, exc.message)
 
 
 def build_fastapi(settings: Settings) -> FastAPI:
@@ -52,7 +33,6 @@ def build_fastapi(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await server.start()
-        await replay_changes(server)
         # Everything loaded so far lives as long as the process: move it out of the
         # collector's reach, so the full collections that request garbage triggers
         # scan only request-sized heaps (they caused 10-20 ms latency spikes).

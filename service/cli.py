@@ -84,18 +84,12 @@ def main(argv: list[str] | None = None) -> None:
         # in a folder of our own that goes when the server does.
         metrics_dir = tempfile.mkdtemp(prefix="lstm-serve-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    peers_dir = None
     try:
         ensure_default_model(settings)
         if settings.workers > 1 and reuse_port_supported():
-            # The workers' private Unix sockets (http/peers.py): mode 0700, ours alone.
-            # A Unix socket's path has at most 107 bytes: a deep TMPDIR falls back to /tmp.
-            short = len(tempfile.gettempdir()) <= 60 or not os.access("/tmp", os.W_OK)
-            peers_dir = tempfile.mkdtemp(prefix="lstm-serve-peers-", dir=None if short else "/tmp")
-            Supervisor(settings, peers_dir).run()
+            Supervisor(settings).run()
         else:  # one process, or no SO_REUSEPORT (not Linux/BSD): uvicorn's shared-socket workers
             uvicorn.run(APP, workers=settings.workers, **uvicorn_options(settings))
     finally:
-        for folder in (metrics_dir, peers_dir):
-            if folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)

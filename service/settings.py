@@ -67,8 +67,9 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(
         default=1,
         ge=0,
-        description="threads inside one onnxruntime call; 1 scales best with processes "
-        "(onnxruntime's own default, 0, sizes the pool to the host, not the container)",
+        description="threads inside one onnxruntime call; 1 scales best with one worker "
+        "per core; with one worker on a multi-core machine, raise it to use the other "
+        "cores (onnxruntime's own default, 0, sizes the pool to the host, not the container)",
     )
     inter_op_threads: int = Field(default=1, ge=0)
     inference_threads: int = Field(
@@ -76,15 +77,6 @@ class Settings(BaseSettings):
         ge=1,
         description="onnxruntime calls in flight at once per process; with one worker per "
         "core, 1 (measured: 2 only adds GIL and scheduler contention)",
-    )
-
-    split_threads: int = Field(
-        default=0,
-        ge=0,
-        description="onnxruntime calls one batch's rows may be spread over at once, so that "
-        "a large request uses every core even when few connections are busy "
-        "(service/core/parallel.py); 0: one per CPU available (affinity and cgroup quota); "
-        "1: never split. Only batches of >= 16 rows per call split",
     )
 
     # Dynamic batching (service/core/batching.py), per model version
@@ -323,31 +315,6 @@ class Settings(BaseSettings):
         default=None, description="TLS certificate chain (PEM); with ssl_keyfile, serve HTTPS"
     )
     ssl_keyfile: Path | None = Field(default=None, description="TLS private key (PEM)")
-
-    # Workers as one server (issue 15; service/http/peers.py, README "Many workers, one server")
-    peer_control_timeout_s: float = Field(
-        default=120.0,
-        gt=0,
-        le=3600,
-        description="with workers > 1: how long a load or unload waits for each worker to "
-        "apply it (loading and warming up, or draining for up to unload_drain_s) before the "
-        "call reports that worker as failed (503)",
-    )
-    handoff_backlog: int = Field(
-        default=2,
-        ge=0,
-        description="with workers > 1: requests a worker has in hand before it hands a large "
-        "one (16 KiB or more, not server-held) to a sibling with none, so that clients the "
-        "kernel put on one worker still use every core; 0: never",
-    )
-    peer_forward_timeout_s: float = Field(
-        default=5.0,
-        gt=0,
-        le=600,
-        description="with workers > 1: extra time, beyond request_timeout_s, that a "
-        "server-held sequence's chunk forwarded to the worker that holds the sequence may "
-        "take before it is answered 503",
-    )
 
     # Logging
     log_level: LogLevel = "info"

@@ -12,14 +12,16 @@ on its own socket and the kernel spreads new connections across them by hash
 The supervisor here is deliberately small: start the workers, forward SIGTERM
 and SIGINT to them as SIGTERM (each drains its requests: uvicorn's graceful
 shutdown), replace a worker that dies while the server is meant to run, and
-stop replacing after repeated quick deaths rather than spin. Each worker has a
-fixed index and, beside its TCP socket, a private Unix socket where its siblings
-reach it, so the workers act as one server (``http/peers.py``).
+stop replacing after repeated quick deaths rather than spin.
+
+The workers share nothing but their port: each is a whole server of its own (its
+models, batchers, connections and counters), and a call reaches whichever worker
+the kernel's hash picked for its connection. What must outlive one process, such
+as server-held sequences, goes through a shared state store, as between replicas.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import multiprocessing
 import os
@@ -27,16 +29,12 @@ import signal
 import socket
 import time
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import uvicorn
 
-from service.core import parallel
-from service.http import peers
 from service.http.connections import PROTOCOL
-from service.http.peers import Peers
 from service.settings import Settings
 
 log = logging.getLogger("service.workers")
@@ -94,61 +92,31 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def peer_socket(path: Path) -> socket.socket:
-    """This worker's private Unix socket, where its siblings reach it (``http/peers.py``)."""
-    path.unlink(missing_ok=True)  # a dead predecessor's
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(str(path))
-    sock.listen(256)
-    sock.set_inheritable(True)
-    return sock
-
-
-def _worker_main(index: int, peers_dir: str | None, board: Any = None) -> None:
-    """One worker process: its own sockets, its own event loop, the whole app."""
+def _worker_main() -> None:
+    """One worker process: its own socket, its own event loop, the whole app."""
     from service.logs import configure_logging
 
-    if board is not None:  # the workers' requests in hand and connections (core/parallel.py)
-        parallel.share_board(board, index)
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format == "json")
-    sockets = [listening_socket(settings.host, settings.port)]
-    if peers_dir is not None:
-        me = Peers(index, settings.workers, Path(peers_dir), tls=settings.ssl_certfile is not None)
-        peers.configure(me)
-        sockets.append(peer_socket(me.socket_path(index)))
-    uvicorn.Server(uvicorn.Config(APP, **uvicorn_options(settings))).run(sockets=sockets)
+    sock = listening_socket(settings.host, settings.port)
+    uvicorn.Server(uvicorn.Config(APP, **uvicorn_options(settings))).run(sockets=[sock])
 
 
 class Supervisor:
     """Runs ``count`` workers until SIGTERM or SIGINT, replacing ones that die."""
 
-    def __init__(self, settings: Settings, peers_dir: str | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.peers_dir = peers_dir
-        """Where the workers' Unix sockets live (``http/peers.py``); None: none."""
         self.count = settings.workers
         self._context = multiprocessing.get_context("spawn")
         self._workers: list[BaseProcess] = []
-        # Per worker, its requests in hand (so that a batch splits over cores, or a backlog
-        # goes, only where no worker is busy) and its client connections (evened out by
-        # http/connections.py): core/parallel.py's CoreBoard.
-        self._board = self._context.RawArray(ctypes.c_int, 2 * self.count)
         self._stopping = False
         self._deaths: list[float] = []
 
-    def _spawn(self, index: int) -> BaseProcess:
-        """Worker ``index``: a replacement keeps the index, so its socket and its share of
-        the sequences stay where the other workers look for them."""
-        # A dead predecessor holds no request, nor any connection.
-        self._board[index] = self._board[self.count + index] = 0
-        process = self._context.Process(
-            target=_worker_main,
-            args=(index, self.peers_dir, self._board),
-            name="lstm-serve-worker",
-        )
+    def _spawn(self) -> BaseProcess:
+        process = self._context.Process(target=_worker_main, name="lstm-serve-worker")
         process.start()
-        log.info("started worker process %d (worker %d)", process.pid, index)
+        log.info("started worker process %d", process.pid)
         return process
 
     def _on_signal(self, signum: int, _: FrameType | None) -> None:
@@ -168,7 +136,7 @@ class Supervisor:
                 log.error("workers keep dying; stopping the server instead of restarting them")
                 self._stopping = True
                 return
-            self._workers[i] = self._spawn(i)
+            self._workers[i] = self._spawn()
 
     def run(self) -> None:
         # Fail here, once and clearly, if the port cannot be had (not in every worker).
@@ -181,7 +149,7 @@ class Supervisor:
             self.settings.port,
             self.count,
         )
-        self._workers = [self._spawn(i) for i in range(self.count)]
+        self._workers = [self._spawn() for _ in range(self.count)]
         while not self._stopping:
             time.sleep(0.2)
             self._replace_dead()

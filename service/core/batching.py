@@ -56,7 +56,6 @@ import onnxruntime as ort
 from service.core.calls import run_batch
 from service.core.cost import CostLimits, check_request, length_bucket
 from service.core.errors import DeadlineExceeded, Overloaded
-from service.core.parallel import CoreBoard, RowSplit
 from service.core.request import InferenceRequest
 from service.core.runtime import ModelRuntime, RunResult
 
@@ -148,12 +147,8 @@ class DynamicBatcher:
         limits: CostLimits | None = None,
         *,
         owns_executor: bool = False,
-        split: RowSplit | None = None,
-        board: CoreBoard | None = None,
     ) -> None:
         self._runtime = runtime
-        self._split = split  # a batch's rows over several cores (parallel.py); None: one call
-        self._board = board or CoreBoard()  # requests in hand; splits and hand-offs read it
         self._executor = executor
         self._owns_executor = owns_executor  # the server gives each version its own threads
         self._options = options
@@ -197,11 +192,9 @@ class DynamicBatcher:
         self._in_flight += 1
         self._depth.inc()
         self._drained.clear()
-        self._board.enter()  # this worker holds a core: others split less, may hand over
         try:
             return await self._submit(request)
         finally:
-            self._board.leave()
             self._in_flight -= 1
             self._depth.dec()
             if self._in_flight == 0 and self._holders == 0:
@@ -357,7 +350,7 @@ class DynamicBatcher:
                 pending.call = call
             try:
                 done = self._executor.submit(
-                    run_batch, self._runtime, requests, self._limits, call.options, self._split
+                    run_batch, self._runtime, requests, self._limits, call.options
                 )
             except RuntimeError as exc:  # the executor is shut down: the server is stopping
                 self._finish(batch, [exc] * len(batch))

@@ -19,7 +19,6 @@ import onnxruntime as ort
 
 from service.core.cost import CostLimits, execute
 from service.core.errors import DeadlineExceeded
-from service.core.parallel import RowSplit
 from service.core.request import InferenceRequest
 from service.core.runtime import ModelRuntime, RunResult, State, stack_states
 
@@ -79,10 +78,9 @@ def run_batch(
     requests: list[InferenceRequest],
     limits: CostLimits | None = None,
     run_options: ort.RunOptions | None = None,
-    row_split: RowSplit | None = None,
 ) -> list[RunResult | Exception]:
-    """Merge, run as bounded calls (their rows over ``row_split``'s threads), split; on a
-    worker thread. Requests past their deadline are skipped."""
+    """Merge, run as bounded calls, split; on a worker thread. Requests past their
+    deadline are skipped."""
     start = time.monotonic()
     metrics = runtime.metrics
     expired = [start > r.deadline for r in requests]
@@ -101,7 +99,6 @@ def run_batch(
                 batch.outputs,
                 limits or CostLimits(),
                 run_options,
-                row_split,
             )
             parts = list(split(result, live))
         except Exception as error:  # reach every caller; the batcher itself must survive

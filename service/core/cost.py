@@ -18,9 +18,6 @@ row; a long batch would need all its steps at once. So ``execute`` plans:
 Results are scattered back into the batch's own layout; padded steps that no
 call ran get ``runtime.padding_output``, what one whole call returns there.
 
-A batch that fits one call may still run as several at once, its rows split over
-the process's cores (``parallel.py``: same cells, same memory, more cores).
-
 Every call shares the caller's ``RunOptions``: setting ``terminate`` stops the
 call in flight and the calls not yet started (``DynamicBatcher`` does so when
 nobody waits for the batch any more).
@@ -29,16 +26,14 @@ nobody waits for the batch any more).
 from __future__ import annotations
 
 import math
-from concurrent.futures import Executor, wait
 from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 
 from service.core.errors import CostLimit
-from service.core.parallel import RowSplit
 from service.core.request import Outputs
-from service.core.runtime import ModelRuntime, RunResult, State, stack_states
+from service.core.runtime import ModelRuntime, RunResult, State
 
 
 def length_bucket(steps: int, ratio: float) -> int:
@@ -182,39 +177,6 @@ def _run_chunked(
         into.put(rows, 0, RunResult(final_states=carried), None)
 
 
-def _run_parts(
-    runtime: ModelRuntime,
-    x: np.ndarray,
-    lengths: np.ndarray,
-    states: list[State] | None,
-    outputs: Outputs,
-    run_options: ort.RunOptions | None,
-    helpers: Executor,
-    parts: list[slice],
-) -> RunResult:
-    """One call's rows as concurrent calls, the first on this thread; joined in row order."""
-
-    def run(rows: slice) -> RunResult:
-        part_states = None if states is None else [(h[:, rows], c[:, rows]) for h, c in states]
-        return runtime.run(x[rows], lengths[rows], part_states, outputs, run_options)
-
-    helped = [helpers.submit(run, rows) for rows in parts[1:]]
-    try:
-        results = [run(parts[0])]
-    finally:  # the batch is over only when every part is: they hold its memory
-        wait(helped)
-    results += [done.result() for done in helped]
-
-    def joined(arrays: list[np.ndarray | None]) -> np.ndarray | None:
-        return None if arrays[0] is None else np.concatenate(arrays)  # type: ignore[arg-type]
-
-    return RunResult(
-        joined([r.sequence_output for r in results]),
-        joined([r.final_output for r in results]),
-        stack_states([r.final_states for r in results]) if results[0].final_states else [],
-    )
-
-
 def execute(
     runtime: ModelRuntime,
     x: np.ndarray,
@@ -223,17 +185,10 @@ def execute(
     outputs: Outputs,
     limits: CostLimits,
     run_options: ort.RunOptions | None = None,
-    split: RowSplit | None = None,
 ) -> RunResult:
     """The batch's result, computed in calls that each stay within ``limits``."""
     batch, steps = int(x.shape[0]), int(x.shape[1])
     if _fits(lengths, steps, limits):
-        if split is not None and split.executor is not None:
-            parts = split.parts(batch, steps)
-            if len(parts) > 1:
-                return _run_parts(
-                    runtime, x, lengths, states, outputs, run_options, split.executor, parts
-                )
         return runtime.run(x, lengths, states, outputs, run_options)
     bidirectional = runtime.metadata.bidirectional
     into = _Result(runtime, batch, steps, outputs)

@@ -17,7 +17,6 @@ from service.core.batching import BatchingOptions, DynamicBatcher
 from service.core.cost import CostLimits
 from service.core.memory import fix_malloc_thresholds
 from service.core.model import ServedModel, load_version
-from service.core.parallel import RowSplit, current_board
 from service.core.repository import ModelRepository
 from service.core.runtime import ModelRuntime, RuntimeOptions
 from service.core.state import Sequences
@@ -54,8 +53,6 @@ class Server:
         self.large_requests = LargeRequests(
             settings.max_large_requests, settings.large_request_bytes
         )
-        # A batch's rows over the process's cores (parallel.py), for every CPU version.
-        self.split = RowSplit.start(settings.split_threads)
         self.sequences = self._sequences()
         self._evictor: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
@@ -133,16 +130,8 @@ class Server:
             max_workers=self.settings.inference_threads,
             thread_name_prefix=f"inference-{meta.name}-{meta.version}",
         )
-        # On a GPU a batch is one kernel launch per step: splitting its rows only adds calls.
-        on_cpu = runtime.providers[0] == "CPUExecutionProvider"
         return DynamicBatcher(
-            runtime,
-            executor,
-            options,
-            self.cost_limits(options),
-            owns_executor=True,
-            split=self.split if on_cpu else None,
-            board=current_board(),
+            runtime, executor, options, self.cost_limits(options), owns_executor=True
         )
 
     def cost_limits(self, options: BatchingOptions) -> CostLimits:
@@ -217,8 +206,6 @@ class Server:
                 task.cancel()
         await self.repository.close()  # closes every version's batcher and its threads
         await self.sequences.close()
-        if self.split is not None:
-            self.split.shutdown()
 
 
 async def _purge_forever(store: MemoryStore, every_s: float) -> None:

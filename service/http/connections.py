@@ -20,13 +20,6 @@ time, or a header of many megabytes: 2,048 such connections held every slot of
   when every connection is busy gets a ``{"error": ...}`` 503 with Retry-After.
   The probe and metrics paths (``RESERVED_PATHS``) are always served, so an
   orchestrator does not restart a pod that is merely being flooded.
-- **connections even across workers**: the kernel hashes each new connection to a
-  worker (``SO_REUSEPORT``), so a few keep-alive clients can all land on one while
-  another idles (measured: 4 of 4 on one worker in 1 run of 6, at half the
-  throughput). Every worker counts its client connections on the shared board
-  (``core/parallel.py``); one that holds two more than its least loaded sibling
-  answers its next request with ``Connection: close``, the client reconnects, and the
-  hash draws again, until they are even. A close costs the client one reconnect.
 
 The per-request cost is a deadline set and cleared, a byte count and the cap
 check: about 3 µs over uvicorn's own protocol (measured; see the README).
@@ -41,7 +34,6 @@ from typing import Any, ClassVar
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.core import parallel
 from service.settings import Settings
 
 RESERVED_PATHS = frozenset({b"/v2/health/live", b"/v2/health/ready", b"/metrics"})
@@ -103,10 +95,6 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         # The cap is enforced here, not by uvicorn (which would answer it in plain text).
         self.limit_concurrency = None
         self._served_app = self.app
-        self._board = parallel.current_board()
-        self._counted = False
-        self._tcp = False
-        self._told_to_close = False
         self._head_deadline: float | None = None  # loop time; None: no head awaited
         self._head_bytes: int | None = 0  # None: a head is complete, a request is running
         self._discarding = False
@@ -150,20 +138,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         _Sweeper.watch(self.loop, self.connections, self.head_timeout_s)
         self._arm()
-        # A client's TCP connection (not a sibling's Unix socket) counts on the board
-        # from its first request on: sockets that never send one (idle, or a flood of
-        # them) cannot make a worker turn its real clients' connections away.
-        self._tcp = isinstance(transport.get_extra_info("peername"), tuple)
-        self._told_to_close = False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        if self._counted:
-            self._board.connection_closed()
-            self._counted = False
-        if self._told_to_close:
-            self._board.closing(-1)
-            self._told_to_close = False
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -185,29 +162,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         self.app = self._admit()
-        before = self.cycle
         super().on_headers_complete()
-        if self.cycle is before:
-            return  # a WebSocket upgrade: no HTTP cycle, and a stream is not moved
-        if self._tcp and not self._counted:
-            self._counted = True
-            self._board.connection_opened()
-        if self._counted and not self._told_to_close and self._board.crowded():
-            # The kernel's hash put more connections here than on a sibling: answer
-            # this request, then close, so that the client's next connection is hashed
-            # anew (``Connection: close``, which every HTTP/1.1 client honours).
-            self.cycle.keep_alive = False
-            self._told_to_close = True
-            self._board.closing(1)
-
-    def handle_websocket_upgrade(self) -> None:
-        """The connection becomes a WebSocket stream, served by another protocol object
-        that this one never hears of again: it no longer counts among the HTTP
-        connections that the board evens out (streams are long-lived; not moved)."""
-        if self._counted:
-            self._board.connection_closed()
-            self._counted = False
-        super().handle_websocket_upgrade()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

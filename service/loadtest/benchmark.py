@@ -10,9 +10,9 @@ apart on the same machine, because absolute numbers on a shared box mean little.
   ``x mach`` divides by it; ``x 1thr`` divides by one one-thread session (a
   core's worth), the figure earlier versions of this table used.
 - **The service** as shipped (``python -m service``: uvicorn, ``--workers``
-  processes, one onnxruntime thread each, dynamic batching on, a batch's rows
-  split over the cores, ``core/parallel.py``), driven by the project's own client
-  (``run_load``, a separate process's worth of asyncio on the same cores) at:
+  processes, one onnxruntime thread each, dynamic batching on), driven by the
+  project's own client (``run_load``, a separate process's worth of asyncio on the
+  same cores) at:
   single-sequence requests at concurrency 1, 16 and 64, and 32-sequence requests
   at 1, 2 and 4 keep-alive connections, as ``/v1`` JSON and as V2 binary; then an
   overload at three times the last rate. ``cores`` is the server's CPU seconds per
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     raw = raw_baseline(version_dir, 32, args.timesteps, args.seconds)
     print("the machine's limit (all cores) ...", file=sys.stderr)
     machine = machine_limit(version_dir, 32, args.timesteps, args.seconds, args.workers)
-    # The service as shipped: dynamic batching on, a batch's rows over idle cores.
+    # The service as shipped: dynamic batching on.
     env = {"LSTM_SERVE_WORKERS": str(args.workers), "LSTM_SERVE_LOG_LEVEL": args.log_level}
     runs: dict[str, list[Row]] = {}
     plan: list[tuple[str, str, tuple[Point, ...]]] = [("batching on", "true", POINTS + OVERLOAD)]

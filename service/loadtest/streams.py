@@ -177,7 +177,7 @@ async def _v1_stream(
                 return
             first = False
             tally.latencies.append(time.perf_counter() - start)
-            if closing:  # e.g. the workers evening out their connections: reconnect
+            if closing:  # the server answered Connection: close: reconnect
                 writer.close()
                 writer = None
     except (OSError, asyncio.IncompleteReadError) as exc:

@@ -124,7 +124,9 @@ class RedisStore:
                 blob = await self._redis.hget(PREFIX + key_digest(key), "data")
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._unavailable(exc) from None
-        return None if blob is None else decode(bytes(blob))
+        if blob is None:
+            return None
+        return decode(blob if isinstance(blob, bytes) else blob.encode("latin-1"))
 
     async def put(
         self,

@@ -29,7 +29,6 @@ from service.http.asgi import hot, server_of
 from service.http.body import JsonLimits, declared_length, json_response, load_json, read_body
 from service.http.errors import describe_validation_errors
 from service.http.openapi import PREDICT_ERRORS, errors, json_answer, request_body
-from service.http.peers import forward_to_holder, hand_off, idle_sibling, sequence_holder
 from service.http.responses import ModelDescription as ModelDescriptionAnswer
 from service.http.responses import ModelList, ModelStatus, PredictResponse
 from service.http.security import caller
@@ -110,8 +109,6 @@ async def _served(request: Request, server: Server, model: ServedModel) -> Respo
         settings.lingering_close_bytes,
         settings.lingering_close_s,
     )
-    if (sibling := idle_sibling(request, server, body)) is not None:
-        return await hand_off(request, server, sibling, body)
     meta = model.metadata
     limits = JsonLimits(settings.max_json_bytes, settings.json_thread_bytes)
     payload, simple = await _read_payload(body, limits, meta.num_features)
@@ -120,8 +117,6 @@ async def _served(request: Request, server: Server, model: ServedModel) -> Respo
     except ValidationError as exc:
         raise InvalidInput(describe_validation_errors(exc.errors())) from None
     options = envelope.state_options(caller(request))
-    if (holder := sequence_holder(request, model.name, options.sequence_id)) is not None:
-        return await forward_to_holder(request, server, holder, body)
     x, lengths = _arrays(envelope, simple, settings, meta)
     inference = InferenceRequest(
         x=x,

@@ -11,6 +11,9 @@ these routes (when keys are on), and load and unload also need
 ``none`` (the default) and ``poll`` they are refused with 403 saying how to
 enable them. Every call leaves an audit line (``service.audit``): the action,
 the model, the client's address, the key's id, the outcome.
+
+A load or unload applies to the process that answers it: with ``workers > 1``
+each worker process keeps its own repository, and nothing is sent to the others.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from service.core.errors import BadRequest, Forbidden, ServingError
 from service.http.asgi import server_of
 from service.http.body import json_response
 from service.http.openapi import errors, json_answer
-from service.http.peers import broadcast, control_lock, current, is_peer_call, summary
 from service.http.responses import Empty, RepositoryEntry
 from service.http.security import caller, client_address
 
@@ -35,20 +37,13 @@ router = APIRouter(prefix="/v2/repository", tags=["v2 repository"])
 audit_log = logging.getLogger("service.audit")
 
 
-class Audit:
-    """What the audit line says: "ok" unless the block says otherwise (a broadcast)."""
-
-    outcome = "ok"
-
-
 @asynccontextmanager
-async def audited(request: Request, action: str, name: str = "") -> AsyncIterator[Audit]:
+async def audited(request: Request, action: str, name: str = "") -> AsyncIterator[None]:
     """Log who did what to which model, and how it ended, whatever happens inside."""
     outcome = "error"
-    audit = Audit()
     try:
-        yield audit
-        outcome = audit.outcome
+        yield
+        outcome = "ok"
     except ServingError as exc:
         outcome = f"refused: {exc.message}"
         raise
@@ -81,26 +76,6 @@ def check_control(request: Request, action: str) -> None:
         )
 
 
-async def on_every_worker(
-    request: Request, action: str, name: str, audit: Audit
-) -> Response | None:
-    """With several workers, the call sent to each of them (``http/peers.py``) and their
-    answers combined; None when this worker should apply it itself (one worker, or this
-    is a sibling's call)."""
-    peers = current()
-    if peers is None or is_peer_call(request):
-        return None
-    async with control_lock(peers):
-        answers = await broadcast(
-            request, peers, server_of(request).settings.peer_control_timeout_s
-        )
-        status, body = summary(answers)
-        if status == 200:
-            peers.record_change(action, name)
-    audit.outcome = f"every worker: {body.get('error') or 'ok'}"
-    return json_response(body, status=status)
-
-
 @router.post(
     "/index",
     summary="Every model version on disk, with its state",
@@ -124,10 +99,8 @@ async def index(request: Request) -> Response:
 )
 async def load(request: Request, name: str) -> Response:
     repository = server_of(request).repository
-    async with audited(request, "load", name) as audit:
+    async with audited(request, "load", name):
         check_control(request, "load")
-        if (everywhere := await on_every_worker(request, "load", name, audit)) is not None:
-            return everywhere
         failed = await repository.load_model(name)
         if failed:
             reasons = "; ".join(f"version {s.version}: {s.reason}" for s in failed)
@@ -142,9 +115,7 @@ async def load(request: Request, name: str) -> Response:
     responses={**json_answer(Empty, "Unloaded"), **errors(401, 403, 404, 409)},
 )
 async def unload(request: Request, name: str) -> Response:
-    async with audited(request, "unload", name) as audit:
+    async with audited(request, "unload", name):
         check_control(request, "unload")
-        if (everywhere := await on_every_worker(request, "unload", name, audit)) is not None:
-            return everywhere
         await server_of(request).repository.unload_model(name)
     return json_response({})

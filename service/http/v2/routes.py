@@ -49,7 +49,6 @@ from service.http.openapi import (
     json_answer,
     request_body,
 )
-from service.http.peers import forward_to_holder, hand_off, idle_sibling, sequence_holder
 from service.http.responses import (
     InferenceResponse,
     ModelConfig,
@@ -118,8 +117,6 @@ async def _served(request: Request, server: Server, model: ServedModel) -> Respo
         request.headers.get("content-encoding"),
         limit,
     )
-    if (sibling := idle_sibling(request, server, body)) is not None:
-        return await hand_off(request, server, sibling, body)  # decoded, as peers send
     parts = await split_body(
         body,
         request.headers.get(HEADER_LENGTH),
@@ -127,8 +124,6 @@ async def _served(request: Request, server: Server, model: ServedModel) -> Respo
     )
     envelope = _envelope(parts.json)
     options = envelope.state_options(caller(request))
-    if (holder := sequence_holder(request, model.name, options.sequence_id)) is not None:
-        return await forward_to_holder(request, server, holder, body)
     buffers = slice_buffers(parts.tail, envelope.inputs)
     meta = model.metadata
     x, lengths = decode_inputs(
