@@ -139,7 +139,7 @@ class Sequences:
             steps=steps,
             states=_own(result.final_states),
             rev=secrets.randbits(62),
-            last=None if record is None else LastChunk(record.steps, digest, states_in),
+            last=LastChunk(0 if record is None else record.steps, digest, states_in),
             ended=options.sequence_end,
         )
         ttl_s = ENDED_RETRY_S if options.sequence_end else self.options.idle_timeout_s
@@ -192,6 +192,11 @@ class Sequences:
                 raise
             await self._store().delete(key, request.deadline)
             raise _gone(sid, model.name, model.version) from None
+
+    async def end(self, model: str, options: StateOptions) -> None:
+        """Forget a sequence now (a stream's ``end``), whatever chunk it is at."""
+        assert options.sequence_id is not None
+        await self._store().delete(sequence_key(options.owner, model, options.sequence_id))
 
     async def close(self) -> None:
         if self.store is not None:

@@ -1,13 +1,26 @@
 """Streaming over a WebSocket: timesteps in as they happen, per-timestep outputs out.
 
-``/v1/models/{name}/stream`` (or ``.../versions/{v}/stream``) keeps one
-sequence per connection, its (h, c) held by the connection itself, so closing
-the socket frees it. Messages, JSON both ways:
+``/v1/models/{name}/stream`` (or ``.../versions/{v}/stream``) runs one sequence per
+connection. Where its state lives:
 
-- ``{"timesteps": [[f1, ..., fF], ...]}`` (one or several timesteps) ->
+- **On the connection** (the default): its (h, c) are held by the connection, so
+  closing the socket frees them; any worker, no store needed.
+- **In the sequence store**, resumable: ``?sequence_id=ID`` (with
+  ``&sequence_start=true`` to begin it) makes every message a chunk of the
+  server-held sequence ``ID`` (``core/state/sequences.py``), so a client whose
+  connection dropped reconnects with ``?sequence_id=ID`` (to any worker or replica,
+  given ``LSTM_SERVE_STATE_URL``) and goes on. A message may carry ``"offset"``
+  (timesteps consumed before it, the ``sequence_offset`` rule: a mismatch is an
+  error naming the count, the last message resent unchanged is answered again),
+  so a resend after a reconnect never steps twice.
+
+Messages, JSON both ways:
+
+- ``{"timesteps": [[f1, ..., fF], ...]}`` (optionally ``"offset": n``) ->
   ``{"predictions": [one per timestep], "steps": <total so far>}``
 - ``{"reset": true}`` -> ``{"reset": true, "steps": 0}`` (zero state again)
-- ``{"end": true}`` -> ``{"ended": true, "steps": n}``, then a normal close (1000)
+- ``{"end": true}`` -> ``{"ended": true, "steps": n}``, then a normal close (1000);
+  a stored sequence is ended too
 
 A bad message (a binary frame included) gets ``{"error": "..."}`` and the stream
 goes on. Every stream is bounded: at most ``max_websockets`` open per worker
@@ -25,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -35,10 +49,15 @@ from service.core.errors import InvalidInput, ServingError
 from service.core.model import ServedModel
 from service.core.repository import parse_version
 from service.core.request import SEQUENCE, InferenceRequest
-from service.core.runtime import State
 from service.core.server import Server
-from service.core.state import check_stateful
+from service.core.state import (
+    StateOptions,
+    check_stateful,
+    parse_sequence_id,
+    parse_sequence_offset,
+)
 from service.http.asgi import server_of
+from service.http.security import caller
 from service.http.v1.instances import decode_sequence
 from service.http.v1.predictions import format_predictions
 
@@ -54,34 +73,82 @@ async def _send(websocket: WebSocket, message: dict[str, Any]) -> None:
     await websocket.send_text(orjson.dumps(message, option=orjson.OPT_SERIALIZE_NUMPY).decode())
 
 
-async def _step(
-    server: Server, model: ServedModel, message: Any, states: list[State]
-) -> tuple[dict[str, Any], list[State], int]:
-    """Handle one ``timesteps`` message: its answer, the new state, timesteps consumed."""
-    if not isinstance(message, dict) or set(message) != {"timesteps"}:
-        raise InvalidInput(
-            'a message is {"timesteps": [[...], ...]}, {"reset": true} or {"end": true}'
+class _Sequence:
+    """Where a stream's state lives: on the connection (``options`` None), or in the
+    sequence store under the stream's ``sequence_id`` (resumable from any worker)."""
+
+    def __init__(self, server: Server, model: ServedModel, options: StateOptions | None) -> None:
+        self.server = server
+        self.model = model
+        self.options = options
+        self.states = model.runtime.zero_states(1)
+        self.steps = 0
+        self.start = options is not None and options.sequence_start
+
+    async def step(self, message: Any) -> dict[str, Any]:
+        """Handle one ``timesteps`` message: its answer (the new state kept)."""
+        if not isinstance(message, dict) or not {"timesteps"} <= set(message) <= _STEP_KEYS:
+            raise InvalidInput(
+                'a message is {"timesteps": [[...], ...]} (with "offset" on a stream opened '
+                'with ?sequence_id=), {"reset": true} or {"end": true}'
+            )
+        offset = parse_sequence_offset(message.get("offset"))
+        if offset is not None and self.options is None:
+            raise InvalidInput('"offset" applies to a stream opened with ?sequence_id=')
+        meta = self.model.metadata
+        x = decode_sequence(
+            message["timesteps"],
+            features=meta.num_features,
+            model=meta.name,
+            max_timesteps=self.server.settings.max_timesteps,
+            name="timesteps",
         )
-    meta = model.metadata
-    x = decode_sequence(
-        message["timesteps"],
-        features=meta.num_features,
-        model=meta.name,
-        max_timesteps=server.settings.max_timesteps,
-        name="timesteps",
-    )
-    lengths = np.array([len(x)], dtype=np.int64)
-    result = await model.batcher.submit(
-        InferenceRequest(
+        lengths = np.array([len(x)], dtype=np.int64)
+        request = InferenceRequest(
             x=x[None],
             lengths=lengths,
-            states=states,
-            outputs=SEQUENCE.with_states(),  # the connection holds the state
-            deadline=time.monotonic() + server.settings.request_timeout_s,
+            outputs=SEQUENCE,
+            deadline=time.monotonic() + self.server.settings.request_timeout_s,
         )
+        if self.options is None:
+            request.states = self.states
+            request.outputs = SEQUENCE.with_states()  # the connection holds the state
+            result = await self.model.batcher.submit(request)
+            self.states = result.final_states
+            self.steps += len(x)
+        else:
+            asked = replace(self.options, sequence_start=self.start, sequence_offset=offset)
+            result, self.steps = await self.server.sequences.run(self.model, request, asked)
+            self.start = False
+        predictions = format_predictions(meta, result, lengths, return_sequences=True)[0]
+        return {"predictions": predictions, "steps": self.steps}
+
+    def reset(self) -> None:
+        """Zero state again; a stored sequence starts again with the next timesteps."""
+        self.states, self.steps = self.model.runtime.zero_states(1), 0
+        self.start = True
+
+    async def end(self) -> None:
+        if self.options is not None:
+            await self.server.sequences.end(self.model.name, self.options)
+
+
+_STEP_KEYS = {"timesteps", "offset"}
+
+
+def _stored(websocket: WebSocket) -> StateOptions | None:
+    """``?sequence_id=ID[&sequence_start=true]``: the stream's state in the store."""
+    query = websocket.query_params
+    if "sequence_id" not in query:
+        return None
+    start = query.get("sequence_start", "false").lower()
+    if start not in ("true", "false", "1", "0"):
+        raise InvalidInput(f"sequence_start must be true or false; got {start!r}")
+    return StateOptions(
+        sequence_id=parse_sequence_id(query["sequence_id"]),
+        sequence_start=start in ("true", "1"),
+        owner=caller(websocket),
     )
-    predictions = format_predictions(meta, result, lengths, return_sequences=True)[0]
-    return {"predictions": predictions}, result.final_states, len(x)
 
 
 async def _serve(websocket: WebSocket, name: str, version: str | None) -> None:
@@ -176,12 +243,11 @@ async def _serve_open(websocket: WebSocket, server: Server, name: str, version: 
     try:
         model = server.repository.resolve(name, None if version is None else parse_version(version))
         check_stateful(model)
+        sequence = _Sequence(server, model, _stored(websocket))
     except ServingError as exc:
         await _send(websocket, {"error": exc.message})
         await websocket.close(POLICY_VIOLATION)
         return
-    states = model.runtime.zero_states(1)
-    steps = 0
     idle_s = server.settings.websocket_idle_timeout_s
     watch = _Retirement(model)
     try:
@@ -191,23 +257,23 @@ async def _serve_open(websocket: WebSocket, server: Server, name: str, version: 
             except orjson.JSONDecodeError as exc:
                 await _send(websocket, {"error": f"message is not valid JSON: {exc}"})
                 continue
-            if message == {"end": True}:
-                await _send(websocket, {"ended": True, "steps": steps})
-                await websocket.close(1000)
-                return
-            if message == {"reset": True}:
-                states, steps = model.runtime.zero_states(1), 0
-                await _send(websocket, {"reset": True, "steps": 0})
-                continue
             try:
-                answer, states, consumed = await _step(server, model, message, states)
+                if message == {"end": True}:
+                    await sequence.end()
+                    await _send(websocket, {"ended": True, "steps": sequence.steps})
+                    await websocket.close(1000)
+                    return
+                if message == {"reset": True}:
+                    sequence.reset()
+                    await _send(websocket, {"reset": True, "steps": 0})
+                    continue
+                answer = await sequence.step(message)
             except ServingError as exc:
                 await _send(websocket, {"error": exc.message})
                 continue
-            steps += consumed
-            await _send(websocket, {**answer, "steps": steps})
+            await _send(websocket, answer)
     except WebSocketDisconnect:
-        return  # the client left; its state goes with the connection
+        return  # the client left; state held by the connection goes with it
     finally:
         watch.close()
 
