@@ -47,6 +47,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_processes(settings: Settings) -> str:
+    """What cannot work with this many processes ("" when all can).
+
+    Explicit model control changes the models of the one process that answers the
+    call: with several workers they would serve different models. Workers share
+    nothing but the sequence store, so rather than broadcast the change, this
+    refuses to start and says what to configure.
+    """
+    if settings.workers > 1 and settings.model_control_mode == "explicit":
+        return (
+            f"LSTM_SERVE_MODEL_CONTROL_MODE=explicit changes the models of the one process "
+            f"that answers the call, so {settings.workers} workers would serve different "
+            "models: run LSTM_SERVE_WORKERS=1 (and scale with replicas), or use "
+            "LSTM_SERVE_MODEL_CONTROL_MODE=poll (every process follows the repository on "
+            "disk) or none (change models by rolling out)"
+        )
+    return ""
+
+
 def ensure_default_model(settings: Settings) -> None:
     """Train and export the default model if the shipped repository lost it.
 
@@ -78,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         check_exposure(settings, load_keys(settings))
     except ValueError as exc:
         sys.exit(f"lstm-serve: {exc}")
+    if problem := check_processes(settings):
+        sys.exit(f"lstm-serve: {problem}")
     metrics_dir = None
     if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Each worker is a process with its own counters: share them through files,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -55,3 +58,21 @@ def test_bad_model_is_reported_and_the_rest_serve(
     missing = httpx.get(f"{server.url}/v1/models/tiny", timeout=5)
     assert missing.status_code == 404
     assert "failed to load tiny version 2" in server.log()
+
+
+def test_explicit_model_control_with_several_workers_refuses_to_start(tmp_path: Path) -> None:
+    """A load call would reach one worker of two: refused at startup, saying what to set."""
+    env = {
+        **os.environ,
+        "LSTM_SERVE_WORKERS": "2",
+        "LSTM_SERVE_MODEL_CONTROL_MODE": "explicit",
+        "LSTM_SERVE_MODEL_REPOSITORY": str(tmp_path),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "service"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert (
+        "lstm-serve: LSTM_SERVE_MODEL_CONTROL_MODE=explicit changes the models of the one "
+        "process that answers the call, so 2 workers would serve different models"
+    ) in done.stderr
