@@ -1,4 +1,4 @@
-"""``create_app()``: settings in, the served ASGI app out, with the core started in its lifespan."""
+"""``create_app(settings)``: the served ASGI app, with the core started in its lifespan."""
 
 from __future__ import annotations
 
@@ -11,15 +11,18 @@ from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp
 
 from service.core.server import Server
+from service.dataplane import DataPlane
 from service.http import errors, health, metrics, openapi
 from service.http.asgi import HotRoutes, RequestObserver
+from service.http.body import BodyLimits
 from service.http.security import Security
 from service.http.ui.routes import router as ui_router
 from service.http.v1 import routes as v1
 from service.http.v1 import stream
+from service.http.v1.codec import V1Codec
 from service.http.v2 import repository
 from service.http.v2 import routes as v2
-from service.logs import configure_logging
+from service.http.v2.codec import V2Codec
 from service.settings import Settings
 
 HOT_ROUTERS = [v1.router, v2.router]
@@ -54,6 +57,12 @@ def build_fastapi(settings: Settings) -> FastAPI:
         swagger_ui_parameters=openapi.SWAGGER_UI_PARAMETERS,
     )
     app.state.server = server
+    # The request path and each protocol's codec, built once from the settings.
+    app.state.dataplane = DataPlane(server)
+    app.state.v1_codec = V1Codec(settings)
+    app.state.v2_codec = V2Codec(settings)
+    app.state.body_limits = BodyLimits.of(settings)
+    app.state.body_limits_decoded = BodyLimits.of(settings, encoded=True)
     openapi.install(app, settings)
     errors.install(app)
     app.include_router(health.router)
@@ -66,7 +75,7 @@ def build_fastapi(settings: Settings) -> FastAPI:
     return app
 
 
-def create_app(settings: Settings | None = None) -> ASGIApp:
+def create_app(settings: Settings) -> ASGIApp:
     """The served stack: ``RequestObserver`` -> ``Security`` -> ``HotRoutes`` -> FastAPI.
 
     The wrappers sit outside FastAPI rather than in its middleware list so that
@@ -75,17 +84,5 @@ def create_app(settings: Settings | None = None) -> ASGIApp:
     (``http/security.py``) is inside the observer, so refusals get access lines
     and metrics, and outside ``HotRoutes``, so no route escapes it.
     """
-    settings = settings or Settings()
     hot = HotRoutes(build_fastapi(settings), HOT_ROUTERS)
     return RequestObserver(Security(hot, settings))
-
-
-def create_served_app() -> ASGIApp:
-    """The factory uvicorn imports in each worker process: logging first, then the app.
-
-    Worker processes start fresh, so they configure logging themselves rather
-    than inherit it from ``lstm-serve``.
-    """
-    settings = Settings()
-    configure_logging(settings.log_level, settings.log_format == "json")
-    return create_app(settings)

@@ -1,7 +1,7 @@
 """``lstm-serve``: start uvicorn on the model repository.
 
-Flags override the ``LSTM_SERVE_*`` environment by writing to it, so that every
-uvicorn worker process reads the same settings through ``Settings()``.
+Settings are read here, once (the ``LSTM_SERVE_*`` environment, flags over it), and
+passed down: to the app, and to every worker process as the same object.
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ import sys
 import tempfile
 
 import uvicorn
+from pydantic import ValidationError
 
+from service.app import create_app
 from service.core.repository import scan
 from service.http.security import check_exposure, load_keys
 from service.logs import configure_logging
 from service.settings import DEFAULT_REPOSITORY, ENV_PREFIX, Settings
-from service.workers import APP, Supervisor, reuse_port_supported, uvicorn_options
+from service.workers import Supervisor, reuse_port_supported, uvicorn_options
 
 log = logging.getLogger("service")
 
@@ -55,6 +57,11 @@ def check_processes(settings: Settings) -> str:
     nothing but the sequence store, so rather than broadcast the change, this
     refuses to start and says what to configure.
     """
+    if settings.workers > 1 and not reuse_port_supported():
+        return (
+            f"{settings.workers} workers need SO_REUSEPORT (Linux or BSD); run one worker per "
+            "process here and scale with replicas"
+        )
     if settings.workers > 1 and settings.model_control_mode == "explicit":
         return (
             f"LSTM_SERVE_MODEL_CONTROL_MODE=explicit changes the models of the one process "
@@ -87,11 +94,15 @@ def ensure_default_model(settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     fields = ("host", "port", "model_repository", "workers", "device", "log_level")
-    for field in (*fields, "ssl_certfile", "ssl_keyfile"):
-        value = getattr(args, field)
-        if value is not None:
-            os.environ[f"{ENV_PREFIX}{field.upper()}"] = str(value)
-    settings = Settings()
+    flags = {
+        field: getattr(args, field)
+        for field in (*fields, "ssl_certfile", "ssl_keyfile")
+        if getattr(args, field) is not None
+    }
+    try:  # the one place settings are read; every worker gets this object
+        settings = Settings(**flags)
+    except ValidationError as exc:
+        sys.exit(f"lstm-serve: {exc}")
     configure_logging(settings.log_level, settings.log_format == "json")
     try:  # a key or exposure problem stops here, once, not in every worker
         check_exposure(settings, load_keys(settings))
@@ -107,10 +118,10 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
         ensure_default_model(settings)
-        if settings.workers > 1 and reuse_port_supported():
+        if settings.workers > 1:
             Supervisor(settings).run()
-        else:  # one process, or no SO_REUSEPORT (not Linux/BSD): uvicorn's shared-socket workers
-            uvicorn.run(APP, workers=settings.workers, **uvicorn_options(settings))
+        else:
+            uvicorn.run(create_app(settings), **uvicorn_options(settings))
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)

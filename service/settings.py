@@ -8,12 +8,28 @@ override these; nothing else in the service reads the environment.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.core.version_policy import VersionPolicy
+from service.version_policy import VersionPolicy
+
+Policy = Annotated[
+    VersionPolicy,
+    NoDecode,
+    BeforeValidator(lambda v: VersionPolicy.parse(v) if isinstance(v, str) else v),
+    PlainSerializer(str),
+]
+"""A version policy, parsed once from its text (``latest:2``) into its typed form."""
 
 ENV_PREFIX = "LSTM_SERVE_"
 
@@ -48,10 +64,11 @@ class Settings(BaseSettings):
 
     # Models
     model_repository: Path = DEFAULT_REPOSITORY
-    version_policy: str = Field(
-        default="latest:1", description="versions served per model: latest:N, all, specific:1,2"
+    version_policy: Policy = Field(
+        default=VersionPolicy("latest"),
+        description="versions served per model: latest:N, all, specific:1,2",
     )
-    model_version_policies: dict[str, str] = Field(
+    model_version_policies: dict[str, Policy] = Field(
         default_factory=dict, description='per-model policies, JSON: {"name": "all"}'
     )
     unload_drain_s: float = Field(
@@ -327,13 +344,3 @@ class Settings(BaseSettings):
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("ssl_certfile and ssl_keyfile go together: set both or neither")
         return self
-
-    @field_validator("version_policy")
-    @classmethod
-    def _policy(cls, value: str) -> str:
-        return str(VersionPolicy.parse(value))
-
-    @field_validator("model_version_policies")
-    @classmethod
-    def _policies(cls, value: dict[str, str]) -> dict[str, str]:
-        return {name: str(VersionPolicy.parse(text)) for name, text in value.items()}

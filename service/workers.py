@@ -34,7 +34,7 @@ from typing import Any
 
 import uvicorn
 
-from service.http.connections import PROTOCOL
+from service.http.connections import bounded_protocol
 from service.settings import Settings
 
 log = logging.getLogger("service.workers")
@@ -62,13 +62,9 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-APP = "service.app:create_served_app"
-
-
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    """uvicorn's arguments, the same for one process, these workers, or uvicorn's own."""
+    """uvicorn's arguments, the same for one process or these workers."""
     return {
-        "factory": True,
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
@@ -80,7 +76,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "proxy_headers": False,
         # BoundedHttpProtocol enforces max_connections itself, answering in JSON and
         # letting probes and complete requests past idle connections (http/connections.py).
-        "http": PROTOCOL,
+        "http": bounded_protocol(settings),
         "ws": "websockets-sansio",
         "ws_max_size": settings.max_websocket_message_bytes,
         "ws_per_message_deflate": settings.websocket_per_message_deflate,
@@ -92,14 +88,16 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _worker_main() -> None:
-    """One worker process: its own socket, its own event loop, the whole app."""
+def _worker_main(settings: Settings) -> None:
+    """One worker process: its own socket, its own event loop, the whole app, on the
+    settings ``lstm-serve`` read once (a spawned process inherits nothing else)."""
+    from service.app import create_app
     from service.logs import configure_logging
 
-    settings = Settings()
     configure_logging(settings.log_level, settings.log_format == "json")
     sock = listening_socket(settings.host, settings.port)
-    uvicorn.Server(uvicorn.Config(APP, **uvicorn_options(settings))).run(sockets=[sock])
+    app = create_app(settings)
+    uvicorn.Server(uvicorn.Config(app, **uvicorn_options(settings))).run(sockets=[sock])
 
 
 class Supervisor:
@@ -114,7 +112,9 @@ class Supervisor:
         self._deaths: list[float] = []
 
     def _spawn(self) -> BaseProcess:
-        process = self._context.Process(target=_worker_main, name="lstm-serve-worker")
+        process = self._context.Process(
+            target=_worker_main, args=(self.settings,), name="lstm-serve-worker"
+        )
         process.start()
         log.info("started worker process %d", process.pid)
         return process

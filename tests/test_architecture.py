@@ -87,7 +87,7 @@ def test_the_server_never_imports_training_or_load_testing() -> None:
 def test_the_check_itself_sees_imports() -> None:
     """A rule that could never fire proves nothing: the reader finds these imports."""
     names = imports_of(SERVICE / "http" / "v1" / "routes.py")
-    assert {"fastapi", "service.core.state", "service.http.asgi.hot"} <= names
+    assert {"fastapi", "service.http.v1.codec", "service.http.asgi.hot"} <= names
     assert "service.http.v1.instances" in imports_of(SERVICE / "http" / "v1" / "stream.py")
 
 
@@ -102,10 +102,58 @@ def test_the_server_starts_without_the_load_testing_package(module: str) -> None
         "            raise ImportError('load-testing code is not in the runtime image')\n"
         "sys.meta_path.insert(0, Block())\n"
         f"import {module}\n"
-        "import service.app\n"
-        "service.app.create_app()\n"
+        "import service.app, service.settings\n"
+        "service.app.create_app(service.settings.Settings())\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_dataplane_knows_no_protocol() -> None:
+    """gRPC and HTTP both plug into it: it imports neither."""
+    assert (
+        offending(SERVICE / "dataplane.py", ("fastapi", "starlette", "grpc", "service.http")) == {}
+    )
+
+
+def test_settings_import_nothing_of_the_core() -> None:
+    """The core receives typed values; settings do not reach down into it."""
+    bad = sorted(n for n in imports_of(SERVICE / "settings.py") if n.startswith("service.core"))
+    assert bad == []
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_import_cycle_inside_the_service() -> None:
+    """Every import, lazy ones included, as a graph of modules: it has no cycle."""
+    names = {_module_name(p): p for p in modules(SERVICE)}
+    graph: dict[str, set[str]] = {}
+    for name, path in names.items():
+        targets = set()
+        for imported in imports_of(path):
+            # "a.b.c" may be the module a.b.c or the name c of module a.b
+            while imported and imported not in names:
+                imported = imported.rpartition(".")[0]
+            if imported and imported != name and not name.startswith(imported + "."):
+                targets.add(imported)
+        graph[name] = targets
+    done: set[str] = set()
+
+    def visit(node: str, trail: list[str]) -> None:
+        if node in trail:
+            raise AssertionError(
+                "import cycle: " + " -> ".join([*trail[trail.index(node) :], node])
+            )
+        if node in done:
+            return
+        for target in sorted(graph[node]):
+            visit(target, [*trail, node])
+        done.add(node)
+
+    for node in sorted(graph):
+        visit(node, [])

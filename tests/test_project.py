@@ -16,7 +16,7 @@ def run(*command: str) -> subprocess.CompletedProcess[str]:
 def test_serving_path_never_imports_torch() -> None:
     code = (
         "import sys, service.app, service.cli\n"
-        "service.app.create_app()\n"
+        "import service.settings\nservice.app.create_app(service.settings.Settings())\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "assert 'models' not in sys.modules, 'the training package was imported'\n"
     )

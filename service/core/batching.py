@@ -56,8 +56,8 @@ import onnxruntime as ort
 from service.core.calls import run_batch
 from service.core.cost import CostLimits, check_request, length_bucket
 from service.core.errors import DeadlineExceeded, Overloaded
-from service.core.request import InferenceRequest
-from service.core.runtime import ModelRuntime, RunResult
+from service.core.runtime import ModelRuntime
+from service.core.types import InferenceRequest, RunResult
 
 __all__ = ["BatchingOptions", "DynamicBatcher", "length_bucket"]
 
@@ -382,6 +382,10 @@ class DynamicBatcher:
             self.stats.requests += len(ran)
             self.stats.sequences += sum(p.request.batch_size for p in ran)
         for pending, outcome in zip(batch, outcomes, strict=True):
+            # Break the pending <-> call cycle now, so the batch's arrays go with the last
+            # reference rather than at the next cyclic collection (a large request's memory
+            # would stay held until then).
+            pending.call = None
             if pending.future.done():
                 continue
             if isinstance(outcome, Exception):

@@ -19,8 +19,8 @@ import onnxruntime as ort
 
 from service.core.cost import CostLimits, execute
 from service.core.errors import DeadlineExceeded
-from service.core.request import InferenceRequest
-from service.core.runtime import ModelRuntime, RunResult, State, stack_states
+from service.core.runtime import ModelRuntime
+from service.core.types import InferenceRequest, RunResult, State, stack_states
 
 log = logging.getLogger(__name__)
 

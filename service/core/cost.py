@@ -32,8 +32,8 @@ import numpy as np
 import onnxruntime as ort
 
 from service.core.errors import CostLimit
-from service.core.request import Outputs
-from service.core.runtime import ModelRuntime, RunResult, State
+from service.core.runtime import ModelRuntime
+from service.core.types import Outputs, RunResult, State
 
 
 def length_bucket(steps: int, ratio: float) -> int:

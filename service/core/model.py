@@ -10,8 +10,8 @@ import numpy as np
 
 from service.core.batching import DynamicBatcher
 from service.core.contract import METADATA_FILENAME, ModelMetadata, file_sha256
-from service.core.request import Outputs
 from service.core.runtime import ModelRuntime, RuntimeOptions
+from service.core.types import Outputs
 
 
 def shown(version_dir: Path, name: str = "") -> str:

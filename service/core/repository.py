@@ -34,7 +34,7 @@ from service.core.metrics import (
     QUEUE_DEPTH,
 )
 from service.core.model import ServedModel
-from service.core.version_policy import VersionPolicy
+from service.version_policy import VersionPolicy
 
 log = logging.getLogger(__name__)
 

@@ -10,26 +10,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 
 from service.core.contract import ModelMetadata
 from service.core.metrics import VersionMetrics
-
-if TYPE_CHECKING:  # request.py imports State from here
-    from service.core.request import Outputs
+from service.core.types import SEQUENCE, Outputs, RunResult, State
 
 log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-
-State = tuple[np.ndarray, np.ndarray]
-"""One layer's (h, c), each float32 [directions, batch, units]."""
 
 
 def choose_providers(device: str, available: Sequence[str] | None = None) -> list[str]:
@@ -53,18 +47,6 @@ def choose_providers(device: str, available: Sequence[str] | None = None) -> lis
     return [CPU]
 
 
-def stack_states(per_sequence: list[list[State]]) -> list[State]:
-    """Per-sequence states [directions, 1, units] -> batched [directions, B, units]."""
-    layers = len(per_sequence[0])
-    return [
-        (
-            np.concatenate([seq[i][0] for seq in per_sequence], axis=1),
-            np.concatenate([seq[i][1] for seq in per_sequence], axis=1),
-        )
-        for i in range(layers)
-    ]
-
-
 @dataclass(frozen=True)
 class RuntimeOptions:
     device: str = "auto"
@@ -72,15 +54,6 @@ class RuntimeOptions:
     inter_op_threads: int = 1
     memory_arena: str = "off"
     """onnxruntime's CPU arena: off, shrink (after every call) or on (keeps its peak)."""
-
-
-@dataclass
-class RunResult:
-    """What one ``session.run`` returned, by role rather than by graph name."""
-
-    sequence_output: np.ndarray | None = None
-    final_output: np.ndarray | None = None
-    final_states: list[State] = field(default_factory=list)
 
 
 class ModelRuntime:
@@ -136,7 +109,6 @@ class ModelRuntime:
         """``sequence_output`` at a padded step, float32 [K]: the head applied to the LSTM's
         zero output there. Work split into several calls (``core/cost.py``) writes it at
         the padded steps it did not run, so a client sees what one whole call returns."""
-        from service.core.request import SEQUENCE  # request.py imports State from here
 
         x = np.zeros((2, 2, self.metadata.num_features), np.float32)
         out = self.run(x, np.array([2, 1], np.int64), None, SEQUENCE).sequence_output

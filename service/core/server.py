@@ -24,7 +24,6 @@ from service.core.state.memory import MemoryStore
 from service.core.state.redis_store import RedisStore
 from service.core.state.sequences import SequencesOptions
 from service.core.state.store import SequenceStore
-from service.core.version_policy import VersionPolicy
 from service.settings import ModelBatching, Settings
 
 log = logging.getLogger(__name__)
@@ -43,11 +42,8 @@ class Server:
         self.repository = ModelRepository(
             settings.model_repository,
             loader=self.load,
-            default_policy=VersionPolicy.parse(settings.version_policy),
-            policies={
-                name: VersionPolicy.parse(text)
-                for name, text in settings.model_version_policies.items()
-            },
+            default_policy=settings.version_policy,
+            policies=settings.model_version_policies,
             drain_s=settings.unload_drain_s,
         )
         self.large_requests = LargeRequests(

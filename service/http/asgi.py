@@ -43,6 +43,7 @@ from prometheus_client import Counter, Histogram
 from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.core.model import ServedModel
 from service.core.server import Server
 from service.http.errors import response_for
 from service.http.metrics import (
@@ -52,6 +53,7 @@ from service.http.metrics import (
     WEBSOCKET_MESSAGES,
     WEBSOCKET_SESSIONS,
 )
+from service.http.paths import OBSERVABILITY_PATHS
 
 REQUEST_ID_HEADER = "x-request-id"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:/=+-]{1,128}$")
@@ -73,6 +75,11 @@ def server_of(connection: HTTPConnection) -> Server:
     """The core behind the app (``create_app`` puts it in ``app.state``)."""
     server: Server = connection.app.state.server
     return server
+
+
+def label(connection: HTTPConnection, model: ServedModel) -> None:
+    """Name the model version that serves the request, for its access-log line and metrics."""
+    connection.state.model, connection.state.version = model.name, model.version
 
 
 def hot(router: APIRouter, path: str, **kwargs: Any) -> Callable[[Endpoint], Endpoint]:
@@ -112,7 +119,7 @@ def _child(metric: Counter | Histogram, *labels: str) -> Any:
     return child
 
 
-_QUIET_ENDPOINTS = {"/metrics", "/v2/health/live", "/v2/health/ready"}
+_QUIET_ENDPOINTS = OBSERVABILITY_PATHS
 
 
 class RequestObserver:

@@ -15,6 +15,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from service.core.errors import BadRequest, BodyTimeout, PayloadTooLarge
+from service.settings import Settings
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
@@ -32,7 +33,39 @@ def json_response(
     )
 
 
-async def read_body(
+@dataclass(frozen=True)
+class BodyLimits:
+    """What reading one body may take: bytes, time, and the lingering close's budget."""
+
+    max_bytes: int
+    timeout_s: float
+    linger_bytes: int = 0
+    linger_s: float = 0.0
+    encoded: bool = False
+    """Decode a ``Content-Encoding`` (gzip, deflate) within ``max_bytes`` (V2)."""
+
+    @classmethod
+    def of(cls, settings: Settings, *, encoded: bool = False) -> BodyLimits:
+        return cls(
+            settings.max_body_bytes,
+            settings.request_timeout_s,
+            settings.lingering_close_bytes,
+            settings.lingering_close_s,
+            encoded,
+        )
+
+
+async def read_body(request: Request, limits: BodyLimits) -> bytes:
+    """The body within ``limits`` (decoded when they say so)."""
+    body = await read_raw(
+        request, limits.max_bytes, limits.timeout_s, limits.linger_bytes, limits.linger_s
+    )
+    if limits.encoded:
+        return decode_content(body, request.headers.get("content-encoding"), limits.max_bytes)
+    return body
+
+
+async def read_raw(
     request: Request, limit: int, timeout_s: float, linger_bytes: int = 0, linger_s: float = 0.0
 ) -> bytes:
     """The request body, refusing more than ``limit`` bytes or taking over ``timeout_s``.

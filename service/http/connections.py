@@ -28,27 +28,24 @@ check: about 3 µs over uvicorn's own protocol (measured; see the README).
 from __future__ import annotations
 
 import asyncio
-import functools
 from typing import Any, ClassVar
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.http.paths import OBSERVABILITY_PATHS
 from service.settings import Settings
 
-RESERVED_PATHS = frozenset({b"/v2/health/live", b"/v2/health/ready", b"/metrics"})
+RESERVED_PATHS = frozenset(path.encode() for path in OBSERVABILITY_PATHS)
 """Served even at the connection cap: liveness, readiness and metrics stay observable."""
 
 CAP_RETRY_AFTER_S = 1
 
-PROTOCOL = "service.http.connections:BoundedHttpProtocol"
-"""uvicorn's ``http=`` option: an import path, so uvicorn's own worker processes can use it."""
 
-
-@functools.cache
-def _settings() -> Settings:
-    """The process's settings, read once (uvicorn builds a protocol per connection)."""
-    return Settings()
+def bounded_protocol(settings: Settings) -> type[BoundedHttpProtocol]:
+    """uvicorn's ``http=`` option: the protocol class bound to the server's settings
+    (uvicorn builds one protocol per connection, from the class)."""
+    return type("BoundedHttpProtocol", (BoundedHttpProtocol,), {"settings": settings})
 
 
 def _raw_response(status: int, reason: bytes, message: str) -> bytes:
@@ -86,9 +83,12 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a request-head clock, a head size limit and a
     connection cap that answers in JSON and never shuts out probes or real requests."""
 
+    settings: ClassVar[Settings]
+    """Set by ``bounded_protocol``."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        settings = _settings()
+        settings = self.settings
         self.head_timeout_s = settings.head_timeout_s
         self.max_header_bytes = settings.max_header_bytes
         self.connection_cap = settings.max_connections

@@ -15,18 +15,19 @@ from starlette.responses import Response
 from service.http.asgi import server_of
 from service.http.body import json_response
 from service.http.openapi import json_answer
+from service.http.paths import LIVE, READY
 from service.http.responses import Live, Ready
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/v2/health/live", summary="The process is up", responses=json_answer(Live, "Live"))
+@router.get(LIVE, summary="The process is up", responses=json_answer(Live, "Live"))
 async def live(request: Request) -> Response:
     return json_response({"live": bool(server_of(request).live)})
 
 
 @router.get(
-    "/v2/health/ready",
+    READY,
     summary="Every model is loaded: send traffic",
     responses={
         **json_answer(Ready, "Ready"),

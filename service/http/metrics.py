@@ -23,6 +23,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.responses import Response
 
 from service.core.metrics import LATENCY_BUCKETS
+from service.http.paths import METRICS
 
 router = APIRouter(tags=["metrics"])
 
@@ -64,6 +65,6 @@ def _registry() -> CollectorRegistry:
     return REGISTRY
 
 
-@router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+@router.get(METRICS, summary="Prometheus metrics", include_in_schema=False)
 async def metrics() -> Response:
     return Response(generate_latest(_registry()), media_type=CONTENT_TYPE_LATEST)

@@ -41,6 +41,7 @@ from prometheus_client import Counter
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.http.paths import METRICS, PROBES
 from service.settings import Settings
 
 SCOPES: frozenset[str] = frozenset({"inference", "admin"})
@@ -50,7 +51,7 @@ BEARER_SUBPROTOCOL = "bearer."
 MIN_SECRET_CHARS = 16
 _KEY_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-_OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/", "/ui", "/ui/"})
+_OPEN_PATHS = PROBES | {"/", "/ui", "/ui/"}
 _ALLOWED_TYPES = frozenset({"application/json", "application/octet-stream"})
 
 log = logging.getLogger("service.security")
@@ -146,7 +147,7 @@ def required_scope(path: str, metrics_auth: bool) -> str | None:
     """The scope a path needs; None for what stays open (probes, the page's files)."""
     if path in _OPEN_PATHS or (path.startswith("/ui/") and path.count("/") == 2):
         return None
-    if path == "/metrics":
+    if path == METRICS:
         return "inference" if metrics_auth else None
     if path.startswith("/v2/repository"):
         return "admin"

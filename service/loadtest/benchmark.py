@@ -19,8 +19,12 @@ apart on the same machine, because absolute numbers on a shared box mean little.
   second of the point: how much of the machine it kept busy. ``--batching-off``
   measures the same points with dynamic batching off first.
 - **Streams**: ``--streams`` (1,000) sequences at once, one timestep per message,
-  over the WebSocket and over ``/v1`` server-held state (``streams.py``): steps/s,
-  p50/p99 per step, and steps/s over the single-sequence request rate at 16 clients.
+  over the WebSocket and over ``/v1`` server-held state (``streams.py``, each chunk
+  with its ``sequence_offset``): steps/s, p50/p99 per step, and steps/s over the
+  single-sequence request rate at 16 clients. With more than one worker the ``/v1``
+  row needs the shared store: ``--redis`` starts a loopback ``redis-server`` for it
+  (no persistence, stopped after), ``--state-url`` names one; without either that
+  row is measured with one worker (the in-process store) and says so.
 - **The CPU budget** of each point (``budget.py``) and **issue 19's targets**,
   each with the figure measured in this run (and 3x KServe's and MLServer's
   fractions of the same limit as issue 19 measured them, ``OTHERS``).
@@ -46,9 +50,14 @@ import asyncio
 import json
 import multiprocessing
 import os
+import shutil
+import socket
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -59,8 +68,8 @@ import onnxruntime as ort
 from service.core.contract import ModelMetadata
 from service.loadtest import LoadSpec, run_load
 from service.loadtest.costly import report_costly, run_costly
-from service.loadtest.process import PeakRss, ServerProcess, tree_cpu_s
-from service.loadtest.streams import drive
+from service.loadtest.process import PeakRss, ServerProcess, free_port, tree_cpu_s
+from service.loadtest.streams import Mode, drive
 from service.loadtest.tables import (
     STREAMS,
     Point,
@@ -142,21 +151,68 @@ def run_points(
         server.stop(timeout=60.0)
 
 
+@contextmanager
+def loopback_redis() -> Iterator[str]:
+    """A ``redis-server`` on a free loopback port, no persistence, for the ``with``: its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("--redis: no redis-server on PATH (or give --state-url)")
+    port = free_port()
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10.0
+        while True:  # up once it accepts a connection
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("--redis: redis-server did not start") from None
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
 def run_streams(
-    env: dict[str, str], seconds: float, repository: Path, streams: int
+    env: dict[str, str],
+    seconds: float,
+    repository: Path,
+    streams: int,
+    state_url: str | None = None,
 ) -> list[StreamRow]:
     """The streams on a server of their own, with room for every one of them: a worker
     may take them all (the kernel's hash), each with a step queued. The points above
-    keep the default queue, so their overload is the one users get."""
+    keep the default queue, so their overload is the one users get.
+
+    ``/v1`` server-held state with several workers needs the shared store
+    (``state_url``); without one, that row gets a one-worker server of its own."""
     room = str(max(256, streams))
     env = {**env, "LSTM_SERVE_MAX_WEBSOCKETS": room, "LSTM_SERVE_MAX_QUEUE_SIZE": room}
-    server = ServerProcess(repository, env)
-    try:
-        server.wait_ready(timeout=120.0)
-        features = _metadata(repository / MODEL / "1").num_features
-        return _measure_streams(server, features, seconds, streams)
-    finally:
-        server.stop(timeout=60.0)
+    if state_url:
+        env["LSTM_SERVE_STATE_URL"] = state_url
+    features = _metadata(repository / MODEL / "1").num_features
+    shared = bool(state_url) or env.get("LSTM_SERVE_WORKERS", "1") == "1"
+    plan: list[tuple[dict[str, str], tuple[Mode, ...]]] = [
+        (env, ("ws", "v1") if shared else ("ws",))
+    ]
+    if not shared:
+        print("  /v1 server-held: no --redis/--state-url, so 1 worker", file=sys.stderr)
+        plan.append(({**env, "LSTM_SERVE_WORKERS": "1"}, ("v1",)))
+    rows: list[StreamRow] = []
+    for server_env, modes in plan:
+        server = ServerProcess(repository, server_env)
+        try:
+            server.wait_ready(timeout=120.0)
+            rows += _measure_streams(server, features, seconds, streams, modes)
+        finally:
+            server.stop(timeout=60.0)
+        for row in rows[-len(modes) :]:
+            row.result["workers"] = int(server_env.get("LSTM_SERVE_WORKERS", "1"))
+            row.result["store"] = "redis" if state_url else "in-process"
+    return rows
 
 
 def _metadata(version_dir: Path) -> ModelMetadata:
@@ -164,14 +220,21 @@ def _metadata(version_dir: Path) -> ModelMetadata:
 
 
 def _measure_streams(
-    server: ServerProcess, features: int, seconds: float, streams: int
+    server: ServerProcess,
+    features: int,
+    seconds: float,
+    streams: int,
+    modes: tuple[Mode, ...] = ("ws", "v1"),
 ) -> list[StreamRow]:
     """``streams`` sequences over the WebSocket, then over ``/v1`` server-held state."""
     rows: list[StreamRow] = []
-    for mode in ("ws", "v1"):
-        asyncio.run(drive(server.url, mode, MODEL, features, min(streams, 64), 1.0))  # warm-up
+    for mode in modes:
+        warm = drive(server.url, mode, MODEL, features, min(streams, 64), 1.0, offsets=True)
+        asyncio.run(warm)
         cpu_before, started = tree_cpu_s(server.process.pid), time.monotonic()
-        result = asyncio.run(drive(server.url, mode, MODEL, features, streams, seconds))
+        result = asyncio.run(
+            drive(server.url, mode, MODEL, features, streams, seconds, offsets=True)
+        )
         elapsed = time.monotonic() - started
         cpu_s = tree_cpu_s(server.process.pid) - cpu_before
         rows.append(StreamRow(mode, result, cpu_s / max(result["steps"], 1) * 1e6, cpu_s / elapsed))
@@ -284,6 +347,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--batching-off", action="store_true", help="also measure with dynamic batching off"
     )
+    store = parser.add_mutually_exclusive_group()
+    store.add_argument(
+        "--redis",
+        action="store_true",
+        help="streams: start a loopback redis-server as the sequence store (/v1 with workers)",
+    )
+    store.add_argument("--state-url", help="streams: this LSTM_SERVE_STATE_URL (redis://...)")
     args = parser.parse_args(argv)
 
     print("raw onnxruntime ...", file=sys.stderr)
@@ -309,7 +379,13 @@ def main(argv: list[str] | None = None) -> None:
     streams: list[StreamRow] = []
     if args.streams:
         print("streams ...", file=sys.stderr)
-        streams = run_streams(env, args.seconds * 2, args.repository, args.streams)
+        if args.redis:
+            with loopback_redis() as url:
+                streams = run_streams(env, args.seconds * 2, args.repository, args.streams, url)
+        else:
+            streams = run_streams(
+                env, args.seconds * 2, args.repository, args.streams, args.state_url
+            )
     on = runs["batching on"]
     single = next((r for r in on if r.point.label == "1 seq/request, 16 clients"), None)
     print(

@@ -8,7 +8,12 @@ bounded time, two ways:
 - ``ws``: one WebSocket per stream (``/v1/models/{m}/stream``), the state held
   by the connection;
 - ``v1``: server-held state over keep-alive HTTP (``sequence_id``, the first
-  step with ``sequence_start``), one connection per stream.
+  step with ``sequence_start``), one connection per stream. With ``offsets``
+  (``--offsets``) each chunk also sends ``sequence_offset`` (the retry-safe
+  chunks of a store-backed server) and checks the answer's ``sequence_steps``;
+  a server before the store refuses the field, so it is off by default. With
+  more than one worker the server needs a shared store (``LSTM_SERVE_STATE_URL``,
+  ``--state-url``), or it refuses server-held sequences (422).
 
 It reports steps/s and the latency of a step (p50/p99). Steps of different
 streams that arrive together share one onnxruntime call (each step is a
@@ -142,40 +147,45 @@ async def _ws_stream(
         ws.close()
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
-    """The status, and whether the server closes the connection after it."""
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool, bytes]:
+    """The status, whether the server closes the connection after it, and the body."""
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
     lowered = head.lower()
     at = lowered.find(b"content-length:")
     length = int(lowered[at + 15 : lowered.find(b"\r\n", at)]) if at >= 0 else 0
-    await reader.readexactly(length)
-    return status, b"\r\nconnection: close\r\n" in lowered
+    body = await reader.readexactly(length)
+    return status, b"\r\nconnection: close\r\n" in lowered, body
 
 
 async def _v1_stream(
-    url: str, model: str, features: int, end: float, seed: int, tally: Tally
+    url: str, model: str, features: int, end: float, seed: int, tally: Tally, offsets: bool
 ) -> None:
     rng = np.random.default_rng(seed)
     target: Target = parse_target(url)
     path = f"/v1/models/{model}:predict"
     headers = (("Content-Type", "application/json"),)
     writer: asyncio.StreamWriter | None = None
-    first = True
+    steps = 0
     try:
         while time.monotonic() < end:
             if writer is None:  # the first request, or the server closed the last connection
                 reader, writer = await asyncio.open_connection(target.host, target.port)
             body: dict[str, Any] = {"instances": [_step(rng, features)], "sequence_id": seed}
-            if first:
+            if steps == 0:
                 body["sequence_start"] = True
+            if offsets:
+                body["sequence_offset"] = steps
             start = time.perf_counter()
             writer.write(encode_request(target, "POST", path, orjson.dumps(body), headers))
-            status, closing = await _read_response(reader)
+            status, closing, answer = await _read_response(reader)
             if status != 200:
                 tally.fail(f"HTTP {status}")
                 return
-            first = False
+            steps += 1
+            if offsets and orjson.loads(answer).get("sequence_steps") != steps:
+                tally.fail("sequence_steps out of step")
+                return
             tally.latencies.append(time.perf_counter() - start)
             if closing:  # the server answered Connection: close: reconnect
                 writer.close()
@@ -188,20 +198,36 @@ async def _v1_stream(
 
 
 async def drive(
-    url: str, mode: Mode, model: str, features: int, streams: int, seconds: float
+    url: str,
+    mode: Mode,
+    model: str,
+    features: int,
+    streams: int,
+    seconds: float,
+    offsets: bool = False,
 ) -> dict[str, Any]:
-    """``streams`` sequences for ``seconds``; steps/s and per-step latency."""
+    """``streams`` sequences for ``seconds``; steps/s and per-step latency.
+
+    ``offsets``: ``v1`` chunks carry ``sequence_offset`` and their answers'
+    ``sequence_steps`` are checked."""
     parse_target(url)  # refuses any address but loopback (SpecError), before a byte is sent
     tally = Tally()
-    stream = _ws_stream if mode == "ws" else _v1_stream
     started = time.monotonic()
     end = started + seconds
-    await asyncio.gather(*(stream(url, model, features, end, i + 1, tally) for i in range(streams)))
+    await asyncio.gather(
+        *(
+            _ws_stream(url, model, features, end, i + 1, tally)
+            if mode == "ws"
+            else _v1_stream(url, model, features, end, i + 1, tally, offsets)
+            for i in range(streams)
+        )
+    )
     elapsed = time.monotonic() - started
     ms = np.array(tally.latencies) * 1000 if tally.latencies else np.array([np.nan])
     return {
         "mode": mode,
         "streams": streams,
+        "offsets": offsets,
         "steps": len(tally.latencies),
         "steps_per_s": len(tally.latencies) / elapsed,
         "p50_ms": float(np.percentile(ms, 50)),
@@ -221,18 +247,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mode", choices=["ws", "v1", "both"], default="both")
     parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--offsets", action="store_true", help="v1: send sequence_offset")
+    parser.add_argument(
+        "--state-url", help="the started server's LSTM_SERVE_STATE_URL (v1 with --workers > 1)"
+    )
     args = parser.parse_args(argv)
     server = None
     url = args.url
     if url is None:
         env = {"LSTM_SERVE_WORKERS": str(args.workers), "LSTM_SERVE_LOG_LEVEL": "warning"}
+        if args.state_url:
+            env["LSTM_SERVE_STATE_URL"] = args.state_url
         server = ServerProcess(args.repository, env)
         server.wait_ready(timeout=120.0)
         url = server.url
     modes: list[Mode] = ["ws", "v1"] if args.mode == "both" else [args.mode]
     try:
         results = [
-            asyncio.run(drive(url, m, args.model, args.features, args.streams, args.seconds))
+            asyncio.run(
+                drive(url, m, args.model, args.features, args.streams, args.seconds, args.offsets)
+            )
             for m in modes
         ]
     finally:

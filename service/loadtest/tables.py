@@ -116,15 +116,17 @@ def streams_report(rows: list[StreamRow], single: Row | None) -> str:
     """Steps/s of the streams, and as a multiple of single-sequence requests/s."""
     rate = single.result.requests_per_s if single else float("nan")
     lines = [
-        f"{'streams':<40}{'steps/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'x req/s':>8}"
+        f"{'streams':<56}{'steps/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'x req/s':>8}"
         f"{'CPU µs':>8}{'cores':>6}  errors"
     ]
     for row in rows:
         r = row.result
         how = "WebSocket" if row.mode == "ws" else "/v1 server-held state"
+        if row.mode == "v1" and "store" in r:  # which store, and how many workers share it
+            how += f" ({r['workers']}w, {r['store']})"
         label = f"{r['streams']:,} streams, 1 step/message, {how}"
         lines.append(
-            f"{label:<40}{r['steps_per_s']:>9.0f}"
+            f"{label:<56}{r['steps_per_s']:>9.0f}"
             f"{r['p50_ms']:>8.2f}{r['p99_ms']:>8.2f}{r['steps_per_s'] / rate:>8.2f}"
             f"{row.cpu_us_per_step:>8.0f}{row.cores:>6.2f}  {r['errors'] or 0}"
         )
@@ -177,7 +179,7 @@ def budget_report(rows: list[Row], version_dir: Path, steps: int, workers: int) 
     HTTP server, the event loop and the ASGI stack. ``merge_with`` (requests per
     call) is estimated as the clients per worker, up to a full batch of 32.
     """
-    steps_shown = ("parse", "validate", "decode", "merge", "session.run", "encode")
+    steps_shown = ("decode", "merge", "session.run", "encode")
     lines = [
         f"{'load':<40}{'CPU µs':>8}"
         + "".join(f"{name:>12}" for name in steps_shown)

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from service.core.batching import BatchingOptions, DynamicBatcher, length_bucket
 from service.core.errors import DeadlineExceeded, Overloaded
-from service.core.request import InferenceRequest, Outputs
-from service.core.runtime import ModelRuntime, RunResult, State
+from service.core.runtime import ModelRuntime
+from service.core.types import InferenceRequest, Outputs, RunResult, State
 
 
 @pytest.fixture(scope="module")

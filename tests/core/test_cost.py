@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from service.core.cost import CostLimits, check_request, execute
 from service.core.errors import CostLimit
-from service.core.request import Outputs
-from service.core.runtime import ModelRuntime, RunResult
+from service.core.runtime import ModelRuntime
+from service.core.types import Outputs, RunResult
 
 
 class Recording:
@@ -116,7 +116,7 @@ def test_request_limits_name_the_setting() -> None:
 def test_a_failing_call_reaches_every_request_of_its_batch(uni: ModelRuntime) -> None:
     """onnxruntime refusing a batch is each request's answer, never the batcher's crash."""
     from service.core.calls import run_batch
-    from service.core.request import InferenceRequest
+    from service.core.types import InferenceRequest
 
     wrong = np.zeros((1, 4, 5), np.float32)  # the model takes 3 features, not 5
     requests = [InferenceRequest(wrong, np.array([4])) for _ in range(2)]

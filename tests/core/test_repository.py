@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from models.testing import make_tiny_model
 from service.core.errors import ModelNotFound
 from service.core.repository import ModelRepository, parse_version, scan
-from service.core.request import InferenceRequest
 from service.core.server import Server
-from service.core.version_policy import VersionPolicy
+from service.core.types import InferenceRequest
 from service.settings import Settings
+from service.version_policy import VersionPolicy
 from tests.conftest import reference
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from service.core.contract import ModelMetadata
-from service.core.request import Outputs
 from service.core.runtime import CPU, CUDA, ModelRuntime, RuntimeOptions, choose_providers
+from service.core.types import Outputs
 from tests.conftest import reference
 
 

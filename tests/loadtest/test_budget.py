@@ -1,4 +1,4 @@
-"""The CPU budget's steps run the server's own functions on the benchmark's bodies."""
+"""The CPU budget's steps run the server's own codecs on the benchmark's bodies."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from service.loadtest.budget import stage_costs
 
-STEPS = {"parse", "validate", "decode", "merge", "session.run", "encode"}
+STEPS = {"decode", "merge", "session.run", "encode"}
 
 
 @pytest.mark.parametrize("protocol", ["v1", "v2-json", "v2-binary"])

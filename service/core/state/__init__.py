@@ -12,8 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 from service.core.model import ServedModel
-from service.core.request import InferenceRequest
-from service.core.runtime import RunResult, State, stack_states
 from service.core.state.options import (
     SequenceId,
     StateOptions,
@@ -23,6 +21,7 @@ from service.core.state.options import (
     parse_sequence_offset,
 )
 from service.core.state.sequences import Sequences
+from service.core.types import InferenceRequest, RunResult, State, stack_states
 
 __all__ = [
     "Decoder",

@@ -43,10 +43,9 @@ from service.core.errors import (
     SequenceNotFound,
 )
 from service.core.model import ServedModel
-from service.core.request import InferenceRequest
-from service.core.runtime import RunResult, State
-from service.core.state.options import SequenceId, StateOptions, check_stateful
+from service.core.state.options import SequenceId, StateOptions
 from service.core.state.store import LastChunk, Limits, Record, SequenceKey, SequenceStore
+from service.core.types import InferenceRequest, RunResult, State
 
 ENDED_RETRY_S = 60.0
 """How long an ended sequence's final chunk can still be retried (and counts as live)."""
@@ -104,8 +103,7 @@ class Sequences:
         self, model: ServedModel, request: InferenceRequest, options: StateOptions
     ) -> tuple[RunResult, int]:
         """Run one chunk; its result and the timesteps its sequence has consumed after it."""
-        store = self._store()
-        check_stateful(model)
+        store = self._store()  # the caller checked the model can carry state (check_stateful)
         if request.batch_size != 1:
             raise InvalidInput(f"a stateful request carries one sequence; got {request.batch_size}")
         assert options.sequence_id is not None

@@ -29,7 +29,7 @@ from typing import Protocol
 import numpy as np
 import orjson
 
-from service.core.runtime import State
+from service.core.types import State
 
 SequenceKey = tuple[str, str, str]
 """(owner, model name, sequence id as text): what a live sequence is filed under.

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from service.core.errors import CostLimit, InvalidInput
-from service.core.request import first_non_finite
+from service.core.types import first_non_finite
 from service.http.body import first_boolean
 
 _NUMERIC_KINDS = "fiu"  # float, signed and unsigned int: booleans and strings are refused

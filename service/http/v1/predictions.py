@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from service.core.contract import ModelMetadata
-from service.core.runtime import RunResult
+from service.core.types import RunResult
 
 
 def _classify(classes: list[str], probabilities: np.ndarray) -> list[dict[str, Any]]:

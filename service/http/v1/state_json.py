@@ -20,8 +20,7 @@ import numpy as np
 
 from service.core.contract import ModelMetadata
 from service.core.errors import InvalidInput
-from service.core.request import first_non_finite
-from service.core.runtime import State
+from service.core.types import State, first_non_finite
 
 _DTYPE = np.dtype("<f4")
 

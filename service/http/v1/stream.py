@@ -48,7 +48,6 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from service.core.errors import InvalidInput, ServingError
 from service.core.model import ServedModel
 from service.core.repository import parse_version
-from service.core.request import SEQUENCE, InferenceRequest
 from service.core.server import Server
 from service.core.state import (
     StateOptions,
@@ -56,6 +55,7 @@ from service.core.state import (
     parse_sequence_id,
     parse_sequence_offset,
 )
+from service.core.types import SEQUENCE, InferenceRequest
 from service.http.asgi import server_of
 from service.http.security import caller
 from service.http.v1.instances import decode_sequence

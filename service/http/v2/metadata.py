@@ -25,9 +25,9 @@ from typing import Any
 
 from service.core.model import ServedModel
 from service.core.runtime import CUDA
-from service.core.version_policy import VersionPolicy
 from service.http.v2.schema import TensorSpec, input_specs, output_specs
 from service.settings import Settings
+from service.version_policy import VersionPolicy
 
 SERVER_NAME = "lstm-serving"
 PLATFORM = "onnxruntime_onnx"

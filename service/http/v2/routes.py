@@ -6,10 +6,9 @@ sequence extension (``parameters.sequence_id``, routed to ``core/state/``).
 Health routes live in ``http/health.py``, the repository extension in
 ``repository.py``.
 
-Routes are thin: resolve the model, read the body (``http/body.py``), split it
-and turn its tensors into the core's arrays and back (``tensors.py``), validate
-the envelope (``schema.py``), and hand the arrays to the model version's
-batcher like ``/v1`` does.
+Routes only translate: an infer hands the data plane (``service/dataplane.py``) its
+body reader (``http/body.py``, Content-Encoding decoded) and the V2 codec
+(``codec.py``), and answers JSON or the binary tensor extension.
 
 Status codes follow the protocol (``http/errors.py``'s V2 table): a request that
 does not fit the model is a 400 here (``/v1`` answers 422 for the same core
@@ -19,28 +18,17 @@ with ``{"error": "..."}``.
 
 from __future__ import annotations
 
-import time
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import ValidationError
 from starlette.responses import Response
 
-from service.core import state
-from service.core.errors import BadRequest
 from service.core.model import ServedModel
 from service.core.repository import parse_version
-from service.core.request import InferenceRequest, Outputs
 from service.core.server import Server
-from service.http.asgi import hot, server_of
-from service.http.body import (
-    JsonLimits,
-    declared_length,
-    decode_content,
-    json_response,
-    read_body,
-)
-from service.http.errors import describe_validation_errors
+from service.http.asgi import hot, label, server_of
+from service.http.body import declared_length, json_response, read_body
 from service.http.openapi import (
     INFER_ERRORS,
     MODEL_ERRORS,
@@ -57,18 +45,10 @@ from service.http.responses import (
     ServerMetadata,
 )
 from service.http.security import caller
+from service.http.v2.codec import Payload
 from service.http.v2.metadata import model_config, model_metadata, server_metadata
 from service.http.v2.schema import InferenceRequestBody
-from service.http.v2.tensors import (
-    HEADER_LENGTH,
-    Limits,
-    binary_response,
-    decode_inputs,
-    encode_outputs,
-    select_outputs,
-    slice_buffers,
-    split_body,
-)
+from service.http.v2.tensors import HEADER_LENGTH, binary_response
 
 router = APIRouter(prefix="/v2", tags=["v2"])
 
@@ -78,88 +58,22 @@ def resolve(server: Server, name: str, version: str | None) -> ServedModel:
     return server.repository.resolve(name, None if version is None else parse_version(version))
 
 
-def _envelope(payload: Any) -> InferenceRequestBody:
-    if not isinstance(payload, dict):
-        raise BadRequest("the inference request must be a JSON object with 'inputs'")
-    try:
-        return InferenceRequestBody.model_validate(payload)
-    except ValidationError as exc:
-        raise BadRequest(describe_validation_errors(exc.errors())) from None
-
-
 async def infer(request: Request, name: str, version: str | None) -> Response:
-    server = server_of(request)
-    declared = declared_length(request)
-    if not server.large_requests.is_large(declared):  # the usual case, without a wait
-        return await _admitted(request, server, name, version)
-    async with server.large_requests.admit(declared, server.settings.request_timeout_s):
-        return await _admitted(request, server, name, version)
+    app = request.app.state
+    limits = app.body_limits_decoded
 
+    async def read() -> Payload:
+        return await read_body(request, limits), request.headers.get(HEADER_LENGTH)
 
-async def _admitted(request: Request, server: Server, name: str, version: str | None) -> Response:
-    model = resolve(server, name, version)
-    request.state.model, request.state.version = model.name, model.version
-    with model.batcher.held():  # a rollout's drain waits for this request, body and all
-        return await _served(request, server, model)
-
-
-async def _served(request: Request, server: Server, model: ServedModel) -> Response:
-    settings = server.settings
-    limit = settings.max_body_bytes
-    body = decode_content(
-        await read_body(
-            request,
-            limit,
-            settings.request_timeout_s,
-            settings.lingering_close_bytes,
-            settings.lingering_close_s,
-        ),
-        request.headers.get("content-encoding"),
-        limit,
+    header, arrays = await app.dataplane.infer(
+        app.v2_codec,
+        name,
+        None if version is None else parse_version(version),
+        read,
+        size=declared_length(request),
+        owner=caller(request),
+        resolved=partial(label, request),
     )
-    parts = await split_body(
-        body,
-        request.headers.get(HEADER_LENGTH),
-        JsonLimits(settings.max_json_bytes, settings.json_thread_bytes),
-    )
-    envelope = _envelope(parts.json)
-    options = envelope.state_options(caller(request))
-    buffers = slice_buffers(parts.tail, envelope.inputs)
-    meta = model.metadata
-    x, lengths = decode_inputs(
-        envelope.inputs,
-        buffers,
-        meta,
-        Limits(
-            settings.max_instances,
-            settings.max_timesteps,
-            settings.max_input_bytes,
-            model.batcher.limits,
-        ),
-    )
-    selected = select_outputs(envelope.outputs, meta, envelope.binary_data_output())
-    roles = {choice.spec.role for choice in selected}
-    wait_s = min(settings.request_timeout_s, envelope.timeout_s() or settings.request_timeout_s)
-    inference = InferenceRequest(
-        x=x,
-        lengths=lengths,
-        outputs=Outputs(
-            sequence="sequence" in roles, final="final" in roles, states=bool(roles & {"h", "c"})
-        ),
-        deadline=time.monotonic() + wait_s,
-    )
-    steps = None
-    if options.stateful:
-        result, steps = await state.infer(model, server.sequences, inference, options)
-    else:
-        result = await model.batcher.submit(inference)
-    outputs, arrays = encode_outputs(selected, result)
-    header: dict[str, Any] = {"model_name": meta.name, "model_version": str(meta.version)}
-    if envelope.id is not None:
-        header["id"] = envelope.id
-    if steps is not None:
-        header["parameters"] = {"sequence_steps": steps}
-    header["outputs"] = outputs
     return binary_response(header, arrays) if arrays else json_response(header)
 
 

@@ -24,8 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from service.core.contract import ModelMetadata
 from service.core.errors import BadRequest
-from service.core.runtime import RunResult
 from service.core.state import StateOptions, parse_sequence_id, parse_sequence_offset
+from service.core.types import RunResult
 
 
 class _Strict(BaseModel):

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,10 +41,8 @@ import orjson
 from starlette.responses import Response
 
 from service.core.contract import ModelMetadata
-from service.core.cost import CostLimits, check_request
 from service.core.errors import BadRequest, CostLimit
-from service.core.request import first_non_finite
-from service.core.runtime import RunResult
+from service.core.types import RunResult, first_non_finite
 from service.http.body import JsonLimits, first_boolean, load_json
 from service.http.v2.schema import InputTensor, OutputSpec, RequestedOutput, output_specs
 
@@ -166,8 +164,6 @@ class Limits:
     max_timesteps: int
     max_input_bytes: int = 64 * 1024 * 1024
     """x as float32, checked from its shape before FP16/FP64 data is converted."""
-    cost: CostLimits = field(default_factory=CostLimits)
-    """The model's request caps, checked before x is converted too."""
 
 
 def _numbers(tensor: InputTensor, count: int, kinds: str, what: str) -> np.ndarray:
@@ -326,8 +322,8 @@ def decode_inputs(
         lengths = _lengths(*by_name[t.lengths], batch, steps)
     else:
         lengths = np.full(batch, steps, dtype=np.int64)
-    # Refused before x is converted to float32, which allocates
-    check_request(lengths, limits.cost, meta.bidirectional)
+    # The cost limits are the batcher's (core/batching.py), checked once, at submit;
+    # max_input_bytes above already bounds what converting x allocates.
     return _x(x_tensor, x_buffer), lengths
 
 

@@ -26,13 +26,13 @@ from service.core.errors import (
     StoreUnavailable,
 )
 from service.core.model import ServedModel
-from service.core.request import SEQUENCE, InferenceRequest
 from service.core.server import Server
 from service.core.state import StateOptions
 from service.core.state.memory import MemoryStore
 from service.core.state.redis_store import RedisStore
 from service.core.state.sequences import Sequences, SequencesOptions
 from service.core.state.store import SequenceStore
+from service.core.types import SEQUENCE, InferenceRequest
 from service.settings import Settings
 from tests.scaleout.cluster import RedisServer
 

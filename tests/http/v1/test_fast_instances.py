@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.http import body as body_module
-from service.http.v1 import routes
+from service.http.v1 import codec
 from service.http.v1.fast_instances import read_simple
 from service.http.v1.instances import decode_instances
 from tests.conftest import make_client, reference
@@ -288,8 +288,8 @@ def paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         taken.append("general")
         return await load_json(body, limits)
 
-    monkeypatch.setattr(routes, "read_simple", read)
-    monkeypatch.setattr(routes, "load_json", general_read)
+    monkeypatch.setattr(codec, "read_simple", read)
+    monkeypatch.setattr(codec, "load_json", general_read)
     return taken
 
 

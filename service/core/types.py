@@ -1,4 +1,9 @@
-"""An inference request as the core sees it: arrays in, and which outputs to bring back.
+"""The core's vocabulary, at the bottom of every import: states, a request, its result.
+
+Everything else in the service imports these one way; this module imports nothing
+of the service.
+
+An inference request as the core sees it: arrays in, and which outputs to bring back.
 
 Routes turn their protocol's body into an ``InferenceRequest`` (arrays, not
 JSON) whose ``outputs`` says, once, which results the client wants: ``/v1``'s
@@ -14,7 +19,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from service.core.runtime import State
+State = tuple[np.ndarray, np.ndarray]
+"""One layer's (h, c), each float32 [directions, batch, units]."""
 
 
 @dataclass(frozen=True)
@@ -73,3 +79,24 @@ def first_non_finite(values: np.ndarray) -> tuple[int, ...] | None:
     if finite.all():
         return None
     return tuple(int(i) for i in np.argwhere(~finite)[0])
+
+
+@dataclass
+class RunResult:
+    """What one ``session.run`` returned, by role rather than by graph name."""
+
+    sequence_output: np.ndarray | None = None
+    final_output: np.ndarray | None = None
+    final_states: list[State] = field(default_factory=list)
+
+
+def stack_states(per_sequence: list[list[State]]) -> list[State]:
+    """Per-sequence states [directions, 1, units] -> batched [directions, B, units]."""
+    layers = len(per_sequence[0])
+    return [
+        (
+            np.concatenate([seq[i][0] for seq in per_sequence], axis=1),
+            np.concatenate([seq[i][1] for seq in per_sequence], axis=1),
+        )
+        for i in range(layers)
+    ]
