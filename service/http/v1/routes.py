@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, WithJsonSchema
 from starlette.responses import Response
 
 from service.core import state
@@ -28,7 +28,14 @@ from service.core.server import Server
 from service.http.asgi import hot, server_of
 from service.http.body import JsonLimits, declared_length, json_response, load_json, read_body
 from service.http.errors import describe_validation_errors
-from service.http.openapi import PREDICT_ERRORS, errors, json_answer, request_body
+from service.http.openapi import (
+    PREDICT_ERRORS,
+    SEQUENCE_ID_SCHEMA,
+    SEQUENCE_OFFSET_SCHEMA,
+    errors,
+    json_answer,
+    request_body,
+)
 from service.http.responses import ModelDescription as ModelDescriptionAnswer
 from service.http.responses import ModelList, ModelStatus, PredictResponse
 from service.http.security import caller
@@ -58,10 +65,14 @@ class PredictRequest(BaseModel):
         "false: one per sequence, at its last timestep",
     )
     # Server-held state (Keras stateful=True across requests), as Triton's sequence batcher.
-    sequence_id: Any = Field(default=None, description="integer or string id of the sequence")
+    sequence_id: Annotated[Any, WithJsonSchema(SEQUENCE_ID_SCHEMA)] = Field(
+        default=None,
+        description="the server-held sequence: an unsigned 64-bit integer or a string of 1 "
+        "to 128 characters",
+    )
     sequence_start: StrictBool = False
     sequence_end: StrictBool = False
-    sequence_offset: Any = Field(
+    sequence_offset: Annotated[Any, WithJsonSchema(SEQUENCE_OFFSET_SCHEMA)] = Field(
         default=None,
         description="timesteps of the sequence consumed before this chunk: a chunk that "
         "does not start there is refused (409), and the last chunk resent unchanged is "
