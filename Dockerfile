@@ -96,7 +96,7 @@ ENV LSTM_SERVE_HOST=0.0.0.0 \
     LSTM_SERVE_INFERENCE_THREADS=1 \
     LSTM_SERVE_LOG_FORMAT=json \
     LSTM_SERVE_AUTH=required
-# Keys are required (README "Security"): pass LSTM_SERVE_API_KEYS='["app:inference:<secret>"]'
+# Keys are required (docs/security.md): pass LSTM_SERVE_API_KEYS='["app:inference:<secret>"]'
 # or mount a file and point LSTM_SERVE_API_KEYS_FILE at it; make a secret with
 # openssl rand -hex 32. Health probes need no key.
 USER 10001:10001

@@ -58,12 +58,25 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     # Network
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
-    workers: int = Field(default=1, ge=1, description="uvicorn worker processes")
+    host: str = Field(
+        default="127.0.0.1",
+        description="bind address; 0.0.0.0 in a container (beyond loopback, keys are required "
+        "unless auth is off)",
+    )
+    port: int = Field(default=8000, ge=0, le=65535, description="the port served")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="worker processes, each with its own SO_REUSEPORT listening socket "
+        "(service/workers.py); they share nothing but the sequence store (state_url)",
+    )
 
     # Models
-    model_repository: Path = DEFAULT_REPOSITORY
+    model_repository: Path = Field(
+        default=DEFAULT_REPOSITORY,
+        description="the model repository: <name>/<version>/ folders with model.onnx and "
+        "metadata.json; by default models/repository beside the package",
+    )
     version_policy: Policy = Field(
         default=VersionPolicy("latest"),
         description="versions served per model: latest:N, all, specific:1,2",
@@ -88,12 +101,15 @@ class Settings(BaseSettings):
         "per core; with one worker on a multi-core machine, raise it to use the other "
         "cores (onnxruntime's own default, 0, sizes the pool to the host, not the container)",
     )
-    inter_op_threads: int = Field(default=1, ge=0)
+    inter_op_threads: int = Field(
+        default=1, ge=0, description="onnxruntime's inter-op threads (0: its own default)"
+    )
     inference_threads: int = Field(
         default=1,
         ge=1,
-        description="onnxruntime calls in flight at once per process; with one worker per "
-        "core, 1 (measured: 2 only adds GIL and scheduler contention)",
+        description="onnxruntime calls in flight at once per model version, on threads of "
+        "its own, so models never wait for each other; with one worker per core, 1 "
+        "(measured: 2 only adds GIL and scheduler contention)",
     )
 
     # Dynamic batching (service/core/batching.py), per model version
@@ -126,7 +142,11 @@ class Settings(BaseSettings):
     )
 
     # Request limits: every payload and every wait is bounded.
-    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1024,
+        description="a request body, as sent and again once decompressed (413 beyond)",
+    )
     max_instances: int = Field(default=1024, ge=1, description="sequences in one request")
     max_timesteps: int = Field(default=10_000, ge=1, description="timesteps in one sequence")
     max_queue_size: int = Field(
@@ -187,7 +207,7 @@ class Settings(BaseSettings):
     )
 
     # Cost bounds (issue 12): what one request may cost, in memory and in compute.
-    # See the README's "Memory and cost bounds" for the worst case they add up to.
+    # See docs/limits.md for the worst case they add up to.
     max_request_timesteps: int = Field(
         default=262_144,
         ge=1,
@@ -289,7 +309,7 @@ class Settings(BaseSettings):
         default=300.0, gt=0, description="a sequence idle this long is evicted"
     )
 
-    # Security (issue 14; service/http/security.py, README "Security")
+    # Security (service/http/security.py, docs/security.md)
     api_keys: list[str] = Field(
         default_factory=list,
         description='API keys, JSON list of "id:scopes:secret" (scopes: inference, admin, '
@@ -334,9 +354,11 @@ class Settings(BaseSettings):
     ssl_keyfile: Path | None = Field(default=None, description="TLS private key (PEM)")
 
     # Logging
-    log_level: LogLevel = "info"
+    log_level: LogLevel = Field(default="info", description="the lowest level logged")
     log_format: Literal["json", "text"] = Field(
-        default="json", description="json: one object per line, for log pipelines"
+        default="json",
+        description="json: one object per line, for log pipelines; text: for people (control "
+        "characters escaped)",
     )
 
     @model_validator(mode="after")

@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from service.http.errors import V1_STATUS, V2_STATUS
+from service.http.security import required_scope
 from service.http.v2.tensors import HEADER_LENGTH, OCTET_STREAM
 from service.settings import Settings
 
@@ -50,6 +51,61 @@ SWAGGER_UI_PARAMETERS: dict[str, Any] = {
     "tryItOutEnabled": True,
     "displayRequestDuration": True,
 }
+
+
+UINT64_MAX = 2**64 - 1
+INT64_MAX = 2**63 - 1
+
+SEQUENCE_ID_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "integer", "minimum": 0, "maximum": UINT64_MAX},
+        {"type": "string", "minLength": 1, "maxLength": 128},
+        {"type": "null"},
+    ]
+}
+"""``sequence_id`` as ``core/state``'s ``parse_sequence_id`` accepts it (Triton's rule)."""
+
+SEQUENCE_OFFSET_SCHEMA: dict[str, Any] = {
+    "anyOf": [{"type": "integer", "minimum": 0, "maximum": INT64_MAX}, {"type": "null"}]
+}
+"""``sequence_offset`` as ``parse_sequence_offset`` accepts it."""
+
+V2_PARAMETERS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "the request's parameters; those the server reads are listed, any other "
+    "is ignored",
+    "properties": {
+        "sequence_id": {
+            # 0 and "" mean no sequence (Triton's sequence extension).
+            "anyOf": [
+                {"type": "integer", "minimum": 0, "maximum": UINT64_MAX},
+                {"type": "string", "maxLength": 128},
+                {"type": "null"},
+            ],
+            "description": "the server-held sequence this request continues (0, empty or "
+            "absent: none)",
+        },
+        "sequence_start": {"type": "boolean", "description": "start the sequence afresh"},
+        "sequence_end": {"type": "boolean", "description": "end the sequence after this"},
+        "sequence_offset": {
+            **SEQUENCE_OFFSET_SCHEMA,
+            "description": "timesteps of the sequence consumed before this chunk (409 if not "
+            "where the sequence stands; the last chunk resent is answered again)",
+        },
+        "timeout": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": INT64_MAX,
+            "description": "the request's deadline in microseconds, if below the server's",
+        },
+        "binary_data_output": {
+            "type": "boolean",
+            "description": "send outputs that do not say otherwise as binary data",
+        },
+    },
+    "additionalProperties": True,
+}
+"""V2's ``parameters`` as ``http/v2/schema.py``'s ``InferenceRequestBody`` reads them."""
 
 
 class ErrorBody(BaseModel):
@@ -133,8 +189,9 @@ def request_body(
                 "name": HEADER_LENGTH,
                 "in": "header",
                 "required": False,
-                "description": "with a binary body: the size of its JSON part in bytes",
-                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                "description": "with a binary body: the size of its JSON part in bytes (the "
+                "JSON part cannot be empty, so at least 1)",
+                "schema": {"type": "integer", "minimum": 1},
             }
         ]
     return extra
@@ -218,6 +275,47 @@ def _describe_path_parameters(document: dict[str, Any]) -> None:
                     parameter["description"] = "a version of the model: a positive integer"
 
 
+BEARER = "bearer"
+"""The security scheme's name: an API key sent as ``Authorization: Bearer <key>``."""
+
+SECURITY_SCHEME: dict[str, Any] = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "An API key (LSTM_SERVE_API_KEYS: id:scopes:secret), sent as "
+    "Authorization: Bearer <secret>. Scopes: inference for /v1 and V2, admin for "
+    "/v2/repository. Needed only when the server checks keys (LSTM_SERVE_AUTH); the probes, "
+    "these docs and (unless LSTM_SERVE_METRICS_AUTH) /metrics are open.",
+}
+
+
+def keys_checked(settings: Settings) -> bool:
+    """Whether this server checks keys (``http/security.py``'s ``check_exposure``, which
+    has already refused every configuration where it would not say so)."""
+    return settings.auth != "off" and bool(settings.api_keys or settings.api_keys_file)
+
+
+def _declare_security(document: dict[str, Any], settings: Settings) -> None:
+    """The bearer scheme (Swagger UI's Authorize button), and each operation's need of it.
+
+    With keys checked, an operation that needs a key (``required_scope``) says so and
+    every open one says ``security: []``; with keys off no operation needs one, and the
+    document says that too (a schema tester then expects no 401).
+    """
+    document.setdefault("components", {})["securitySchemes"] = {BEARER: SECURITY_SCHEME}
+    checked = keys_checked(settings)
+    for path, operations in document.get("paths", {}).items():
+        scope = required_scope(path, settings.metrics_auth)
+        for operation in operations.values():
+            if checked and scope is not None:
+                operation["security"] = [{BEARER: []}]
+                operation["description"] = (
+                    operation.get("description", "") + f"\n\nNeeds an API key with the {scope} "
+                    "scope."
+                ).strip()
+            else:
+                operation["security"] = []
+
+
 def build_document(app: FastAPI, settings: Settings) -> dict[str, Any]:
     """FastAPI's document, completed with the ``@hot`` bodies and the real error answers."""
     document = get_openapi(
@@ -231,6 +329,7 @@ def build_document(app: FastAPI, settings: Settings) -> dict[str, Any]:
     )
     _drop_validation_errors(document)
     _describe_path_parameters(document)
+    _declare_security(document, settings)
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     _, rendered = models_json_schema(
         [(model, "validation") for model in _REQUEST_MODELS.values()],
@@ -243,6 +342,7 @@ def build_document(app: FastAPI, settings: Settings) -> dict[str, Any]:
     infer = schemas.get("InferenceRequestBody")
     if infer is not None:
         infer["properties"]["inputs"]["maxItems"] = 2  # x and, optionally, lengths
+        infer["properties"]["parameters"] = V2_PARAMETERS_SCHEMA
     return document
 
 

@@ -22,7 +22,9 @@ WebSocket handshakes included. In order, for each HTTP request or handshake:
 Every refusal is logged (``service.security``) with the client address and counted
 (``lstm_requests_refused_total{reason}``). Health probes need no key; ``/metrics``
 needs one only with ``metrics_auth``; the page's static files need none (the
-page asks for the key and sends it on its own calls).
+page asks for the key and sends it on its own calls), nor do the API's docs
+(``/docs``, ``/redoc``, ``/openapi.json`` and their assets: they hold no secret, and
+Swagger UI's Authorize button sends the key on every call made from it).
 """
 
 from __future__ import annotations
@@ -52,6 +54,12 @@ MIN_SECRET_CHARS = 16
 _KEY_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _OPEN_PATHS = PROBES | {"/", "/ui", "/ui/"}
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+"""The API's documents (Swagger UI, ReDoc, the OpenAPI document): no secrets in them, and a
+browser cannot send a bearer token on a page load, so they are open; every call made from
+them still needs its key."""
+DOCS_ASSETS_PREFIX = "/docs/assets/"
+"""Swagger UI's and ReDoc's static files (``http/openapi.py``'s ``DOCS_ASSETS``): open too."""
 _ALLOWED_TYPES = frozenset({"application/json", "application/octet-stream"})
 
 log = logging.getLogger("service.security")
@@ -144,8 +152,11 @@ def check_exposure(settings: Settings, keys: list[ApiKey]) -> bool:
 
 
 def required_scope(path: str, metrics_auth: bool) -> str | None:
-    """The scope a path needs; None for what stays open (probes, the page's files)."""
+    """The scope a path needs; None for what stays open (probes, the page's and the docs'
+    files)."""
     if path in _OPEN_PATHS or (path.startswith("/ui/") and path.count("/") == 2):
+        return None
+    if path in DOCS_PATHS or (path.startswith(DOCS_ASSETS_PREFIX) and ".." not in path):
         return None
     if path == METRICS:
         return "inference" if metrics_auth else None

@@ -18,6 +18,8 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from service.http.openapi import DOCS_ASSETS
+from service.http.security import DOCS_ASSETS_PREFIX, required_scope
 from service.loadtest.process import ROOT, ServerProcess
 
 ALICE = "alice-" + "a" * 32
@@ -48,7 +50,6 @@ ROUTES = [
     ("POST", "/v1/models/tiny:predict", BODY, "inference", 200),
     ("POST", "/v1/models/tiny/versions/2:predict", BODY, "inference", 200),
     ("GET", "/ui/models/tiny/versions/2/examples", None, "inference", 404),
-    ("GET", "/openapi.json", None, "inference", 200),
     ("POST", "/v2/repository/index", None, "admin", 200),
     ("POST", "/v2/repository/models/tiny/load", None, "admin", 200),
     ("POST", "/v2/repository/models/nope/unload", None, "admin", 404),
@@ -120,6 +121,30 @@ def test_probes_and_metrics_stay_open_and_refusals_are_logged(keyed: ServerProce
     assert "refused POST /v2/repository/models/tiny_bi/unload: 401 the API key is not valid" in log
     assert '"client":"127.0.0.1:' in log
     assert "y" * 40 not in log and ALICE not in log and OPS not in log  # keys are never logged
+
+
+DOCS = ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect", "/docs/assets/swagger-ui.css")
+
+
+@pytest.mark.parametrize("path", DOCS)
+def test_the_docs_are_open_and_their_calls_are_not(keyed: ServerProcess, path: str) -> None:
+    """A browser cannot send a bearer token on a page load: the docs (no secrets in them)
+    answer without a key, while what Swagger UI sends from them still needs one."""
+    assert httpx.get(keyed.url + path, timeout=10).status_code == 200
+    document = httpx.get(keyed.url + "/openapi.json", timeout=10).json()
+    assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    predict = document["paths"]["/v1/models/{name}:predict"]["post"]
+    assert predict["security"] == [{"bearer": []}]
+    assert document["paths"]["/v2/health/ready"]["get"]["security"] == []
+    assert call(keyed, "POST", "/v1/models/tiny:predict", BODY, None).status_code == 401
+
+
+def test_only_the_docs_files_are_opened() -> None:
+    assert DOCS_ASSETS + "/" == DOCS_ASSETS_PREFIX
+    for path in ("/docs", "/redoc", "/openapi.json", "/docs/assets/swagger-ui-bundle.js"):
+        assert required_scope(path, metrics_auth=False) is None
+    for path in ("/docs/x", "/docs/assets/../v1/models", "/openapi.json/x", "/redoc/v1"):
+        assert required_scope(path, metrics_auth=False) == "inference"
 
 
 def test_control_calls_leave_an_audit_line(keyed: ServerProcess) -> None:

@@ -1,4 +1,4 @@
-"""The models committed in models/repository are what the README says they are."""
+"""The models committed in models/repository are what docs/training.md says they are."""
 
 from __future__ import annotations
 

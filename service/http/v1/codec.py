@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, WithJsonSchema
 
 from service.core import state
 from service.core.contract import ModelMetadata
@@ -24,6 +24,7 @@ from service.core.types import FINAL, SEQUENCE, InferenceRequest
 from service.dataplane import Decoded, Outcome
 from service.http.body import JsonLimits, load_json
 from service.http.errors import describe_validation_errors
+from service.http.openapi import SEQUENCE_ID_SCHEMA, SEQUENCE_OFFSET_SCHEMA
 from service.http.v1.fast_instances import SimpleInstances, read_simple
 from service.http.v1.instances import decode_instances
 from service.http.v1.predictions import format_predictions
@@ -48,10 +49,14 @@ class PredictRequest(BaseModel):
         "false: one per sequence, at its last timestep",
     )
     # Server-held state (Keras stateful=True across requests), as Triton's sequence batcher.
-    sequence_id: Any = Field(default=None, description="integer or string id of the sequence")
+    sequence_id: Annotated[Any, WithJsonSchema(SEQUENCE_ID_SCHEMA)] = Field(
+        default=None,
+        description="the server-held sequence: an unsigned 64-bit integer or a string of 1 "
+        "to 128 characters",
+    )
     sequence_start: StrictBool = False
     sequence_end: StrictBool = False
-    sequence_offset: Any = Field(
+    sequence_offset: Annotated[Any, WithJsonSchema(SEQUENCE_OFFSET_SCHEMA)] = Field(
         default=None,
         description="timesteps of the sequence consumed before this chunk: a chunk that "
         "does not start there is refused (409), and the last chunk resent unchanged is "

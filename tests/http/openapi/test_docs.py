@@ -18,8 +18,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Route, sync_playwright
 
+from tests.browser import find_or_install_chromium
 from tests.conftest import ServerProcess
-from tests.http.ui.test_page import find_or_install_chromium
 
 PAGES = ("/docs", "/redoc", "/docs/oauth2-redirect")
 _REFERENCES = re.compile(r"""(?:src|href|spec-url)\s*=\s*["']([^"']+)["']|url:\s*'([^']+)'""")
