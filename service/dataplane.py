@@ -10,7 +10,7 @@ once:
 
 1. **admit**: a request declared (or not declared) large waits for one of
    ``max_large_requests`` places, within its deadline, so a worker's memory stays
-   within one large request's bound (``core/admission.py``);
+   within one large request's bound (``LargeRequests``);
 2. **resolve and hold** the model version: an unload's drain waits for this
    request, payload and all;
 3. **read** and **decode** (the protocol's);
@@ -23,10 +23,13 @@ Nothing here knows HTTP or gRPC.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Generic, Protocol, TypeVar
 
+from service.core.errors import Overloaded
 from service.core.model import ServedModel
 from service.core.server import Server
 from service.core.state import Decoder, StateOptions
@@ -72,12 +75,53 @@ class Codec(Protocol[Payload, Context, Answer]):
     def encode(self, outcome: Outcome[Context]) -> Answer: ...
 
 
+class LargeRequests:
+    """At most ``slots`` large requests per worker at once: what makes the memory bound
+    hold under concurrency.
+
+    Every limit of ``core/calls.py`` and ``http/body.py`` bounds one request. A worker
+    that decodes many large requests at once would still add those bounds up, so a
+    request whose payload is over ``threshold_bytes`` (or whose size is not declared)
+    takes one of ``slots`` places from before its payload is read until it is answered;
+    the next waits for a place, within its deadline, then gets ``Overloaded`` (503,
+    Retry-After). Ordinary requests never wait here.
+    """
+
+    def __init__(self, slots: int, threshold_bytes: int) -> None:
+        self.slots = slots
+        self.threshold_bytes = threshold_bytes
+        self._places = asyncio.Semaphore(slots)
+
+    def is_large(self, declared_bytes: int | None) -> bool:
+        return declared_bytes is None or declared_bytes > self.threshold_bytes
+
+    @asynccontextmanager
+    async def admit(self, declared_bytes: int | None, timeout_s: float) -> AsyncIterator[None]:
+        """Hold a place for the request's lifetime when it is large; yield at once if not."""
+        if not self.is_large(declared_bytes):
+            yield
+            return
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._places.acquire()
+        except TimeoutError:
+            raise Overloaded(
+                f"{self.slots} large request(s) (bodies over {self.threshold_bytes} bytes) "
+                "are being served, the limit per worker (max_large_requests); retry later"
+            ) from None
+        try:
+            yield
+        finally:
+            self._places.release()
+
+
 class DataPlane:
     """The request path, over the server's repository, admission and sequences."""
 
     def __init__(self, server: Server) -> None:
         self._server = server
-        self._large = server.large_requests
+        settings = server.settings
+        self._large = LargeRequests(settings.max_large_requests, settings.large_request_bytes)
         self._wait_s = server.settings.request_timeout_s
 
     async def infer(

@@ -53,8 +53,7 @@ from functools import partial
 
 import onnxruntime as ort
 
-from service.core.calls import run_batch
-from service.core.cost import CostLimits, check_request, length_bucket
+from service.core.calls import CostLimits, check_request, length_bucket, run_batch
 from service.core.errors import DeadlineExceeded, Overloaded
 from service.core.runtime import ModelRuntime
 from service.core.types import InferenceRequest, RunResult

@@ -12,9 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from service.core.admission import LargeRequests
 from service.core.batching import BatchingOptions, DynamicBatcher
-from service.core.cost import CostLimits
+from service.core.calls import CostLimits
 from service.core.memory import fix_malloc_thresholds
 from service.core.model import ServedModel, load_version
 from service.core.repository import ModelRepository
@@ -45,9 +44,6 @@ class Server:
             default_policy=settings.version_policy,
             policies=settings.model_version_policies,
             drain_s=settings.unload_drain_s,
-        )
-        self.large_requests = LargeRequests(
-            settings.max_large_requests, settings.large_request_bytes
         )
         self.sequences = self._sequences()
         self._evictor: asyncio.Task[None] | None = None

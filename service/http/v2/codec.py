@@ -2,7 +2,7 @@
 the binary tensor extension) to the core's request, and the result to
 ``$inference_response`` with each output as JSON data or raw bytes.
 
-The framing is split (``tensors.split_body``), the envelope validated
+The framing is split (``framing.py``), the envelope validated
 (``schema.py``), the tensors decoded into the core's arrays and encoded back
 (``tensors.py``). Triton's sequence extension becomes the core's state options.
 """
@@ -21,6 +21,7 @@ from service.core.types import InferenceRequest, Outputs
 from service.dataplane import Decoded, Outcome
 from service.http.body import JsonLimits
 from service.http.errors import describe_validation_errors
+from service.http.v2.framing import slice_buffers, split_body
 from service.http.v2.schema import InferenceRequestBody
 from service.http.v2.tensors import (
     Limits,
@@ -28,8 +29,6 @@ from service.http.v2.tensors import (
     decode_inputs,
     encode_outputs,
     select_outputs,
-    slice_buffers,
-    split_body,
 )
 from service.settings import Settings
 

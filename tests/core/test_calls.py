@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.core.cost import CostLimits, check_request, execute
+from service.core.calls import CostLimits, check_request, execute
 from service.core.errors import CostLimit
 from service.core.runtime import ModelRuntime
 from service.core.types import Outputs, RunResult

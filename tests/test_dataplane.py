@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from service.core.admission import LargeRequests
 from service.core.errors import Overloaded
+from service.dataplane import LargeRequests
 
 
 def test_large_requests_wait_for_a_place_and_shed_at_their_deadline() -> None:
