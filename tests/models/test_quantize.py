@@ -286,3 +286,50 @@ def test_lstm_train_quantize_certifies_on_its_test_split(tmp_path: Path) -> None
     assert rebuilt.certificate.final_output.max_abs_diff == pytest.approx(
         q.certificate.final_output.max_abs_diff, rel=1e-3
     ) or (rebuilt.per_channel, rebuilt.reduce_range) != (q.per_channel, q.reduce_range)
+
+
+def test_lstm_import_quantize_needs_a_file_and_says_so_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from models import keras_import
+
+    with pytest.raises(SystemExit) as exit_:
+        keras_import.main(["m.keras", "--name", "m", "--repository", str(tmp_path), "--quantize"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--quantize needs held-back data: pass --data" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lstm_import_quantize_certifies_on_the_given_file(tmp_path: Path) -> None:
+    from models import keras_import
+    from tests.models import keras_models
+
+    path = tmp_path / "m.keras"
+    keras_models.randomize(keras_models.bidirectional(), 0).save(path)
+    repo = tmp_path / "repo"
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(6, 15, 3)).astype(np.float32)
+    np.savez(tmp_path / "held.npz", X_test=x, y_test=rng.integers(0, 3, size=6))
+    args = [str(path), "--name", "m", "--repository", str(repo), "--no-keras-check"]
+    args += ["--quantize", "--data", str(tmp_path / "held.npz"), "--allow-slower"]
+    keras_import.main([*args, "--speed-seconds", "0.01"])
+    q = metadata(repo / "m" / "2").quantization
+    assert q is not None and q.source_version == 1
+    assert q.certificate.data == "held.npz" and q.certificate.sequences == 6
+    assert q.certificate.drift.chunked is False  # bidirectional: the stream runs whole
+
+
+@pytest.mark.parametrize(("name", "n_test"), [("basic_motions", 40), ("sunspots", 67)])
+def test_the_shipped_models_test_splits_are_rebuilt_from_their_metadata(
+    name: str, n_test: int
+) -> None:
+    """No split is stored: the training file (found in models/data/ by its sha256), the
+    preset's preparation, the seed and the fractions recorded rebuild it."""
+    meta = metadata(Path(train.REPOSITORY) / name / "1")
+    held = quantize.held_back(meta)
+    assert len(held.data) == n_test and held.source.endswith("(test split)")
+    if name == "basic_motions":
+        with np.load(quantize.DATA / "basic_motions.npz") as npz:
+            np.testing.assert_array_equal(held.data.x, npz["X_test"])
+            np.testing.assert_array_equal(held.data.y, npz["y_test"])
