@@ -25,6 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from models import quantize
 from models.export import export_model
 from models.keras import parity as keras_parity
 from models.keras.convert import Converted, convert, keras_summary
@@ -169,7 +170,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="skip the comparison with Keras even when it is installed",
     )
-    return p.parse_args(argv)
+    p.add_argument(
+        "--quantize",
+        action="store_true",
+        help="also publish an int8 version, certified on --data (lstm-quantize)",
+    )
+    quantize.add_arguments(p)
+    args = p.parse_args(argv)
+    if args.quantize and args.data is None:
+        # Said before anything is imported: a Keras file keeps no held-back data.
+        print(
+            "lstm-import: --quantize needs held-back data: pass --data FILE.npz "
+            "(X_test, y_test[, lengths_test]); a Keras file keeps none",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -205,6 +221,23 @@ def main(argv: list[str] | None = None) -> None:
             f"{len(result.cases)} shapes"
             + (f" and {len(result.chunks)} streamed chunks" if result.chunks else "")
         )
+    if args.quantize:
+        try:
+            int8 = quantize.quantize_version(
+                args.repository,
+                args.name,
+                meta.version,
+                data=args.data,
+                tolerance=quantize.tolerance_of(args),
+                per_channel=args.per_channel,
+                reduce_range=args.reduce_range,
+                allow_slower=args.allow_slower,
+                speed_seconds=args.speed_seconds,
+            )
+        except (quantize.Refused, ValueError, OSError) as error:
+            print(f"lstm-import: {error}", file=sys.stderr)
+            raise SystemExit(2) from error
+        print(quantize.describe(int8))
 
 
 if __name__ == "__main__":

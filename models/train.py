@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from models import quantize
 from models.architecture import StackedLSTM
 from models.data import Dataset, Splits, load, standardization, valid_mask
 from models.examples import write_examples
@@ -75,6 +76,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repository", type=Path, default=REPOSITORY)
     p.add_argument("--version", type=int, help="default: the next free integer")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--quantize",
+        action="store_true",
+        help="also publish an int8 version, certified on the test split (lstm-quantize)",
+    )
+    quantize.add_arguments(p, data=False)
     args = p.parse_args(argv)
     if args.preset:
         preset: Preset = PRESETS[args.preset]
@@ -265,6 +272,9 @@ def run(argv: list[str] | None = None) -> Path:
             "clip": args.clip,
             "patience": args.patience,
             "seed": seed,
+            # the seed that drew the validation and test splits (lstm-quantize rebuilds
+            # the test split from it); ``seed`` is the restart kept, which may differ
+            "split_seed": args.seed,
             "restarts": args.restarts,
             "target": splits.target,
             "validation_split": args.validation_split,
@@ -301,7 +311,37 @@ def run(argv: list[str] | None = None) -> Path:
         f"exported {path}: onnxruntime matches torch within {parity.max_abs_diff:.2g} "
         f"(tolerance {parity.tolerance:g}) over {len(parity.cases)} unseen shapes"
     )
+    if args.quantize:
+        quantize_after(path, splits.test, args)
     return path
+
+
+def quantize_after(path: Path, test: Dataset, args: argparse.Namespace) -> Path | None:
+    """``--quantize``: the int8 version of the version just exported, certified on ``test``.
+
+    A refusal is reported (exit 2) after the fp32 version is already published.
+    """
+    if not len(test):
+        print("lstm-train: --quantize needs a test split (--test-split > 0)", file=sys.stderr)
+        raise SystemExit(2)
+    held = quantize.HeldBack(test, "the test split (lstm-train)")
+    try:
+        int8 = quantize.quantize_version(
+            path.parent.parent,
+            path.parent.name,
+            int(path.name),
+            held=held,
+            tolerance=quantize.tolerance_of(args),
+            per_channel=args.per_channel,
+            reduce_range=args.reduce_range,
+            allow_slower=args.allow_slower,
+            speed_seconds=args.speed_seconds,
+        )
+    except (quantize.Refused, ValueError) as error:
+        print(f"lstm-train: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
+    print(quantize.describe(int8))
+    return int8
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -65,6 +65,12 @@ class ModelDescription(BaseModel):
     stateful: bool
     metrics: dict[str, Any]
     parity_max_abs_diff: float | None
+    dtype: str = Field(default="float32", description="the weights': float32, or int8")
+    quantization: dict[str, Any] | None = Field(
+        default=None,
+        description="int8 versions: source version, quantizer options and the accuracy "
+        "certificate against it (service/core/contract.py, Quantization)",
+    )
     providers: list[str]
     created_at: str
 
@@ -104,6 +110,9 @@ class ModelMetadata(BaseModel):
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="dtype (float32 or int8) and, for int8, quantization"
+    )
 
 
 class ModelReady(BaseModel):
@@ -125,6 +134,10 @@ class ModelConfig(BaseModel):
     instance_group: list[dict[str, Any]]
     default_model_filename: str
     dynamic_batching: dict[str, Any] | None = None
+    parameters: dict[str, Any] | None = Field(
+        default=None,
+        description="Triton's string parameters: dtype, and for int8 the quantization as JSON",
+    )
 
 
 class OutputTensor(BaseModel):

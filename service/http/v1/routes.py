@@ -94,6 +94,9 @@ def describe(model: ServedModel) -> dict[str, Any]:
         "stateful": not meta.bidirectional,
         "metrics": training.metrics if training else {},
         "parity_max_abs_diff": meta.parity.max_abs_diff,
+        "dtype": meta.dtype,
+        # int8 versions: the source version, the options and the accuracy certificate
+        "quantization": meta.quantization.model_dump() if meta.quantization else None,
         "providers": model.runtime.providers,
         "created_at": meta.created_at.isoformat(),
     }

@@ -17,10 +17,15 @@
   There is no ``sequence_batching`` block although the sequence extension
   works: in Triton that block makes a sequence id mandatory on every request
   (and switches perf_analyzer to sequence mode), while here it is optional.
+- The weights' type (``float32`` or ``int8``) and an int8 version's quantization
+  record (its source version and accuracy certificate): ``parameters`` of the
+  model metadata (an object), and of the configuration as Triton writes model
+  parameters, ``{key: {"string_value": ...}}`` (the record as JSON).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from service.core.model import ServedModel
@@ -67,7 +72,16 @@ def model_metadata(model: ServedModel, versions: list[int]) -> dict[str, Any]:
         "platform": PLATFORM,
         "inputs": [_described(spec) for spec in input_specs(meta)],
         "outputs": [_described(spec.tensor) for spec in output_specs(meta)],
+        "parameters": _parameters(model),
     }
+
+
+def _parameters(model: ServedModel) -> dict[str, Any]:
+    meta = model.metadata
+    out: dict[str, Any] = {"dtype": meta.dtype}
+    if meta.quantization is not None:
+        out["quantization"] = meta.quantization.model_dump(mode="json")
+    return out
 
 
 def _config_tensor(spec: TensorSpec, is_input: bool) -> dict[str, Any]:
@@ -104,6 +118,10 @@ def model_config(model: ServedModel, settings: Settings, policy: VersionPolicy) 
             {"count": settings.inference_threads, "kind": "KIND_GPU" if gpu else "KIND_CPU"}
         ],
         "default_model_filename": meta.onnx.file,
+        "parameters": {
+            key: {"string_value": value if isinstance(value, str) else json.dumps(value)}
+            for key, value in _parameters(model).items()
+        },
     }
     options = model.batcher.options
     if options.dynamic:

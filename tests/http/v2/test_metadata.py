@@ -50,6 +50,7 @@ TINY = {
         {"name": "hn_1", "datatype": "FP32", "shape": [-1, 1, 4]},
         {"name": "cn_1", "datatype": "FP32", "shape": [-1, 1, 4]},
     ],
+    "parameters": {"dtype": "float32"},
 }
 
 
@@ -101,6 +102,7 @@ def test_model_config(client: TestClient) -> None:
         ],
         "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
         "default_model_filename": "model.onnx",
+        "parameters": {"dtype": {"string_value": "float32"}},
         "dynamic_batching": {
             "max_queue_delay_microseconds": 0,
             "default_queue_policy": {
