@@ -35,6 +35,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote_to_bytes
 
 import orjson
 from prometheus_client import Counter
@@ -52,6 +53,21 @@ _KEY_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/", "/ui", "/ui/"})
 _ALLOWED_TYPES = frozenset({"application/json", "application/octet-stream"})
+
+KEY_PARAMETERS = frozenset({"token", "api_key", "apikey", "key", "access_token"})
+"""Query parameters that carry a key: refused, since URLs end up in logs and caches."""
+
+
+def key_in_query(query_string: bytes) -> str | None:
+    """The name of a key-carrying parameter in a query string, if it has one."""
+    if not query_string:
+        return None
+    for pair in query_string.split(b"&"):
+        name = unquote_to_bytes(pair.split(b"=", 1)[0]).decode("latin-1").strip().lower()
+        if name in KEY_PARAMETERS:
+            return name
+    return None
+
 
 log = logging.getLogger("service.security")
 REFUSED = Counter(
@@ -240,6 +256,14 @@ class Security:
                 f"Host {host_text!r} is not served here (DNS rebinding is refused); allowed "
                 f"hosts: {', '.join(sorted(self.hosts))} (setting allowed_hosts)",
                 "host",
+            )
+        if (parameter := key_in_query(scope.get("query_string", b""))) is not None:
+            raise Refusal(
+                400,
+                f"keys are not accepted in the URL (query parameter {parameter!r}): URLs are "
+                "logged and cached; send Authorization: Bearer <key> (WebSockets may offer "
+                "the subprotocol bearer.<key>)",
+                "key_in_url",
             )
         cors = self._check_origin(origin, host_text)
         if cors is not None and scope.get("method") == "OPTIONS":
