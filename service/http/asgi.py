@@ -58,7 +58,8 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._:/=+-]{1,128}$")
 # Generated request ids: 128 random bits each, which tell a client nothing (a
 # per-process prefix and a counter named the worker and its request count). The
 # OS's random source is read 256 ids at a time: one read per id (uuid4) cost ~13%
-# of a small request's CPU here; a batch costs ~0.1 us per id (README).
+# of a small request's CPU here (uuid4: 1.8 us an id, secrets.token_hex: 0.53 us);
+# a batch costs 0.16 us an id (measured on the shared 2-core machine).
 _ID_BATCH = 256
 
 
