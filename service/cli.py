@@ -23,7 +23,12 @@ from service.core.repository import scan
 from service.http.security import check_exposure, load_keys
 from service.logs import configure_logging
 from service.settings import DEFAULT_REPOSITORY, ENV_PREFIX, Settings
-from service.workers import Supervisor, reuse_port_supported, uvicorn_options
+from service.workers import (
+    METRICS_FOLDER_PREFIX,
+    Supervisor,
+    reuse_port_supported,
+    uvicorn_options,
+)
 
 log = logging.getLogger("service")
 
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Each worker is a process with its own counters: share them through files,
         # in a folder of our own that goes when the server does.
-        metrics_dir = tempfile.mkdtemp(prefix="lstm-serve-metrics-")
+        metrics_dir = tempfile.mkdtemp(prefix=METRICS_FOLDER_PREFIX)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
         ensure_default_model(settings)

@@ -76,6 +76,20 @@ class TextFormatter(logging.Formatter):
         return super().formatMessage(record).translate(_CONTROL)
 
 
+def without_query_strings(record: logging.LogRecord) -> bool:
+    """Drop the query string from uvicorn's own lines (a filter; it never drops a line).
+
+    uvicorn writes ``"WebSocket /path?query" 401`` with the whole URL, and a URL
+    can carry a secret (``?token=...``). Our own lines log the path only.
+    """
+    if record.name.startswith("uvicorn") and isinstance(record.args, tuple):
+        record.args = tuple(
+            a.split("?", 1)[0] + "?..." if isinstance(a, str) and "?" in a else a
+            for a in record.args
+        )
+    return True
+
+
 def configure_logging(level: str, json_logs: bool = True) -> None:
     """Root logging for the process; uvicorn's own loggers propagate to it."""
     handler = logging.StreamHandler()
@@ -85,6 +99,7 @@ def configure_logging(level: str, json_logs: bool = True) -> None:
     else:
         formatter = TextFormatter()
     handler.setFormatter(formatter)
+    handler.addFilter(without_query_strings)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

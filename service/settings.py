@@ -7,6 +7,7 @@ override these; nothing else in the service reads the environment.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -17,6 +18,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     SecretStr,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -353,6 +355,35 @@ class Settings(BaseSettings):
     )
     ssl_keyfile: Path | None = Field(default=None, description="TLS private key (PEM)")
 
+    # Hostile clients, round two (issue 26; http/connections.py): unread answers and
+    # one address's share of the connections.
+    write_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="a connection whose client takes none of its answer for this long (the "
+        "unsent bytes do not shrink) is closed, and its unsent answer freed",
+    )
+    max_unsent_bytes: int = Field(
+        default=128 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="answer bytes waiting for slow or absent readers, per worker process, in "
+        "total; beyond it the connections stalled longest are closed (checked about every "
+        "second), so unread answers hold at most this (plus one answer) of memory",
+    )
+    max_connections_per_address: int = Field(
+        default=256,
+        ge=1,
+        description="requests in flight (connections with an unfinished request) per client "
+        "address per worker process; a request head beyond it gets a JSON 503 and the "
+        "connection closes, so one address cannot take max_connections from the others",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description='proxies (addresses or networks, JSON list, e.g. ["10.0.0.0/8"]) whose '
+        "X-Forwarded-For names the client for max_connections_per_address; empty: the peer "
+        "address is the client",
+    )
+
     # Logging
     log_level: LogLevel = Field(default="info", description="the lowest level logged")
     log_format: Literal["json", "text"] = Field(
@@ -366,3 +397,10 @@ class Settings(BaseSettings):
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("ssl_certfile and ssl_keyfile go together: set both or neither")
         return self
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            ipaddress.ip_network(entry, strict=False)  # ValueError names the bad entry
+        return value

@@ -121,8 +121,15 @@ def main() -> None:
                     s = Server(trees[side], two)
                     try:
                         for proto, batch, conc in STATELESS:
-                            note("stateless", rep=rep, side=side, proto=proto, batch=batch,
-                                 conc=conc, **load(s.url, proto, batch, conc, args.seconds))
+                            note(
+                                "stateless",
+                                rep=rep,
+                                side=side,
+                                proto=proto,
+                                batch=batch,
+                                conc=conc,
+                                **load(s.url, proto, batch, conc, args.seconds),
+                            )
                     finally:
                         s.stop()
             if "streams" in only:
@@ -135,11 +142,21 @@ def main() -> None:
                     s = Server(trees[side], {**env, "LSTM_SERVE_MAX_WEBSOCKETS": room,
                                              "LSTM_SERVE_MAX_QUEUE_SIZE": room})  # fmt: skip
                     try:
-                        note("streams", rep=rep, side=side, config=label,
-                             **streams(s.url, args.streams, args.seconds * 1.5))
+                        note(
+                            "streams",
+                            rep=rep,
+                            side=side,
+                            config=label,
+                            **streams(s.url, args.streams, args.seconds * 1.5),
+                        )
                         if label == "new 2w redis":  # the same server, chunks with offsets
-                            note("streams", rep=rep, side=side, config=label + " +offsets",
-                                 **streams(s.url, args.streams, args.seconds * 1.5, True))
+                            note(
+                                "streams",
+                                rep=rep,
+                                side=side,
+                                config=label + " +offsets",
+                                **streams(s.url, args.streams, args.seconds * 1.5, True),
+                            )
                     finally:
                         s.stop()
             if "roundtrip" in only:
@@ -152,8 +169,13 @@ def main() -> None:
                     loadavg()
                     s = Server(trees[side], env)
                     try:
-                        note("roundtrip", rep=rep, side=side, config=label,
-                             **streams(s.url, 1, args.seconds))
+                        note(
+                            "roundtrip",
+                            rep=rep,
+                            side=side,
+                            config=label,
+                            **streams(s.url, 1, args.seconds),
+                        )
                     finally:
                         s.stop()
             if "intra" in only:
@@ -166,8 +188,13 @@ def main() -> None:
                     loadavg()
                     s = Server(trees[side], env)
                     try:
-                        note("intra", rep=rep, side=side, config=label,
-                             **load(s.url, "v2-binary", 32, 1, args.seconds))
+                        note(
+                            "intra",
+                            rep=rep,
+                            side=side,
+                            config=label,
+                            **load(s.url, "v2-binary", 32, 1, args.seconds),
+                        )
                     finally:
                         s.stop()
     finally:

@@ -79,6 +79,29 @@ def scan(root: Path) -> dict[str, list[int]]:
     return found
 
 
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+_MAX_FINGERPRINT_FILES = 256
+
+
+def fingerprint(version_dir: Path) -> Fingerprint:
+    """A version folder's files as (name, size, mtime): what changes while it is copied."""
+    files: list[tuple[str, int, int]] = []
+    try:
+        with os.scandir(version_dir) as entries:
+            for entry in entries:
+                if len(files) >= _MAX_FINGERPRINT_FILES:
+                    break
+                try:
+                    stat = entry.stat()
+                except OSError:
+                    continue
+                files.append((entry.name, stat.st_size, stat.st_mtime_ns))
+    except OSError:
+        return ()
+    return tuple(sorted(files))
+
+
 class ModelRepository:
     """Served versions by model name, and the status of every version tried."""
 
@@ -99,6 +122,9 @@ class ModelRepository:
         self._status: dict[tuple[str, int], VersionStatus] = {}
         self._lock = asyncio.Lock()  # one load or unload at a time
         self._polled: dict[str, list[int]] = {}  # what poll() last saw on disk
+        # Versions whose load failed, with their files as they were when read: poll
+        # tries one again once its files change (a folder still being copied).
+        self._failed: dict[tuple[str, int], Fingerprint | None] = {}
 
     def policy(self, name: str) -> VersionPolicy:
         return self._policies.get(name, self._default_policy)
@@ -123,12 +149,25 @@ class ModelRepository:
             if self._polled.get(name) != versions:
                 log.info("poll: %s versions on disk are now %s", name, versions)
                 await self.load_model(name)
+            elif changed := self._changed_failures(name, versions):
+                log.info("poll: %s version %s changed on disk since it failed", name, changed)
+                await self.load_model(name)
         for name in [n for n in self.names() if n not in on_disk]:
             try:
                 await self.unload_model(name)
             except Conflict as exc:
                 log.error("poll: %s left the repository but keeps serving: %s", name, exc.message)
         self._polled = on_disk
+        self._failed = {k: f for k, f in self._failed.items() if k[1] in on_disk.get(k[0], [])}
+
+    def _changed_failures(self, name: str, versions: list[int]) -> list[int]:
+        """Failed versions of ``name`` still on disk whose files changed since they failed."""
+        return [
+            version
+            for version in versions
+            if (name, version) in self._failed
+            and self._failed[(name, version)] != fingerprint(self.root / name / str(version))
+        ]
 
     async def load_model(self, name: str) -> list[VersionStatus]:
         """Bring ``name`` in line with its policy and the disk: load new, retire old.
@@ -180,13 +219,24 @@ class ModelRepository:
         """Load one version; its failure status if it failed, else None."""
         self._set(name, version, "LOADING")
         start = time.perf_counter()
+        folder = self.root / name / str(version)
+        before: Fingerprint | None = fingerprint(folder)
         try:
-            served = await asyncio.to_thread(self._loader, self.root / name / str(version))
+            served = await asyncio.to_thread(self._loader, folder)
+            if fingerprint(folder) != before:  # still being written: what was read is not it
+                await served.close()
+                before = None  # so the next poll tries it again whatever it finds
+                raise RuntimeError(
+                    "its files changed while it was loading (still being copied?); "
+                    "it is tried again once they have settled"
+                )
         except Exception as exc:  # any failure to load is reported, never fatal
             log.error("failed to load %s version %d: %s", name, version, exc)
             MODEL_LOAD_FAILURES.labels(name).inc()
+            self._failed[(name, version)] = before
             self._set(name, version, "UNAVAILABLE", self._public(str(exc)))
             return self._status[(name, version)]
+        self._failed.pop((name, version), None)
         MODEL_LOAD_DURATION.labels(name).observe(time.perf_counter() - start)
         self._models.setdefault(name, {})[version] = served
         MODEL_VERSIONS_LOADED.labels(name).set(len(self._models[name]))

@@ -29,12 +29,11 @@ silently skip.
 from __future__ import annotations
 
 import inspect
-import itertools
 import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI
@@ -58,11 +57,30 @@ from service.http.paths import OBSERVABILITY_PATHS
 REQUEST_ID_HEADER = "x-request-id"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:/=+-]{1,128}$")
 
-# Generated request ids: a random per-process prefix and a counter. Unique across
-# workers and restarts like a uuid4, at a fraction of its cost (uuid4 reads the
-# OS's random source on every call, ~13% of a small request's CPU here).
-_ID_PREFIX = os.urandom(8).hex()
-_ID_COUNTER = itertools.count()
+# Generated request ids: 128 random bits each, which tell a client nothing (a
+# per-process prefix and a counter named the worker and its request count). The
+# OS's random source is read 256 ids at a time: one read per id (uuid4) cost ~13%
+# of a small request's CPU here (uuid4: 1.8 us an id, secrets.token_hex: 0.53 us);
+# a batch costs 0.16 us an id (measured on the shared 2-core machine).
+_ID_BATCH = 256
+
+
+def _random_ids() -> Iterator[str]:
+    while True:
+        block = os.urandom(16 * _ID_BATCH).hex()
+        for start in range(0, len(block), 32):
+            yield block[start : start + 32]
+
+
+_ids = _random_ids()
+
+
+def _fresh_ids_after_fork() -> None:
+    global _ids
+    _ids = _random_ids()  # a forked child must not hand out its parent's buffered ids
+
+
+os.register_at_fork(after_in_child=_fresh_ids_after_fork)
 
 access_log = logging.getLogger("service.access")
 
@@ -100,7 +118,7 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
             candidate = value.decode("latin-1")
             if _SAFE_ID.match(candidate):
                 return candidate
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+    return next(_ids)
 
 
 _CHILDREN: dict[tuple[object, ...], Any] = {}

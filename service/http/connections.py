@@ -21,6 +21,18 @@ time, or a header of many megabytes: 2,048 such connections held every slot of
   The probe and metrics paths (``RESERVED_PATHS``) are always served, so an
   orchestrator does not restart a pod that is merely being flooded.
 
+- **a fair share per client address** (``max_connections_per_address``): a request
+  head from an address that already has that many requests in flight (connections
+  with an unfinished request) gets a JSON 503 and the connection closes, so one
+  address cannot hold every busy slot of the cap (idle ones give way anyway).
+  Behind a proxy listed in ``trusted_proxies`` the client is the X-Forwarded-For
+  address.
+- **a write clock and a ceiling on unsent answers** (``write_timeout_s``,
+  ``max_unsent_bytes``): a connection whose client takes none of its answer for
+  ``write_timeout_s`` is closed (aborted: its unsent bytes are freed at once), and
+  when the answers waiting for readers exceed ``max_unsent_bytes`` in total, the
+  connections stalled longest are closed until they fit (checked by the sweep).
+
 The per-request cost is a deadline set and cleared, a byte count and the cap
 check: about 3 µs over uvicorn's own protocol (measured; see the README).
 """
@@ -28,6 +40,9 @@ check: about 3 µs over uvicorn's own protocol (measured; see the README).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import logging
+from collections import defaultdict
 from typing import Any, ClassVar
 
 import orjson
@@ -42,10 +57,44 @@ RESERVED_PATHS = frozenset(path.encode() for path in OBSERVABILITY_PATHS)
 CAP_RETRY_AFTER_S = 1
 
 
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
 def bounded_protocol(settings: Settings) -> type[BoundedHttpProtocol]:
     """uvicorn's ``http=`` option: the protocol class bound to the server's settings
     (uvicorn builds one protocol per connection, from the class)."""
-    return type("BoundedHttpProtocol", (BoundedHttpProtocol,), {"settings": settings})
+    proxies = tuple(ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies)
+    return type(
+        "BoundedHttpProtocol", (BoundedHttpProtocol,), {"settings": settings, "proxies": proxies}
+    )
+
+
+log = logging.getLogger("service.connections")
+
+
+def _is_trusted_proxy(address: str, networks: Networks) -> bool:
+    if not networks:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+def forwarded_client(headers: list[tuple[bytes, bytes]], peer: str, networks: Networks) -> str:
+    """The client behind trusted proxies: X-Forwarded-For's rightmost untrusted address."""
+    for name, value in headers:
+        if name == b"x-forwarded-for":
+            for hop in reversed(value.decode("latin-1").split(",")):
+                hop = hop.strip()
+                if hop and not _is_trusted_proxy(hop, networks):
+                    return hop[:64]
+    return peer
+
+
+_by_address: defaultdict[str, int] = defaultdict(int)
+"""Requests in flight (connections with an unfinished request) per client address."""
 
 
 def _raw_response(status: int, reason: bytes, message: str) -> bytes:
@@ -84,7 +133,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     connection cap that answers in JSON and never shuts out probes or real requests."""
 
     settings: ClassVar[Settings]
-    """Set by ``bounded_protocol``."""
+    """Set by ``bounded_protocol``, with ``proxies`` (``trusted_proxies`` parsed once)."""
+    proxies: ClassVar[Networks] = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -102,6 +152,55 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             f"the server is at its limit of {self.connection_cap} connections per worker; "
             f"retry in {CAP_RETRY_AFTER_S} s"
         )
+        self.address_cap = settings.max_connections_per_address
+        self._address_unavailable = _unavailable_app(
+            f"this client address has {self.address_cap} requests in flight on this worker "
+            f"already (its share; setting max_connections_per_address); retry in "
+            f"{CAP_RETRY_AFTER_S} s"
+        )
+        self._address: str | None = None  # the client this connection counts against
+        self._behind_proxy = False
+        self.write_timeout_s = settings.write_timeout_s
+        self.max_unsent_bytes = settings.max_unsent_bytes
+        self._write_stalled_since: float | None = None  # loop time writing paused
+        self._unsent_seen = 0
+
+    # The fair share
+    def _count(self, address: str | None) -> None:
+        if self._address is not None:
+            _by_address[self._address] -= 1
+            if _by_address[self._address] <= 0:
+                del _by_address[self._address]
+        self._address = address
+        if address is not None:
+            _by_address[address] += 1
+
+    def _over_address_cap(self) -> bool:
+        peer = self.client[0] if self.client else ""
+        behind = self._behind_proxy
+        self._count(forwarded_client(self.headers, peer, self.proxies) if behind else peer)
+        return self._address is not None and _by_address[self._address] > self.address_cap
+
+    # The write clock
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._write_stalled_since = self.loop.time()
+        self._unsent_seen = self.transport.get_write_buffer_size()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._write_stalled_since = None
+
+    def _abort_unread(self, why: str) -> None:
+        log.warning(
+            "closing a connection from %s: %s",
+            self.client[0] if self.client else "?",
+            why,
+            extra={"client": self.client[0] if self.client else None, "reason": "unread"},
+        )
+        self._write_stalled_since = None
+        self._disarm()
+        self.transport.abort()  # close() would keep the unsent bytes until they are sent
 
     # The clock
     def _arm(self) -> None:
@@ -137,11 +236,19 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         _Sweeper.watch(self.loop, self.connections, self.head_timeout_s)
+        self._behind_proxy = _is_trusted_proxy(self.client[0] if self.client else "", self.proxies)
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._count(None)
+        self._write_stalled_since = None
         super().connection_lost(exc)
+
+    def handle_websocket_upgrade(self) -> None:
+        """The WebSocket protocol takes the socket over (bounded by max_websockets)."""
+        self._count(None)
+        super().handle_websocket_upgrade()
 
     def data_received(self, data: bytes) -> None:
         if self._head_bytes is not None and not self._discarding:
@@ -172,6 +279,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        self._count(None)  # a client is counted per request in flight
         if self.transport.is_closing() or not self.cycle.response_complete:
             return  # closing, or a pipelined request (the latest cycle) is already running
         self._arm()
@@ -185,9 +293,17 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def _admit(self) -> Any:
         """The app for this request: the served one, unless every connection is busy."""
         cap = self.connection_cap
+        reserved = self.url.split(b"?", 1)[0] in RESERVED_PATHS
+        if self._over_address_cap() and not reserved:
+            self.logger.warning(
+                "%s has more than %d requests in flight: answering 503",
+                self._address,
+                self.address_cap,
+            )
+            return self._address_unavailable
         if cap is None or (len(self.connections) < cap and len(self.tasks) < cap):
             return self._served_app
-        if self.url.split(b"?", 1)[0] in RESERVED_PATHS:
+        if reserved:
             return self._served_app
         if len(self.tasks) < cap and self._evict_idle():
             return self._served_app
@@ -244,13 +360,48 @@ class _Sweeper:
         if self.loop.is_closed():
             return
         now = self.loop.time()
-        late = [
-            c
-            for c in self.connections
-            if isinstance(c, BoundedHttpProtocol)
-            and c._head_deadline is not None
-            and c._head_deadline <= now
-        ]
+        late = []
+        stalled = []
+        for c in self.connections:
+            if not isinstance(c, BoundedHttpProtocol):
+                continue
+            if c._head_deadline is not None and c._head_deadline <= now:
+                late.append(c)
+            if c._write_stalled_since is not None:
+                stalled.append(c)
         for connection in late:
             connection._head_timed_out()
+        self._sweep_writes(stalled, now)
         self.loop.call_later(self.every_s, self.sweep)
+
+    @staticmethod
+    def _sweep_writes(stalled: list[BoundedHttpProtocol], now: float) -> None:
+        """Close connections whose client takes none of its answer within the write
+        timeout; then, oldest stall first, those beyond the ceiling on unsent bytes."""
+        unsent = 0
+        waiting = []
+        for c in stalled:
+            if c.transport.is_closing() or c._write_stalled_since is None:
+                continue
+            size = c.transport.get_write_buffer_size()
+            if size < c._unsent_seen:  # the client reads: the clock restarts
+                c._unsent_seen, c._write_stalled_since = size, now
+            elif now - c._write_stalled_since >= c.write_timeout_s:
+                c._abort_unread(
+                    f"its client took none of its answer for {c.write_timeout_s:g} s "
+                    f"({size} bytes unsent; setting write_timeout_s)"
+                )
+                continue
+            unsent += size
+            waiting.append((c._write_stalled_since, size, c))
+        if not waiting or unsent <= waiting[0][2].max_unsent_bytes:
+            return
+        ceiling = waiting[0][2].max_unsent_bytes
+        for _, size, c in sorted(waiting, key=lambda w: w[0]):
+            if unsent <= ceiling:
+                break
+            c._abort_unread(
+                f"answers waiting for readers are {unsent} bytes, over the {ceiling} of "
+                "max_unsent_bytes; this one waited longest"
+            )
+            unsent -= size

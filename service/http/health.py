@@ -12,6 +12,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from service import metrics_files
 from service.http.asgi import server_of
 from service.http.body import json_response
 from service.http.openapi import json_answer
@@ -37,5 +38,7 @@ async def live(request: Request) -> Response:
 async def ready(request: Request) -> Response:
     reason = server_of(request).not_ready_reason()
     if not reason:
+        if problem := metrics_files.problem():  # serving works: a warning, not unready
+            return json_response({"ready": True, "warnings": [problem]})
         return json_response({"ready": True})
     return json_response({"ready": False, "reason": reason}, status=503)

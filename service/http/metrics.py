@@ -9,6 +9,7 @@ the whole server.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 from fastapi import APIRouter
 from prometheus_client import (
@@ -19,9 +20,12 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 from starlette.responses import Response
 
+from service import metrics_files
 from service.core.metrics import LATENCY_BUCKETS
 from service.http.paths import METRICS
 
@@ -57,10 +61,23 @@ WEBSOCKET_DURATION = Histogram(
 )
 
 
+class _WriteFailures(Collector):
+    """Metrics writes this process could not make (a full or read-only folder): counted
+    in memory, since the files are what failed (``service/metrics_files.py``)."""
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "lstm_metrics_write_failures",
+            "Metrics writes to PROMETHEUS_MULTIPROC_DIR that failed in the answering process.",
+            value=metrics_files.failures,
+        )
+
+
 def _registry() -> CollectorRegistry:
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(_WriteFailures())
         return registry
     return REGISTRY
 

@@ -22,6 +22,10 @@ class Live(BaseModel):
 
 class Ready(BaseModel):
     ready: bool
+    reason: str | None = Field(default=None, description="why not ready")
+    warnings: list[str] | None = Field(
+        default=None, description="what is degraded while ready, e.g. metrics not written"
+    )
 
 
 # -- /v1 -----------------------------------------------------------------------------

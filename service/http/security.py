@@ -37,6 +37,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote_to_bytes
 
 import orjson
 from prometheus_client import Counter
@@ -61,6 +62,21 @@ them still needs its key."""
 DOCS_ASSETS_PREFIX = "/docs/assets/"
 """Swagger UI's and ReDoc's static files (``http/openapi.py``'s ``DOCS_ASSETS``): open too."""
 _ALLOWED_TYPES = frozenset({"application/json", "application/octet-stream"})
+
+KEY_PARAMETERS = frozenset({"token", "api_key", "apikey", "key", "access_token"})
+"""Query parameters that carry a key: refused, since URLs end up in logs and caches."""
+
+
+def key_in_query(query_string: bytes) -> str | None:
+    """The name of a key-carrying parameter in a query string, if it has one."""
+    if not query_string:
+        return None
+    for pair in query_string.split(b"&"):
+        name = unquote_to_bytes(pair.split(b"=", 1)[0]).decode("latin-1").strip().lower()
+        if name in KEY_PARAMETERS:
+            return name
+    return None
+
 
 log = logging.getLogger("service.security")
 REFUSED = Counter(
@@ -252,6 +268,14 @@ class Security:
                 f"Host {host_text!r} is not served here (DNS rebinding is refused); allowed "
                 f"hosts: {', '.join(sorted(self.hosts))} (setting allowed_hosts)",
                 "host",
+            )
+        if (parameter := key_in_query(scope.get("query_string", b""))) is not None:
+            raise Refusal(
+                400,
+                f"keys are not accepted in the URL (query parameter {parameter!r}): URLs are "
+                "logged and cached; send Authorization: Bearer <key> (WebSockets may offer "
+                "the subprotocol bearer.<key>)",
+                "key_in_url",
             )
         cors = self._check_origin(origin, host_text)
         if cors is not None and scope.get("method") == "OPTIONS":
