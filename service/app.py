@@ -13,8 +13,9 @@ from starlette.types import ASGIApp
 from service.core.server import Server
 from service.dataplane import DataPlane
 from service.http import errors, health, metrics, openapi
-from service.http.asgi import HotRoutes, RequestObserver
+from service.http.asgi import HotRoutes
 from service.http.body import BodyLimits
+from service.http.observer import RequestObserver
 from service.http.security import Security
 from service.http.ui.routes import router as ui_router
 from service.http.v1 import routes as v1

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from service.app import create_app
 from service.core.repository import scan
-from service.http.security import check_exposure, load_keys
+from service.keys import check_exposure, load_keys
 from service.logs import configure_logging
 from service.settings import DEFAULT_REPOSITORY, ENV_PREFIX, Settings
 from service.workers import (

@@ -14,8 +14,8 @@ WebSocket handshakes included. In order, for each HTTP request or handshake:
 3. **API key** (``Authorization: Bearer <secret>``, or for browser WebSockets the
    subprotocol ``bearer.<secret>``): 401 with ``WWW-Authenticate`` when missing or
    wrong, 403 when the key lacks the route's scope (``inference``; ``admin`` for
-   the model-control API). Keys are compared in constant time (``hmac``, on
-   SHA-256 digests, every key tried) and never logged: logs name the key's id.
+   the model-control API). Keys are read and compared by ``service/keys.py`` (constant
+   time, never logged: logs name the key's id).
 4. **Content-Type** of POSTs: JSON or binary only (415), so no ``text/plain`` or
    form body, the kinds a page may send cross-site without a preflight.
 
@@ -29,14 +29,8 @@ Swagger UI's Authorize button sends the key on every call made from it).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import ipaddress
 import logging
-import re
 from collections.abc import Iterable
-from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import unquote_to_bytes
 
 import orjson
@@ -45,15 +39,12 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.http.paths import METRICS, PROBES
+from service.keys import LOOPBACK_NAMES, ApiKey, Keys, is_loopback
 from service.settings import Settings
 
-SCOPES: frozenset[str] = frozenset({"inference", "admin"})
 SUBPROTOCOL = "lstm-serving"
 """The WebSocket subprotocol the page offers; the handshake answers with it."""
 BEARER_SUBPROTOCOL = "bearer."
-MIN_SECRET_CHARS = 16
-_KEY_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _OPEN_PATHS = PROBES | {"/", "/ui", "/ui/"}
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 """The API's documents (Swagger UI, ReDoc, the OpenAPI document): no secrets in them, and a
@@ -86,87 +77,6 @@ REFUSED = Counter(
 )
 
 
-@dataclass(frozen=True)
-class ApiKey:
-    """One key: the id logs name, the scopes it grants, and the SHA-256 of its secret."""
-
-    id: str
-    scopes: frozenset[str]
-    digest: bytes
-
-    def __repr__(self) -> str:  # never the digest, in case a key object gets logged
-        return f"ApiKey({self.id!r}, scopes={sorted(self.scopes)})"
-
-
-def parse_key(entry: str, where: str) -> ApiKey:
-    """``id:scope[,scope]:secret`` as an ApiKey; the error never repeats the secret."""
-    parts = entry.strip().split(":", 2)
-    if len(parts) != 3:
-        raise ValueError(f"{where}: an API key is written id:scopes:secret (e.g. ci:inference:…)")
-    key_id, scopes_text, secret = parts
-    scopes = frozenset(s.strip() for s in scopes_text.split(",") if s.strip())
-    if not _KEY_ID.match(key_id):
-        raise ValueError(f"{where}: key id {key_id!r} must be 1-64 of A-Z a-z 0-9 . _ -")
-    if not scopes or not scopes <= SCOPES:
-        raise ValueError(
-            f"{where}: key {key_id!r} has scopes {scopes_text!r}; use inference, admin or both"
-        )
-    if len(secret) < MIN_SECRET_CHARS:
-        raise ValueError(
-            f"{where}: key {key_id!r} has a secret of {len(secret)} characters; at least "
-            f"{MIN_SECRET_CHARS} are needed (make one with: openssl rand -hex 32)"
-        )
-    return ApiKey(key_id, scopes, hashlib.sha256(secret.encode()).digest())
-
-
-def load_keys(settings: Settings) -> list[ApiKey]:
-    """Every configured key (setting, then file); ValueError names the faulty entry."""
-    entries = [(e, f"api_keys[{i}]") for i, e in enumerate(settings.api_keys)]
-    if settings.api_keys_file is not None:
-        path: Path = settings.api_keys_file
-        try:
-            lines = path.read_text().splitlines()
-        except OSError as exc:
-            raise ValueError(f"api_keys_file {path} cannot be read: {exc.strerror}") from None
-        entries += [
-            (line, f"{path} line {n}")
-            for n, line in enumerate(lines, 1)
-            if line.strip() and not line.lstrip().startswith("#")
-        ]
-    keys = [parse_key(entry, where) for entry, where in entries]
-    ids = [k.id for k in keys]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"API key ids must be unique; got {sorted(ids)}")
-    return keys
-
-
-def is_loopback(host: str) -> bool:
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_exposure(settings: Settings, keys: list[ApiKey]) -> bool:
-    """Whether keys are checked; refuses configurations that would serve anyone unasked."""
-    if settings.auth == "off":
-        if keys:
-            raise ValueError("auth is off but API keys are configured: drop one or the other")
-        return False
-    if keys:
-        return True
-    if settings.auth == "required" or not is_loopback(settings.host):
-        raise ValueError(
-            f"no API key is configured and the server binds {settings.host}, beyond loopback: "
-            "set LSTM_SERVE_API_KEYS or LSTM_SERVE_API_KEYS_FILE (entries id:scopes:secret; "
-            "make a secret with: openssl rand -hex 32), or LSTM_SERVE_AUTH=off if something "
-            "in front authenticates"
-        )
-    return False
-
-
 def required_scope(path: str, metrics_auth: bool) -> str | None:
     """The scope a path needs; None for what stays open (probes, the page's and the docs'
     files)."""
@@ -186,7 +96,7 @@ def allowed_hosts(settings: Settings) -> frozenset[str] | None:
     if settings.allowed_hosts:
         names = {h.lower() for h in settings.allowed_hosts}
         return None if "*" in names else frozenset(names)
-    return _LOOPBACK_NAMES if is_loopback(settings.host) else None
+    return LOOPBACK_NAMES if is_loopback(settings.host) else None
 
 
 def host_name(value: str) -> str:
@@ -222,9 +132,8 @@ class Security:
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
-        keys = load_keys(settings)
-        self.enabled = check_exposure(settings, keys)
-        self.keys = keys
+        self.keys = Keys(settings)
+        self.enabled = self.keys.enabled
         self.hosts = allowed_hosts(settings)
         self.origins = frozenset(o.rstrip("/") for o in settings.cors_allow_origins)
         self.metrics_auth = settings.metrics_auth
@@ -333,11 +242,7 @@ class Security:
                 "missing_key",
                 [("www-authenticate", 'Bearer realm="lstm-serving"')],
             )
-        digest = hashlib.sha256(token).digest()
-        found: ApiKey | None = None
-        for key in self.keys:  # every key compared, so timing says nothing about which
-            if hmac.compare_digest(digest, key.digest):
-                found = key
+        found = self.keys.find(token)
         if found is None:
             raise Refusal(
                 401,

@@ -9,7 +9,8 @@ from fastapi.testclient import TestClient
 from starlette.middleware.base import BaseHTTPMiddleware
 
 from service.app import HOT_ROUTERS, build_fastapi
-from service.http.asgi import HotRoutes, RequestObserver
+from service.http.asgi import HotRoutes
+from service.http.observer import RequestObserver
 from service.settings import Settings
 
 HOT = {

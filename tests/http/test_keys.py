@@ -12,7 +12,8 @@ from pydantic import ValidationError
 from starlette.responses import PlainTextResponse
 from starlette.types import Receive, Scope, Send
 
-from service.http.security import Security, check_exposure, host_name, load_keys, parse_key
+from service.http.security import Security, host_name
+from service.keys import check_exposure, load_keys, parse_key
 from service.settings import Settings
 
 SECRET = "s" * 32
