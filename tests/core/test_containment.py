@@ -7,10 +7,14 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from service.core.model import ServedModel
 from service.core.server import Server
+from service.core.types import FINAL
 from service.settings import Settings
+from tests.conftest import reference
 
 
 def version_with(tmp_path: Path, tiny_repository: Path, file: str) -> Path:
@@ -23,9 +27,9 @@ def version_with(tmp_path: Path, tiny_repository: Path, file: str) -> Path:
     return version
 
 
-def load(version: Path) -> None:
+def load(version: Path) -> ServedModel:
     server = Server(Settings(model_repository=version.parent.parent))
-    server.load(version)
+    return server.load(version)
 
 
 @pytest.mark.parametrize(
@@ -89,5 +93,12 @@ def test_a_replaced_file_reveals_nothing_of_it(tiny_repository: Path, tmp_path: 
 
 
 def test_a_file_inside_the_folder_loads(tiny_repository: Path, tmp_path: Path) -> None:
+    """``./model.onnx`` is the version's own file: it loads, and it is that model."""
     version = version_with(tmp_path, tiny_repository, "./model.onnx")
-    load(version)
+    model = load(version)
+    assert (model.name, model.version) == ("tiny", 2)
+    x = np.random.default_rng(0).normal(size=(1, 5, 3)).astype(np.float32)
+    lengths = np.array([5])
+    got = model.runtime.run(x, lengths, None, FINAL).final_output
+    want = reference(tiny_repository / "tiny" / "2", x, lengths)["final_output"]
+    np.testing.assert_allclose(got, want, atol=1e-6)

@@ -414,8 +414,16 @@ def test_client_carried_state_takes_the_fast_path(client: TestClient, paths: lis
 
 @pytest.mark.parametrize(
     "body",
-    [b'{"\\u0000": null}', b'{"instances": [[[1]]], "\\u0000x": 1}', b'{"a\\u0000b": [1]}'],
+    [
+        b'{"instances": [[[1]]], "\\u0000": null}',
+        b'{"instances": [[[1]]], "\\u0000x": 1}',
+        b'{"instances": [[[1]]], "a\\u0000b": [1]}',
+    ],
 )
 def test_keys_simdjson_cannot_look_up_take_the_general_path(body: bytes) -> None:
-    """Found by the fuzz test: a key holding NUL made simdjson's lookup raise KeyError."""
+    """Found by the fuzz test: a key holding NUL made simdjson's lookup raise KeyError.
+
+    Every body carries simple ``instances``, so only the NUL key sends it away from the
+    fast path (without it, the same instances are read there)."""
     assert read_simple(body, 1) is None
+    assert read_simple(b'{"instances": [[[1]]]}', 1) is not None
