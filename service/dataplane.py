@@ -158,7 +158,7 @@ class DataPlane:
         model = self._server.repository.resolve(name, version)
         if resolved is not None:
             resolved(model)
-        with model.batcher.held():  # a rollout's drain waits for this request, body and all
+        with model.holds.held():  # a rollout's drain waits for this request, body and all
             decoded = await codec.decode(await read(), model)
             asked = decoded.options
             if asked.stateful:

@@ -35,8 +35,8 @@ version's own threads; the batcher refuses, before queueing, a request that the
 cost limits forbid (``cost.check_request``), and tells a running batch's calls to
 ``terminate`` once none of its requests waits for it any more.
 
-It also counts the requests that hold the version (queued or running), so that
-an unload can drain them (``drain``). The batcher knows nothing about HTTP.
+Its submissions hold the version (``holds``, ``core/holds.py``) while they run, so an
+unload drains them. The batcher knows nothing about HTTP.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from functools import partial
@@ -55,6 +54,7 @@ import onnxruntime as ort
 
 from service.core.calls import CostLimits, check_request, length_bucket, run_batch
 from service.core.errors import DeadlineExceeded, Overloaded
+from service.core.holds import Holds
 from service.core.runtime import ModelRuntime
 from service.core.types import InferenceRequest, RunResult
 
@@ -161,9 +161,7 @@ class DynamicBatcher:
         self._soon = False
         self._idle: asyncio.Event | None = None
         self._in_flight = 0
-        self._drained = asyncio.Event()
-        self._drained.set()
-        self._holders = 0  # requests that resolved this version and have not answered yet
+        self.holds = Holds()  # an unload drains these (core/holds.py); submissions count
         self._closed = asyncio.Event()  # set by close(): streams on this version end then
         self._depth = runtime.metrics.queue_depth
         self.stats = BatcherStats()
@@ -190,27 +188,13 @@ class DynamicBatcher:
         """The request's result, or ``Overloaded``/``DeadlineExceeded`` when it cannot be run."""
         self._in_flight += 1
         self._depth.inc()
-        self._drained.clear()
+        self.holds.enter()
         try:
             return await self._submit(request)
         finally:
             self._in_flight -= 1
             self._depth.dec()
-            if self._in_flight == 0 and self._holders == 0:
-                self._drained.set()
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        """Hold this version from resolution to answer: a rollout's drain then waits for a
-        request still uploading its body rather than closing under it (a 503)."""
-        self._holders += 1
-        self._drained.clear()
-        try:
-            yield
-        finally:
-            self._holders -= 1
-            if self._in_flight == 0 and self._holders == 0:
-                self._drained.set()
+            self.holds.leave()
 
     @property
     def closing(self) -> bool:
@@ -220,14 +204,6 @@ class DynamicBatcher:
     async def wait_closed(self) -> None:
         """Return once the version is retired (``close`` began)."""
         await self._closed.wait()
-
-    async def drain(self, timeout_s: float) -> bool:
-        """Wait until no request holds this version; False if the wait ran out."""
-        try:
-            await asyncio.wait_for(self._drained.wait(), timeout=timeout_s)
-        except TimeoutError:
-            return False
-        return True
 
     async def _submit(self, request: InferenceRequest) -> RunResult:
         if self._closing:

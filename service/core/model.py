@@ -10,6 +10,7 @@ import numpy as np
 
 from service.core.batching import DynamicBatcher
 from service.core.contract import METADATA_FILENAME, ModelMetadata, file_sha256
+from service.core.holds import Holds
 from service.core.runtime import ModelRuntime, RuntimeOptions
 from service.core.types import Outputs
 
@@ -73,8 +74,8 @@ _WARMUP_OUTPUTS = Outputs(sequence=True, final=True, states=True)
 class ServedModel:
     """One model version ready to take requests: what it is, how it runs, who schedules it.
 
-    Requests go to ``batcher.submit``; the batcher also counts the requests that
-    hold this version, so that an unload can first hide the version from new
+    Requests go to ``batcher.submit``; ``holds`` counts the requests that hold this
+    version (``core/holds.py``), so that an unload can first hide the version from new
     requests (the repository), then ``drain`` those already holding it, then close.
     """
 
@@ -91,9 +92,13 @@ class ServedModel:
     def version(self) -> int:
         return self.metadata.version
 
+    @property
+    def holds(self) -> Holds:
+        return self.batcher.holds
+
     async def drain(self, timeout_s: float) -> bool:
         """Wait until no request holds this version; False if the wait ran out."""
-        return await self.batcher.drain(timeout_s)
+        return await self.holds.drain(timeout_s)
 
     async def close(self) -> None:
         await self.batcher.close()
