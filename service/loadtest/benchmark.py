@@ -68,6 +68,7 @@ import onnxruntime as ort
 from service.core.contract import ModelMetadata
 from service.loadtest import LoadSpec, run_load
 from service.loadtest.costly import report_costly, run_costly
+from service.loadtest.floor import floor_server
 from service.loadtest.process import PeakRss, ServerProcess, free_port, tree_cpu_s
 from service.loadtest.streams import Mode, drive
 from service.loadtest.tables import (
@@ -76,6 +77,7 @@ from service.loadtest.tables import (
     Row,
     StreamRow,
     budget_report,
+    floor_report,
     report,
     streams_report,
     targets_report,
@@ -242,8 +244,31 @@ def _measure_streams(
     return rows
 
 
+FLOOR_POINTS = tuple(p for p in POINTS if p.batch == 1)
+
+
+def run_floor(workers: int, steps: int, seconds: float) -> list[Row]:
+    """The single-sequence points against FastAPI returning a constant (``floor.py``)."""
+    port = free_port()
+    with floor_server(port, workers) as process:
+        target = _Target(f"http://127.0.0.1:{port}", process)
+        return _measure(target, steps, seconds, FLOOR_POINTS, features=6)  # type: ignore[arg-type]
+
+
+class _Target:
+    """What ``_measure`` needs of a server: its URL and its process."""
+
+    def __init__(self, url: str, process: Any) -> None:
+        self.url = url
+        self.process = process
+
+
 def _measure(
-    server: ServerProcess, steps: int, seconds: float, points: tuple[Point, ...]
+    server: ServerProcess,
+    steps: int,
+    seconds: float,
+    points: tuple[Point, ...],
+    features: int | None = None,
 ) -> list[Row]:
     with PeakRss(server.process.pid, every_s=0.1) as memory:
         rows: list[Row] = []
@@ -260,6 +285,7 @@ def _measure(
                 concurrency=max(point.concurrency, 1),
                 rate=rate,
                 max_in_flight=4096,  # the server, not the client, must shed the excess
+                features=features,
                 duration_s=seconds,
                 warmup_s=0.0,
             )
@@ -386,6 +412,8 @@ def main(argv: list[str] | None = None) -> None:
             streams = run_streams(
                 env, args.seconds * 2, args.repository, args.streams, args.state_url
             )
+    print("the framework floor (FastAPI returning a constant) ...", file=sys.stderr)
+    floor = run_floor(args.workers, args.timesteps, args.seconds)
     on = runs["batching on"]
     single = next((r for r in on if r.point.label == "1 seq/request, 16 clients"), None)
     print(
@@ -393,6 +421,8 @@ def main(argv: list[str] | None = None) -> None:
         f"thread, {os.cpu_count()} cores shared with the client, {args.seconds:g} s per point\n"
     )
     print(report(raw, machine, runs))
+    print("\nAgainst the framework floor (FastAPI returning a constant, same workers):\n")
+    print(floor_report(on, floor))
     if streams:
         print("\n" + streams_report(streams, single))
     print("\nCPU per request (batching on), and where it goes (µs):\n")

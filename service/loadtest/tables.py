@@ -112,6 +112,28 @@ def report(
     return "\n".join(lines)
 
 
+def floor_report(service: list[Row], floor: list[Row]) -> str:
+    """Each single-sequence point of the service against the same point on the floor:
+    req/s as a fraction of it, and the server CPU per request beyond it."""
+    lines = [
+        f"{'load':<32}{'floor req/s':>12}{'service':>10}{'x floor':>9}"
+        f"{'floor CPU µs':>14}{'service':>9}{'beyond':>8}"
+    ]
+    by_label = {row.point.label: row for row in service}
+    for base in floor:
+        own = by_label.get(base.point.label)
+        if own is None:
+            continue
+        lines.append(
+            f"{base.point.label:<32}{base.result.requests_per_s:>12.0f}"
+            f"{own.result.requests_per_s:>10.0f}"
+            f"{own.result.requests_per_s / max(base.result.requests_per_s, 1e-9):>9.2f}"
+            f"{base.cpu_us_per_request:>14.0f}{own.cpu_us_per_request:>9.0f}"
+            f"{own.cpu_us_per_request - base.cpu_us_per_request:>8.0f}"
+        )
+    return "\n".join(lines)
+
+
 def streams_report(rows: list[StreamRow], single: Row | None) -> str:
     """Steps/s of the streams, and as a multiple of single-sequence requests/s."""
     rate = single.result.requests_per_s if single else float("nan")
