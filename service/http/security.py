@@ -140,6 +140,16 @@ def load_keys(settings: Settings) -> list[ApiKey]:
     return keys
 
 
+def find_key(keys: Iterable[ApiKey], token: bytes) -> ApiKey | None:
+    """The key whose secret ``token`` is, if any: shared by HTTP and gRPC (``grpc/auth.py``)."""
+    digest = hashlib.sha256(token).digest()
+    found: ApiKey | None = None
+    for key in keys:  # every key compared, so timing says nothing about which
+        if hmac.compare_digest(digest, key.digest):
+            found = key
+    return found
+
+
 def is_loopback(host: str) -> bool:
     if host in _LOOPBACK_NAMES:
         return True
@@ -333,11 +343,7 @@ class Security:
                 "missing_key",
                 [("www-authenticate", 'Bearer realm="lstm-serving"')],
             )
-        digest = hashlib.sha256(token).digest()
-        found: ApiKey | None = None
-        for key in self.keys:  # every key compared, so timing says nothing about which
-            if hmac.compare_digest(digest, key.digest):
-                found = key
+        found = find_key(self.keys, token)
         if found is None:
             raise Refusal(
                 401,

@@ -26,11 +26,13 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service.core.errors import BadRequest, Forbidden, ServingError
+from service.core.repository import ModelRepository
 from service.http.asgi import server_of
 from service.http.body import json_response
 from service.http.openapi import errors, json_answer
 from service.http.responses import Empty, RepositoryEntry
 from service.http.security import caller, client_address
+from service.settings import Settings
 
 router = APIRouter(prefix="/v2/repository", tags=["v2 repository"])
 
@@ -40,6 +42,13 @@ audit_log = logging.getLogger("service.audit")
 @asynccontextmanager
 async def audited(request: Request, action: str, name: str = "") -> AsyncIterator[None]:
     """Log who did what to which model, and how it ended, whatever happens inside."""
+    async with audit(action, name, caller(request), client_address(request.scope)):
+        yield
+
+
+@asynccontextmanager
+async def audit(action: str, name: str, key_id: str, client: str) -> AsyncIterator[None]:
+    """The audit line of one repository call, from any protocol (gRPC's too)."""
     outcome = "error"
     try:
         yield
@@ -52,28 +61,41 @@ async def audited(request: Request, action: str, name: str = "") -> AsyncIterato
             "%s %s by key %s from %s: %s",
             action,
             name or "-",
-            caller(request) or "-",
-            client_address(request.scope),
+            key_id or "-",
+            client,
             outcome,
             extra={
                 "action": action,
                 "model": name or None,
-                "key_id": caller(request) or None,
-                "client": client_address(request.scope),
+                "key_id": key_id or None,
+                "client": client,
                 "outcome": outcome,
             },
         )
 
 
 def check_control(request: Request, action: str) -> None:
+    check_mode(server_of(request).settings, action)
+
+
+def check_mode(settings: Settings, action: str) -> None:
     """Load and unload only in explicit model control mode."""
-    mode = server_of(request).settings.model_control_mode
+    mode = settings.model_control_mode
     if mode != "explicit":
         raise Forbidden(
             f"model {action} is disabled: the server runs with model_control_mode={mode} "
             "(start it with LSTM_SERVE_MODEL_CONTROL_MODE=explicit and call with a key that "
             "has the admin scope)"
         )
+
+
+async def load_model(repository: ModelRepository, name: str) -> None:
+    """Load ``name``'s versions; a BadRequest naming each version that failed and what serves."""
+    failed = await repository.load_model(name)
+    if failed:
+        reasons = "; ".join(f"version {s.version}: {s.reason}" for s in failed)
+        serving = ", ".join(str(m.version) for m in repository.versions(name)) or "none"
+        raise BadRequest(f"failed to load {name!r} {reasons}; versions serving: {serving}")
 
 
 @router.post(
@@ -101,11 +123,7 @@ async def load(request: Request, name: str) -> Response:
     repository = server_of(request).repository
     async with audited(request, "load", name):
         check_control(request, "load")
-        failed = await repository.load_model(name)
-        if failed:
-            reasons = "; ".join(f"version {s.version}: {s.reason}" for s in failed)
-            serving = ", ".join(str(m.version) for m in repository.versions(name)) or "none"
-            raise BadRequest(f"failed to load {name!r} {reasons}; versions serving: {serving}")
+        await load_model(repository, name)
     return json_response({})
 
 
