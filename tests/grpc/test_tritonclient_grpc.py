@@ -12,6 +12,7 @@ from __future__ import annotations
 import queue
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -327,3 +328,27 @@ def test_generated_stubs_match_a_regeneration() -> None:
     assert subprocess.run(check, cwd=ROOT).returncode == 0
     both = "import tritonclient.grpc, service.grpc.generated.grpc_service_pb2_grpc"
     subprocess.run([sys.executable, "-c", both], cwd=ROOT, check=True)
+
+
+def test_every_worker_serves_grpc_on_the_shared_port(tiny_repository: Path, tmp_path: Path) -> None:
+    """Two workers bind the gRPC port with SO_REUSEPORT; new connections reach either, and
+    each answers; an unimplemented Triton call is UNIMPLEMENTED, not UNKNOWN's crash."""
+    port = free_port()
+    log = tmp_path / "server.log"
+    env = {"LSTM_SERVE_GRPC_PORT": str(port), "LSTM_SERVE_WORKERS": "2"}
+    process = start_server(tiny_repository, log, env=env)
+    try:
+        deadline = time.monotonic() + 60  # readiness is one worker's: wait for the other
+        while process.log().count("serving gRPC") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert process.log().count("serving gRPC") == 2
+        x, lengths = ragged_batch()
+        for _ in range(6):  # a new connection each time
+            with tg.InferenceServerClient(f"127.0.0.1:{port}") as c:
+                answer = c.infer("tiny", grpc_inputs(x, lengths))
+                assert answer.as_numpy("final_output").shape == (3, 3)
+        with tg.InferenceServerClient(f"127.0.0.1:{port}") as c:
+            error = error_of(lambda: c.get_inference_statistics("tiny"))
+            assert error.status() == "StatusCode.UNIMPLEMENTED"
+    finally:
+        process.stop()
