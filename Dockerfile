@@ -90,6 +90,7 @@ COPY deploy/docker/healthcheck.py /usr/local/lib/lstm-serve/healthcheck.py
 COPY models/repository /models
 ENV LSTM_SERVE_HOST=0.0.0.0 \
     LSTM_SERVE_PORT=8000 \
+    LSTM_SERVE_GRPC_PORT=8001 \
     LSTM_SERVE_MODEL_REPOSITORY=/models \
     LSTM_SERVE_WORKERS=1 \
     LSTM_SERVE_INTRA_OP_THREADS=1 \
@@ -101,7 +102,8 @@ ENV LSTM_SERVE_HOST=0.0.0.0 \
 # openssl rand -hex 32. Health probes need no key.
 USER 10001:10001
 WORKDIR /tmp
-EXPOSE 8000
+# 8000: HTTP (/v1, V2 REST); 8001: V2 over gRPC (Triton's GRPCInferenceService).
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "/usr/local/lib/lstm-serve/healthcheck.py"]
 # On SIGTERM uvicorn stops accepting and drains requests in flight for up to 30 s.

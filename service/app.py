@@ -12,6 +12,7 @@ from starlette.types import ASGIApp
 
 from service.core.server import Server
 from service.dataplane import DataPlane
+from service.grpc.server import STOP_GRACE_S, start_grpc
 from service.http import errors, health, metrics, openapi
 from service.http.asgi import HotRoutes
 from service.http.body import BodyLimits
@@ -37,14 +38,19 @@ def build_fastapi(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await server.start()
-        # Everything loaded so far lives as long as the process: move it out of the
-        # collector's reach, so the full collections that request garbage triggers
-        # scan only request-sized heaps (they caused 10-20 ms latency spikes).
-        gc.collect()
-        gc.freeze()
+        grpc_server = None
         try:
+            # gRPC beside HTTP, on the same core and data plane (service/grpc/server.py).
+            grpc_server = await start_grpc(server, app.state.dataplane, settings, app.version)
+            # Everything loaded so far lives as long as the process: move it out of the
+            # collector's reach, so the full collections that request garbage triggers
+            # scan only request-sized heaps (they caused 10-20 ms latency spikes).
+            gc.collect()
+            gc.freeze()
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(STOP_GRACE_S)
             await server.stop()
 
     # Swagger UI and ReDoc from the assets fastapi-offline installs, not from a CDN:

@@ -17,12 +17,20 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client import Counter
+
 from service.settings import Settings
 
 SCOPES: frozenset[str] = frozenset({"inference", "admin"})
 MIN_SECRET_CHARS = 16
 _KEY_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+REFUSED = Counter(
+    "lstm_requests_refused_total",
+    "Requests, WebSocket handshakes and gRPC calls refused for their key or origin",
+    ["reason"],
+)
 
 
 @dataclass(frozen=True)

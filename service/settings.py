@@ -384,6 +384,31 @@ class Settings(BaseSettings):
         "address is the client",
     )
 
+    # gRPC (service/grpc/, docs/protocols.md): the Open Inference Protocol as Triton's
+    # GRPCInferenceService, beside HTTP in every worker process.
+    grpc_enabled: bool = Field(
+        default=True, description="serve gRPC on grpc_port too (false: HTTP only)"
+    )
+    grpc_port: int = Field(
+        default=8001,
+        ge=0,
+        le=65535,
+        description="the gRPC port (Triton's 8001), on host, with the same TLS and keys as "
+        "HTTP; 0: no gRPC. Messages are bounded by max_body_bytes both ways",
+    )
+    grpc_max_concurrent_streams: int = Field(
+        default=100,
+        ge=1,
+        description="calls in flight on one gRPC connection (HTTP/2 streams); a client "
+        "waits for one to finish before it starts another",
+    )
+    grpc_max_concurrent_rpcs: int = Field(
+        default=1024,
+        ge=1,
+        description="gRPC calls in flight per worker process, streams included; beyond it "
+        "a call gets RESOURCE_EXHAUSTED",
+    )
+
     # Logging
     log_level: LogLevel = Field(default="info", description="the lowest level logged")
     log_format: Literal["json", "text"] = Field(

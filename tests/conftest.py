@@ -3,6 +3,7 @@ real servers (``service/loadtest/process.py``, the same helpers the benchmark us
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,10 @@ from service.core.contract import ModelMetadata
 from service.loadtest.process import ROOT, ServerProcess, start_server
 from service.settings import Settings
 from tests.scaleout.cluster import RedisServer
+
+# In-process apps (make_client) start no gRPC server on Triton's fixed port 8001 unless a
+# test asks for one; real servers get LSTM_SERVE_GRPC_PORT=0 from ServerProcess too.
+os.environ.setdefault("LSTM_SERVE_GRPC_PORT", "0")
 
 __all__ = ["ROOT", "ServerProcess", "make_client", "reference", "start_server"]
 

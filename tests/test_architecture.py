@@ -56,10 +56,25 @@ def test_the_core_knows_nothing_of_http() -> None:
     assert (
         offending(
             SERVICE / "core",
-            ("fastapi", "starlette", "uvicorn", "service.http", "service.loadtest"),
+            (
+                "fastapi",
+                "starlette",
+                "uvicorn",
+                "grpc",
+                "service.http",
+                "service.grpc",
+                "service.loadtest",
+            ),
         )
         == {}
     )
+
+
+def test_http_and_grpc_never_import_each_other() -> None:
+    """Both only translate, onto the data plane and the V2 model (``service/v2``)."""
+    assert offending(SERVICE / "grpc", ("service.http", "fastapi", "starlette")) == {}
+    assert offending(SERVICE / "http", ("service.grpc", "grpc")) == {}
+    assert offending(SERVICE / "v2", ("service.http", "service.grpc", "fastapi", "grpc")) == {}
 
 
 def test_v2_imports_nothing_from_v1() -> None:

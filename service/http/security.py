@@ -34,12 +34,11 @@ from collections.abc import Iterable
 from urllib.parse import unquote_to_bytes
 
 import orjson
-from prometheus_client import Counter
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.http.paths import METRICS, PROBES
-from service.keys import LOOPBACK_NAMES, ApiKey, Keys, is_loopback
+from service.keys import LOOPBACK_NAMES, REFUSED, ApiKey, Keys, is_loopback
 from service.settings import Settings
 
 SUBPROTOCOL = "lstm-serving"
@@ -70,11 +69,6 @@ def key_in_query(query_string: bytes) -> str | None:
 
 
 log = logging.getLogger("service.security")
-REFUSED = Counter(
-    "lstm_requests_refused_total",
-    "Requests and WebSocket handshakes refused by the security layer",
-    ["reason"],
-)
 
 
 def required_scope(path: str, metrics_auth: bool) -> str | None:

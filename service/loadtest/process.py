@@ -114,6 +114,9 @@ class ServerProcess:
             "LSTM_SERVE_HOST": "127.0.0.1",
             "LSTM_SERVE_PORT": str(self.port),
             "LSTM_SERVE_MODEL_REPOSITORY": str(repository),
+            # gRPC only where asked for (env LSTM_SERVE_GRPC_PORT): Triton's fixed 8001
+            # would collide between servers started side by side.
+            "LSTM_SERVE_GRPC_PORT": "0",
             **(env or {}),
         }
         output: IO[bytes] | int = log_path.open("wb") if log_path else subprocess.DEVNULL

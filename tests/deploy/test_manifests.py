@@ -144,7 +144,11 @@ def test_probes_reach_real_routes_on_the_served_port(overlay_docs: Docs, app_get
         container = serving_container(workload)
         port = int(environment(workload, docs)["LSTM_SERVE_PORT"])
         by_name = {p.get("name"): p["containerPort"] for p in container["ports"]}
-        assert list(by_name.values()) == [port], name
+        # gRPC, where served, is a port of its own named grpc (KServe allows one port:
+        # its manifest serves REST only, with LSTM_SERVE_GRPC_PORT=0).
+        grpc_port = int(environment(workload, docs)["LSTM_SERVE_GRPC_PORT"])
+        assert by_name.get("grpc", 0) == grpc_port, name
+        assert [p for n, p in by_name.items() if n != "grpc"] == [port], name
         paths = {}
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             get = container[probe]["httpGet"]
@@ -224,8 +228,10 @@ def test_objects_point_at_each_other(overlay_docs: Docs, overlay: str) -> None:
     assert deployment["spec"]["selector"]["matchLabels"] == pod_labels
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
-    (port,) = service["spec"]["ports"]
-    assert (port["name"], port["port"], port["targetPort"]) == ("http", 8000, "http")
+    http, grpc = service["spec"]["ports"]
+    assert (http["name"], http["port"], http["targetPort"]) == ("http", 8000, "http")
+    assert (grpc["name"], grpc["port"], grpc["targetPort"]) == ("grpc", 8001, "grpc")
+    assert grpc["appProtocol"] == "grpc"
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == "8000"
     assert annotations["prometheus.io/path"] == "/metrics"

@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 
 from service.core.errors import CostLimit, InvalidInput
-from service.core.types import first_non_finite
-from service.http.body import first_boolean
+from service.core.types import first_boolean, first_non_finite
 
 _NUMERIC_KINDS = "fiu"  # float, signed and unsigned int: booleans and strings are refused
 

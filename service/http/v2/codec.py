@@ -22,15 +22,15 @@ from service.dataplane import Decoded, Outcome
 from service.http.body import JsonLimits
 from service.http.errors import describe_validation_errors
 from service.http.v2.framing import slice_buffers, split_body
-from service.http.v2.schema import InferenceRequestBody
-from service.http.v2.tensors import (
+from service.settings import Settings
+from service.v2.schema import InferenceRequestBody
+from service.v2.tensors import (
     Limits,
     Selected,
     decode_inputs,
     encode_outputs,
     select_outputs,
 )
-from service.settings import Settings
 
 Payload = tuple[bytes, str | None]
 """The body, decoded from any Content-Encoding, and its ``Inference-Header-Content-Length``."""

@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from service.core.errors import BadRequest
 from service.http.body import JsonLimits, load_json
-from service.http.v2.schema import InputTensor
+from service.v2.schema import InputTensor
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 OCTET_STREAM = "application/octet-stream"

@@ -25,12 +25,12 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service.core.errors import BadRequest, Forbidden, ServingError
 from service.http.asgi import server_of
 from service.http.body import json_response
 from service.http.openapi import errors, json_answer
 from service.http.responses import Empty, RepositoryEntry
 from service.http.security import caller, client_address
+from service.v2.control import audit, check_mode, load_model
 
 router = APIRouter(prefix="/v2/repository", tags=["v2 repository"])
 
@@ -40,40 +40,12 @@ audit_log = logging.getLogger("service.audit")
 @asynccontextmanager
 async def audited(request: Request, action: str, name: str = "") -> AsyncIterator[None]:
     """Log who did what to which model, and how it ended, whatever happens inside."""
-    outcome = "error"
-    try:
+    async with audit(action, name, caller(request), client_address(request.scope)):
         yield
-        outcome = "ok"
-    except ServingError as exc:
-        outcome = f"refused: {exc.message}"
-        raise
-    finally:
-        audit_log.info(
-            "%s %s by key %s from %s: %s",
-            action,
-            name or "-",
-            caller(request) or "-",
-            client_address(request.scope),
-            outcome,
-            extra={
-                "action": action,
-                "model": name or None,
-                "key_id": caller(request) or None,
-                "client": client_address(request.scope),
-                "outcome": outcome,
-            },
-        )
 
 
 def check_control(request: Request, action: str) -> None:
-    """Load and unload only in explicit model control mode."""
-    mode = server_of(request).settings.model_control_mode
-    if mode != "explicit":
-        raise Forbidden(
-            f"model {action} is disabled: the server runs with model_control_mode={mode} "
-            "(start it with LSTM_SERVE_MODEL_CONTROL_MODE=explicit and call with a key that "
-            "has the admin scope)"
-        )
+    check_mode(server_of(request).settings, action)
 
 
 @router.post(
@@ -101,11 +73,7 @@ async def load(request: Request, name: str) -> Response:
     repository = server_of(request).repository
     async with audited(request, "load", name):
         check_control(request, "load")
-        failed = await repository.load_model(name)
-        if failed:
-            reasons = "; ".join(f"version {s.version}: {s.reason}" for s in failed)
-            serving = ", ".join(str(m.version) for m in repository.versions(name)) or "none"
-            raise BadRequest(f"failed to load {name!r} {reasons}; versions serving: {serving}")
+        await load_model(repository, name)
     return json_response({})
 
 

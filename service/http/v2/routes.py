@@ -47,8 +47,8 @@ from service.http.responses import (
 from service.http.security import caller
 from service.http.v2.codec import Payload
 from service.http.v2.framing import HEADER_LENGTH, binary_response
-from service.http.v2.metadata import model_config, model_metadata, server_metadata
-from service.http.v2.schema import InferenceRequestBody
+from service.v2.metadata import model_config, model_metadata, server_metadata
+from service.v2.schema import InferenceRequestBody
 
 router = APIRouter(prefix="/v2", tags=["v2"])
 

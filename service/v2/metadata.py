@@ -30,8 +30,8 @@ from typing import Any
 
 from service.core.model import ServedModel
 from service.core.runtime import CUDA
-from service.http.v2.schema import TensorSpec, input_specs, output_specs
 from service.settings import Settings
+from service.v2.schema import TensorSpec, input_specs, output_specs
 from service.version_policy import VersionPolicy
 
 SERVER_NAME = "lstm-serving"

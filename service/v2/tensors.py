@@ -31,9 +31,8 @@ import numpy as np
 
 from service.core.contract import ModelMetadata
 from service.core.errors import BadRequest, CostLimit
-from service.core.types import RunResult, first_non_finite
-from service.http.body import first_boolean
-from service.http.v2.schema import InputTensor, OutputSpec, RequestedOutput, output_specs
+from service.core.types import RunResult, first_boolean, first_non_finite
+from service.v2.schema import InputTensor, OutputSpec, RequestedOutput, output_specs
 
 # Little-endian, as the binary extension specifies, whatever the host's order.
 DTYPES: dict[str, np.dtype[Any]] = {
