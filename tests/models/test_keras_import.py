@@ -514,7 +514,7 @@ def test_per_layer_directions_flow_to_the_metadata_and_the_server(
         x = [rng.normal(size=(n, 2)).astype(np.float32) for n in lengths]
         answer = client.post(
             "/v1/models/go_backwards_keras:predict",
-            json={"instances": [s.tolist() for s in x], "return_sequences": True},
+            json={"instances": [s.tolist() for s in x]},  # per timestep, as Keras
         )
         assert answer.status_code == 200, answer.text
         for got, sequence in zip(answer.json()["predictions"], x, strict=True):
@@ -525,3 +525,27 @@ def test_per_layer_directions_flow_to_the_metadata_and_the_server(
             json={"instances": [[[0.0, 0.0]]], "return_states": True},
         )
         assert carried.json()["states"][0]["directions"] == [1, 1]
+
+
+def test_a_per_timestep_keras_model_answers_per_timestep_unless_asked_otherwise(
+    imported: dict[str, tuple[keras.Model, Path]],
+) -> None:
+    """Issue 25's last row: model.predict returns every step, and so does /v1 by default."""
+    from tests.conftest import make_client
+
+    model, version_dir = imported["per_step_dense_stack_h5"]
+    assert metadata(version_dir).default_return_sequences
+    assert not metadata(imported["tutorial_keras"][1]).default_return_sequences
+    x = np.random.default_rng(4).normal(size=(2, 6, 2)).astype(np.float32)
+    want = np.asarray(model.predict(x, verbose=0))
+    with make_client(version_dir.parent.parent) as client:
+        url = "/v1/models/per_step_dense_stack_h5:predict"
+        default = client.post(url, json={"instances": x.tolist()})
+        assert default.status_code == 200, default.text
+        np.testing.assert_allclose(np.array(default.json()["predictions"]), want, atol=TOLERANCE)
+        last = client.post(url, json={"instances": x.tolist(), "return_sequences": False})
+        np.testing.assert_allclose(
+            np.array(last.json()["predictions"]), want[:, -1], atol=TOLERANCE
+        )
+        info = client.get("/v1/models/per_step_dense_stack_h5").json()
+        assert info["default_return_sequences"] is True
