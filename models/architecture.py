@@ -12,6 +12,19 @@ Two ways through the same weights (``_layers``):
 Final outputs follow Keras: the forward direction's state at the last valid step
 and, for bidirectional layers, the backward direction's state at step 0 — which
 is exactly each layer's final ``h`` concatenated over directions.
+
+Each layer has its own direction (``directions``): ``forward``; ``bidirectional``,
+its two halves merged as Keras's ``merge_mode`` says (``concat``, ``sum``,
+``ave``, ``mul``); or ``backward``, Keras's ``go_backwards=True``: the layer
+reads each sequence from its last valid step to its first and returns its
+outputs in that order, as Keras does. That is a forward ``nn.LSTM`` over the
+sequence reversed within its length (``reverse_valid``: a gather by
+``lengths``, which the exported graph keeps as ``GatherElements``), so padding
+stays at the end and ``sequence_lens`` stays exact.
+
+Between the last recurrent layer and the head, an optional dense stack
+(``hidden``): ``Linear`` layers, activations and inference-time layer or batch
+normalisation, each described by a small dict so a checkpoint rebuilds it.
 """
 
 from __future__ import annotations
@@ -23,6 +36,87 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+DIRECTIONS = ("forward", "backward", "bidirectional")
+MERGE_MODES = ("concat", "sum", "ave", "mul")
+
+
+def activation_module(name: str) -> nn.Module:
+    """Keras's activation of that name as a torch module, the same function exactly."""
+    modules: dict[str, type[nn.Module]] = {
+        "linear": nn.Identity,
+        "relu": nn.ReLU,
+        "tanh": nn.Tanh,
+        "sigmoid": nn.Sigmoid,
+        "elu": nn.ELU,  # alpha 1.0 in both
+        "selu": nn.SELU,
+        "gelu": nn.GELU,  # Keras's default is the exact (erf) form, as torch's
+        "softplus": nn.Softplus,
+        "softsign": nn.Softsign,
+        "swish": nn.SiLU,
+        "silu": nn.SiLU,
+    }
+    if name == "leaky_relu":
+        return nn.LeakyReLU(0.2)  # Keras's default negative_slope
+    if name not in modules:
+        raise ValueError(f"activation {name!r} is not one of {', '.join([*modules, 'leaky_relu'])}")
+    return modules[name]()
+
+
+class Affine(nn.Module):
+    """``x * scale + shift`` per feature: an inference-time batch normalisation."""
+
+    scale: Tensor
+    shift: Tensor
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.ones(size))
+        self.register_buffer("shift", torch.zeros(size))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale + self.shift
+
+
+def _hidden_stack(width: int, hidden: Sequence[dict[str, Any]]) -> tuple[nn.Sequential, int]:
+    """The dense stack's modules and the width it hands the head."""
+    modules: list[nn.Module] = []
+    for item in hidden:
+        kind = item["kind"]
+        if kind == "dense":
+            modules.append(nn.Linear(width, int(item["units"]), bias=bool(item.get("bias", True))))
+            width = int(item["units"])
+        elif kind == "activation":
+            modules.append(activation_module(str(item["name"])))
+        elif kind == "layer_norm":
+            modules.append(nn.LayerNorm(width, eps=float(item["epsilon"])))
+        elif kind == "batch_norm":
+            modules.append(Affine(width))
+        else:
+            raise ValueError(f"unknown dense-stack item {kind!r}")
+    return nn.Sequential(*modules), width
+
+
+def reverse_valid(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """Each sequence's valid steps in reverse order, its padding left at the end."""
+    if lengths is None:
+        return x.flip(1)
+    steps = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+    last = (lengths.to(x.device, torch.int64) - 1).unsqueeze(1)
+    index = torch.where(steps <= last, last - steps, steps)
+    return torch.gather(x, 1, index.unsqueeze(2).expand(-1, -1, x.shape[2]))
+
+
+def merge(values: Tensor, units: int, mode: str) -> Tensor:
+    """A bidirectional layer's [forward, backward] halves merged as Keras's merge_mode."""
+    if mode == "concat":
+        return values
+    forward, backward = values[..., :units], values[..., units:]
+    if mode == "sum":
+        return forward + backward
+    if mode == "ave":
+        return (forward + backward) / 2
+    return forward * backward
 
 
 class StackedLSTM(nn.Module):
@@ -42,6 +136,10 @@ class StackedLSTM(nn.Module):
         task: str = "classification",
         bidirectional: bool = False,
         dropout: float = 0.0,
+        directions: Sequence[str] | None = None,
+        merge_modes: Sequence[str] | None = None,
+        hidden: Sequence[dict[str, Any]] | None = None,
+        out_activation: str = "linear",
     ) -> None:
         super().__init__()
         if not layers:
@@ -50,24 +148,51 @@ class StackedLSTM(nn.Module):
         self.num_features = num_features
         self.layer_sizes = list(layers)
         self.output_size = output_size
-        self.bidirectional = bidirectional
-        self.directions = 2 if bidirectional else 1
-        widths = [num_features] + [units * self.directions for units in layers]
+        default = "bidirectional" if bidirectional else "forward"
+        self.layer_directions = list(directions or [default] * len(layers))
+        self.merge_modes = list(merge_modes or ["concat"] * len(layers))
+        if len(self.layer_directions) != len(layers) or len(self.merge_modes) != len(layers):
+            raise ValueError("directions and merge_modes need one entry per layer")
+        for direction, mode in zip(self.layer_directions, self.merge_modes, strict=True):
+            if direction not in DIRECTIONS or mode not in MERGE_MODES:
+                raise ValueError(f"direction {direction!r} / merge mode {mode!r} is not known")
+        self.bidirectional = any(d == "bidirectional" for d in self.layer_directions)
+        self.hidden_config = [dict(item) for item in hidden or []]
+        self.out_activation = out_activation
+        widths = [num_features] + [self.output_width(i) for i in range(len(layers))]
         self.lstms = nn.ModuleList(
-            nn.LSTM(widths[i], units, batch_first=True, bidirectional=bidirectional)
+            nn.LSTM(
+                widths[i],
+                units,
+                batch_first=True,
+                bidirectional=self.layer_directions[i] == "bidirectional",
+            )
             for i, units in enumerate(layers)
         )
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(widths[-1], output_size)
+        self.hidden, head_width = _hidden_stack(widths[-1], self.hidden_config)
+        self.head = nn.Linear(head_width, output_size)
+        self.final_activation = activation_module(out_activation)
         # Standardisation of inputs and (regression) targets, fitted on training data.
         self.register_buffer("x_mean", torch.zeros(num_features))
         self.register_buffer("x_std", torch.ones(num_features))
         self.register_buffer("y_mean", torch.zeros(output_size))
         self.register_buffer("y_std", torch.ones(output_size))
 
+    def directions_of(self, layer: int) -> int:
+        """State directions of one layer: 2 for bidirectional, else 1."""
+        return 2 if self.layer_directions[layer] == "bidirectional" else 1
+
+    def output_width(self, layer: int) -> int:
+        """What the layer hands on: both directions side by side only for concat."""
+        units = self.layer_sizes[layer]
+        if self.layer_directions[layer] == "bidirectional" and self.merge_modes[layer] == "concat":
+            return 2 * units
+        return units
+
     def config(self) -> dict[str, Any]:
         """Constructor arguments, saved with the weights so a checkpoint rebuilds itself."""
-        return {
+        config: dict[str, Any] = {
             "num_features": self.num_features,
             "layers": self.layer_sizes,
             "output_size": self.output_size,
@@ -75,6 +200,14 @@ class StackedLSTM(nn.Module):
             "bidirectional": self.bidirectional,
             "dropout": self.dropout.p,
         }
+        uniform = ["bidirectional" if self.bidirectional else "forward"] * len(self.layer_sizes)
+        if self.layer_directions != uniform or set(self.merge_modes) != {"concat"}:
+            config["directions"] = self.layer_directions
+            config["merge_modes"] = self.merge_modes
+        if self.hidden_config or self.out_activation != "linear":
+            config["hidden"] = self.hidden_config
+            config["out_activation"] = self.out_activation
+        return config
 
     def save_checkpoint(self, path: Path) -> None:
         torch.save({"config": self.config(), "state_dict": self.state_dict()}, path)
@@ -105,24 +238,35 @@ class StackedLSTM(nn.Module):
     def zero_states(self, batch: int) -> list[Tensor]:
         """h0, c0 for every layer, flattened: [h0_0, c0_0, h0_1, c0_1, ...]."""
         return [
-            torch.zeros(self.directions, batch, units)
-            for units in self.layer_sizes
+            torch.zeros(self.directions_of(i), batch, units)
+            for i, units in enumerate(self.layer_sizes)
             for _ in ("h", "c")
         ]
 
-    def _final_hidden(self, hn: Tensor) -> Tensor:
-        """[directions, B, H] -> [B, directions * H], forward first as in the outputs."""
-        return hn.transpose(0, 1).reshape(hn.shape[1], -1)
+    def _final_hidden(self, hn: Tensor, layer: int = -1) -> Tensor:
+        """[directions, B, H] -> [B, directions * H], forward first, merged as Keras merges."""
+        flat = hn.transpose(0, 1).reshape(hn.shape[1], -1)
+        return merge(flat, self.layer_sizes[layer], self.merge_modes[layer])
+
+    @property
+    def reads_backwards(self) -> bool:
+        """Whether any layer is ``go_backwards`` (the graph then reads ``lengths`` itself)."""
+        return "backward" in self.layer_directions
 
     def _layers(
-        self, x: Tensor, lengths: Tensor | None, states: Sequence[Tensor] | None
+        self,
+        x: Tensor,
+        lengths: Tensor | None,
+        states: Sequence[Tensor] | None,
+        pack: bool = True,
     ) -> tuple[Tensor, Tensor, list[Tensor]]:
         """Normalise, run every layer; (last layer's sequence, final hidden, all states).
 
-        With ``lengths`` each layer runs packed and stops at each sequence's true
-        length (bidirectional layers start their backward pass there). Without,
-        the layers run over the padding too: that is the traceable form, which
-        ``export.py`` makes length-aware again through ``sequence_lens``.
+        With ``lengths`` (and ``pack``) each layer runs packed and stops at each
+        sequence's true length (bidirectional layers start their backward pass
+        there). Unpacked, the layers run over the padding too: that is the
+        traceable form, which ``export.py`` makes length-aware again through
+        ``sequence_lens``; ``lengths`` then only reverses ``go_backwards`` layers.
         """
         states = list(states) if states else self.zero_states(x.shape[0])
         steps = x.shape[1]
@@ -130,7 +274,9 @@ class StackedLSTM(nn.Module):
         finals: list[Tensor] = []
         for i, lstm in enumerate(self.lstms):
             hx = (states[2 * i], states[2 * i + 1])
-            if lengths is None:
+            if self.layer_directions[i] == "backward":
+                out = reverse_valid(out, lengths)
+            if lengths is None or not pack:
                 out, (hn, cn) = lstm(out, hx)
             else:
                 lengths_cpu = lengths.to("cpu", torch.int64)
@@ -140,12 +286,18 @@ class StackedLSTM(nn.Module):
                 packed_out, (hn, cn) = lstm(packed, hx)
                 out, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=steps)
             finals += [hn, cn]
+            if self.layer_directions[i] == "bidirectional":
+                out = merge(out, self.layer_sizes[i], self.merge_modes[i])
             if i < len(self.lstms) - 1:
                 out = self.dropout(out)
         return out, self._final_hidden(finals[-2]), finals
 
     def logits(
-        self, x: Tensor, lengths: Tensor | None, states: Sequence[Tensor] | None = None
+        self,
+        x: Tensor,
+        lengths: Tensor | None,
+        states: Sequence[Tensor] | None = None,
+        pack: bool = True,
     ) -> tuple[Tensor, Tensor, list[Tensor]]:
         """(per-step, final, final states) before activation, from raw inputs.
 
@@ -153,14 +305,15 @@ class StackedLSTM(nn.Module):
         what the losses want. Padded steps hold head(0), as in the exported graph.
         ``lengths=None`` is the unpacked, traceable pass (see ``_layers``).
         """
-        out, final, finals = self._layers(x, lengths, states)
-        return self.head(out), self.head(final), finals
+        out, final, finals = self._layers(x, lengths, states, pack)
+        return self.head(self.hidden(out)), self.head(self.hidden(final)), finals
 
     def activate(self, values: Tensor) -> Tensor:
         """Head values to served outputs: probabilities, or regression in target units."""
         if self.task == "classification":
             return torch.softmax(values, dim=-1)
-        return values * self.y_std + self.y_mean
+        activated: Tensor = self.final_activation(values)
+        return activated * self.y_std + self.y_mean
 
     def forward(self, x: Tensor, lengths: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
         """What the exported graph computes: (sequence_output, final_output, hn_0, cn_0, ...).
@@ -172,7 +325,7 @@ class StackedLSTM(nn.Module):
         results (the parity check proves it on every export).
         """
         exporting = torch.onnx.is_in_onnx_export()
-        sequence, final, finals = self.logits(x, None if exporting else lengths, states)
+        sequence, final, finals = self.logits(x, lengths, states, pack=not exporting)
         return (self.activate(sequence), self.activate(final), *finals)
 
     def summary(self) -> str:
@@ -188,11 +341,21 @@ class StackedLSTM(nn.Module):
             ("input", f"(None, None, {self.num_features})", 0, 0)
         ]
         for i, lstm in enumerate(self.lstms):
-            kind = "Bidirectional(LSTM)" if self.bidirectional else "LSTM"
-            width = self.layer_sizes[i] * self.directions
+            kind = "Bidirectional(LSTM)" if self.directions_of(i) == 2 else "LSTM"
+            width = self.output_width(i)
             count = sum(p.numel() for p in lstm.parameters())
-            keras = count - 4 * self.layer_sizes[i] * self.directions  # one bias, not two
+            keras = count - 4 * self.layer_sizes[i] * self.directions_of(i)  # one bias, not two
             rows.append((f"lstm_{i} ({kind})", f"(None, None, {width})", count, keras))
+        for j, module in enumerate(self.hidden):
+            count = sum(p.numel() for p in module.parameters())
+            if isinstance(module, Affine):  # folded into buffers; Keras keeps 4 arrays
+                rows.append(
+                    (f"batch_norm_{j} (BatchNormalization)", "", 0, 4 * module.scale.numel())
+                )
+            elif isinstance(module, nn.Linear):
+                rows.append((f"dense_{j} (Dense)", f"(None, {module.out_features})", count, count))
+            elif count:
+                rows.append((f"norm_{j} ({type(module).__name__})", "", count, count))
         head = sum(p.numel() for p in self.head.parameters())
         rows.append(("dense (Dense)", f"(None, {self.output_size})", head, head))
         total = sum(r[2] for r in rows)

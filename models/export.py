@@ -95,6 +95,8 @@ def _to_onnx(model: StackedLSTM, names: TensorNames) -> onnx.ModelProto:
     state_in, state_out = _flat(names.initial_states), _flat(names.final_states)
     dynamic = {names.x: {0: "batch", 1: "time"}, names.sequence_output: {0: "batch", 1: "time"}}
     dynamic[names.final_output] = {0: "batch"}
+    if model.reads_backwards:  # go_backwards layers gather by lengths: the graph keeps it
+        dynamic[names.lengths] = {0: "batch"}
     dynamic.update({n: {1: "batch"} for n in state_in + state_out})
     buffer = io.BytesIO()  # torch.onnx.export writes to file-likes; its stubs say paths only
     with warnings.catch_warnings():
@@ -225,6 +227,7 @@ def export_model(
     target: str = "final",
     dropout: float = 0.0,
     training: TrainingInfo | None = None,
+    default_return_sequences: bool = False,
 ) -> Path:
     """Export, check parity, and publish ``<repository>/<name>/<version>/`` atomically.
 
@@ -256,8 +259,14 @@ def export_model(
             classes=classes,
             output_size=model.output_size,
             layers=[
-                LayerSpec(units=u, bidirectional=model.bidirectional) for u in model.layer_sizes
+                LayerSpec(
+                    units=u,
+                    bidirectional=direction == "bidirectional",
+                    go_backwards=direction == "backward",
+                )
+                for u, direction in zip(model.layer_sizes, model.layer_directions, strict=True)
             ],
+            default_return_sequences=default_return_sequences,
             dropout=dropout,
             normalization=Normalization(
                 mean=model.x_mean.tolist(), std=model.x_std.tolist(), in_graph=True

@@ -63,7 +63,17 @@ def _training(
         "keras_version_saved": file.keras_version,
         "layers": [layer.units for layer in spec.lstms],
         "bidirectional": spec.bidirectional,
+        "directions": ",".join(spec.directions),
         "merge_mode": ",".join(s.merge_mode for s in spec.lstms) if spec.bidirectional else None,
+        "dense_stack": ",".join(
+            f"{s.dense.kind}({s.dense.units})"
+            if s.dense
+            else s.activation
+            if s.kind == "activation"
+            else s.kind
+            for s in spec.hidden
+        )
+        or None,
         "stateful": spec.stateful,
         "stateful_batch_size": spec.batch_size if spec.stateful else None,
         "mask_value": spec.mask_value,
@@ -135,6 +145,8 @@ def import_keras(
             classes=converted.classes,
             target=converted.target,
             dropout=spec.dropout,
+            # Keras's own output is per timestep: /v1 answers so unless asked otherwise
+            default_return_sequences=converted.target == "sequence",
         )
         result, note = None, NOT_CHECKED
         if keras is not None:

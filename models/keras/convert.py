@@ -5,12 +5,16 @@ The conversions, each exact:
   ``weight_ih`` (4u, inputs) and ``weight_hh`` (4u, u) transposed; both order
   the gates i, f, c(g), o. Keras keeps one bias per gate where torch adds two:
   ``bias_ih`` takes Keras's, ``bias_hh`` is zero (x + 0 is exact in floats).
-- Bidirectional ``merge_mode="sum"``/``"ave"``: ``StackedLSTM`` always hands
-  the next layer both directions side by side, so the next layer's input
-  weights (or the head's) are Keras's repeated for both halves (halved for ave,
-  a power of two, so exact): ``W(f + b) = [W W](f; b)``.
+- Directions per layer: ``go_backwards=True`` is ``StackedLSTM``'s ``backward``
+  direction; Bidirectional's ``merge_mode`` (concat, sum, ave, mul) is merged
+  in the module as Keras merges.
+- The dense stack between the LSTMs and the head (Dense, activations,
+  LayerNormalization, BatchNormalization at inference) is rebuilt as is;
+  BatchNormalization becomes ``x * scale + shift`` with
+  ``scale = gamma / sqrt(moving_variance + epsilon)``.
 - Dense(softmax) is the classification head as is; Dense(linear) the
-  regression head with identity target scaling; Dense(1, sigmoid) becomes a
+  regression head with identity target scaling (any other final activation is
+  applied after it, ``out_activation``); Dense(1, sigmoid) becomes a
   two-class softmax over (0, z), since softmax(0, z)[1] = sigmoid(z): the
   served probabilities are (1 - p, p).
 - Normalization: its mean, and max(sqrt(variance), 1e-7) as the std, exactly
@@ -20,14 +24,14 @@ The conversions, each exact:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from models.architecture import StackedLSTM
+from models.architecture import Affine, StackedLSTM
 from models.keras.graph import UnsupportedModel
-from models.keras.spec import KerasModelSpec, LSTMSpec
+from models.keras.spec import KerasModelSpec, LSTMSpec, StackStep
 from models.keras.weights import KerasFile
 
 KERAS_EPSILON = 1e-7  # keras.config.epsilon(), Normalization's floor on the std
@@ -52,21 +56,13 @@ def _arrays(file: KerasFile, name: str, count: int) -> list[np.ndarray]:
     return [a.astype(np.float32) for a in arrays]
 
 
-def _fold(weight: Tensor, merge: str | None) -> Tensor:
-    """Weights reading a merged (sum/ave) bidirectional output, widened to read both halves."""
-    if merge in ("sum", "ave"):
-        doubled = torch.cat([weight, weight], dim=1)
-        return doubled * 0.5 if merge == "ave" else doubled
-    return weight
-
-
-def _set_lstm(lstm: torch.nn.Module, spec: LSTMSpec, file: KerasFile, merge: str | None) -> None:
+def _set_lstm(lstm: torch.nn.Module, spec: LSTMSpec, file: KerasFile) -> None:
     per_direction = 3 if spec.use_bias else 2
     directions = 2 if spec.bidirectional else 1
     arrays = _arrays(file, spec.name, per_direction * directions)
     for d, suffix in enumerate(["", "_reverse"][:directions]):
         kernel, recurrent, *bias = arrays[d * per_direction : (d + 1) * per_direction]
-        w_ih = _fold(torch.from_numpy(kernel.T.copy()), merge)
+        w_ih = torch.from_numpy(kernel.T.copy())
         target_ih = getattr(lstm, f"weight_ih_l0{suffix}")
         if w_ih.shape != target_ih.shape or recurrent.shape != (spec.units, 4 * spec.units):
             raise UnsupportedModel(
@@ -80,11 +76,67 @@ def _set_lstm(lstm: torch.nn.Module, spec: LSTMSpec, file: KerasFile, merge: str
         getattr(lstm, f"bias_hh_l0{suffix}").zero_()
 
 
+def _hidden_config(steps: list[StackStep]) -> list[dict[str, Any]]:
+    config: list[dict[str, Any]] = []
+    for step in steps:
+        if step.kind == "dense":
+            assert step.dense is not None
+            config.append({"kind": "dense", "units": step.dense.units, "bias": step.dense.use_bias})
+        elif step.kind == "activation":
+            if step.activation != "linear":
+                config.append({"kind": "activation", "name": step.activation})
+        else:
+            config.append({"kind": step.kind, "epsilon": step.epsilon})
+    return config
+
+
+def _set_linear(
+    linear: torch.nn.Linear, name: str, kind: str, units: int, use_bias: bool, file: KerasFile
+) -> None:
+    kernel, *bias = _arrays(file, name, 2 if use_bias else 1)
+    weight = torch.from_numpy(kernel.T.copy())
+    if weight.shape != linear.weight.shape:
+        raise UnsupportedModel(
+            f"layer {name!r} ({kind}): kernel {kernel.shape} does not fit its input"
+        )
+    linear.weight.copy_(weight)
+    if linear.bias is not None:
+        linear.bias.copy_(torch.from_numpy(bias[0]) if bias else torch.zeros(units))
+
+
+def _set_norm(module: torch.nn.Module, step: StackStep, file: KerasFile) -> None:
+    """LayerNormalization's gamma/beta, or BatchNormalization folded to scale and shift."""
+    kind = "LayerNormalization" if step.kind == "layer_norm" else "BatchNormalization"
+    count = int(step.scale) + int(step.center) + (2 if step.kind == "batch_norm" else 0)
+    arrays = _arrays(file, step.name, count)
+    gamma = arrays.pop(0) if step.scale else None
+    beta = arrays.pop(0) if step.center else None
+    if isinstance(module, torch.nn.LayerNorm):
+        width = module.normalized_shape[0]
+        module.weight.copy_(torch.from_numpy(gamma) if gamma is not None else torch.ones(width))
+        module.bias.copy_(torch.from_numpy(beta) if beta is not None else torch.zeros(width))
+        return
+    assert isinstance(module, Affine)
+    mean, variance = arrays
+    width = module.scale.numel()
+    if mean.shape != (width,):
+        raise UnsupportedModel(f"layer {step.name!r} ({kind}): {mean.shape} does not fit {width}")
+    scale = torch.ones(width) if gamma is None else torch.from_numpy(gamma)
+    shift = torch.zeros(width) if beta is None else torch.from_numpy(beta)
+    # Keras: (x - mean) / sqrt(var + eps) * gamma + beta, computed here in float64 once.
+    inv = 1.0 / np.sqrt(variance.astype(np.float64) + step.epsilon)
+    factor = scale.double() * torch.from_numpy(inv)
+    module.scale.copy_(factor.float())
+    module.shift.copy_(
+        (shift.double() - torch.from_numpy(mean.astype(np.float64)) * factor).float()
+    )
+
+
 def convert(spec: KerasModelSpec, file: KerasFile, classes: list[str] | None) -> Converted:
     """Build the ``StackedLSTM`` that computes what the Keras model computes."""
     head = spec.head
     binary = head.activation == "sigmoid"
-    task = "regression" if head.activation == "linear" else "classification"
+    task = "classification" if head.activation in ("softmax", "sigmoid") else "regression"
     output_size = 2 if binary else head.units
     if task == "classification":
         classes = classes or [str(k) for k in range(output_size)]
@@ -94,31 +146,41 @@ def convert(spec: KerasModelSpec, file: KerasFile, classes: list[str] | None) ->
                 + ("(a one-unit sigmoid is two classes: negative, positive)" if binary else "")
             )
     elif classes:
-        raise ValueError("--classes is for classifiers; this model's head is linear (regression)")
+        raise ValueError(
+            f"--classes is for classifiers; this model's head ({head.name!r}, "
+            f"activation={head.activation!r}) is a regression"
+        )
     model = StackedLSTM(
         spec.num_features,
         [layer.units for layer in spec.lstms],
         output_size,
         task=task,
-        bidirectional=spec.bidirectional,
+        directions=spec.directions,
+        merge_modes=[layer.merge_mode for layer in spec.lstms],
+        hidden=_hidden_config(spec.hidden),
+        out_activation="linear" if task == "classification" else head.activation,
     )
     with torch.no_grad():
-        merge: str | None = None
         for layer, lstm in zip(spec.lstms, model.lstms, strict=True):
-            _set_lstm(lstm, layer, file, merge)
-            merge = layer.merge_mode if layer.bidirectional else None
-        kernel, *bias = _arrays(file, head.name, 2 if head.use_bias else 1)
-        weight = _fold(torch.from_numpy(kernel.T.copy()), merge)
-        b = torch.from_numpy(bias[0]) if bias else torch.zeros(head.units)
-        if binary:
-            weight = torch.cat([torch.zeros_like(weight), weight])
-            b = torch.cat([torch.zeros(1), b])
-        if weight.shape != model.head.weight.shape:
-            raise UnsupportedModel(
-                f"layer {head.name!r} ({head.kind}): kernel {kernel.shape} does not fit its input"
-            )
-        model.head.weight.copy_(weight)
-        model.head.bias.copy_(b)
+            _set_lstm(lstm, layer, file)
+        modules = iter(model.hidden)
+        for step in spec.hidden:
+            if step.kind == "activation" and step.activation == "linear":
+                continue
+            module = next(modules)
+            if step.kind == "dense":
+                assert step.dense is not None and isinstance(module, torch.nn.Linear)
+                dense = step.dense
+                _set_linear(module, dense.name, dense.kind, dense.units, dense.use_bias, file)
+            elif step.kind in ("layer_norm", "batch_norm"):
+                _set_norm(module, step, file)
+        if binary:  # one sigmoid unit z: a softmax over (0, z)
+            single = torch.nn.Linear(model.head.in_features, 1)
+            _set_linear(single, head.name, head.kind, 1, head.use_bias, file)
+            model.head.weight.copy_(torch.cat([torch.zeros_like(single.weight), single.weight]))
+            model.head.bias.copy_(torch.cat([torch.zeros(1), single.bias]))
+        else:
+            _set_linear(model.head, head.name, head.kind, head.units, head.use_bias, file)
         if spec.normalization is not None:
             mean, std = normalization(spec, file)
             model.set_normalization(torch.from_numpy(mean), torch.from_numpy(std))
@@ -155,6 +217,8 @@ def keras_summary(spec: KerasModelSpec, file: KerasFile) -> str:
     batch = "None" if spec.batch_size is None else str(spec.batch_size)
     steps = "None" if spec.timesteps is None else str(spec.timesteps)
     lstms = {layer.name: layer for layer in spec.lstms}
+    dense = {step.dense.name: step.dense.units for step in spec.hidden if step.dense is not None}
+    dense[spec.head.name] = spec.head.units
     width, sequence = spec.num_features, True
     rows: list[tuple[str, str, int]] = []
     for name, kind in spec.layers:
@@ -162,14 +226,15 @@ def keras_summary(spec: KerasModelSpec, file: KerasFile) -> str:
             continue
         if name in lstms:
             width, sequence = lstms[name].output_width, lstms[name].return_sequences
-        elif name == spec.head.name:
-            width = spec.head.units
+        elif name in dense:
+            width = dense[name]
         shape = f"({batch}, {steps}, {width})" if sequence else f"({batch}, {width})"
         count = int(sum(a.size for a in file.arrays.get(name, [])))
         rows.append((f"{name} ({kind})", shape, count))
     total = sum(r[2] for r in rows)
     lines = [f"Model: {spec.name!r} (Keras {file.keras_version}, {file.format})"]
-    lines += [f"{'Layer (type)':<40}{'Output Shape':<22}{'Param #':>10}", "=" * 72]
-    lines += [f"{name:<40}{shape:<22}{count:>10,}" for name, shape, count in rows]
-    lines += ["=" * 72, f"Total params: {total:,}"]
+    w = max([40] + [len(r[0]) + 2 for r in rows])
+    lines += [f"{'Layer (type)':<{w}}{'Output Shape':<22}{'Param #':>10}", "=" * (w + 32)]
+    lines += [f"{name:<{w}}{shape:<22}{count:>10,}" for name, shape, count in rows]
+    lines += ["=" * (w + 32), f"Total params: {total:,}"]
     return "\n".join(lines)

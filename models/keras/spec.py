@@ -33,16 +33,48 @@ NO_OPS = frozenset(
 # Functional graphs record a Masking layer's mask as these op layers; the mask
 # itself becomes ``lengths``.
 SUPPORTED = (
-    "InputLayer, Masking, Normalization, LSTM, Bidirectional(LSTM), Dense, "
-    "TimeDistributed(Dense), Activation, Dropout and its kin"
+    "InputLayer, Masking, Normalization, LSTM (go_backwards too), Bidirectional(LSTM), "
+    "then Dense, TimeDistributed(Dense), Activation, LayerNormalization, "
+    "BatchNormalization, Dropout and its kin"
 )
-HEAD_ACTIVATIONS = ("softmax", "sigmoid", "linear")
-MERGE_MODES = ("concat", "sum", "ave")
+HIDDEN_ACTIVATIONS = (
+    "linear",
+    "relu",
+    "tanh",
+    "sigmoid",
+    "elu",
+    "selu",
+    "gelu",
+    "softplus",
+    "softsign",
+    "swish",
+    "silu",
+    "leaky_relu",
+)
+MERGE_MODES = ("concat", "sum", "ave", "mul")
+# Layers Keras users reach for next, and what to do instead, in the refusal.
+NOT_YET = {
+    "GRU": "GRU layers are not supported yet; an LSTM stack imports",
+    "SimpleRNN": "SimpleRNN layers are not supported; an LSTM stack imports",
+    "RepeatVector": (
+        "encoder-decoder forecasters (RepeatVector) are not supported yet; a stack whose "
+        "last LSTM has return_sequences=True with a TimeDistributed(Dense) head imports"
+    ),
+    "Conv1D": (
+        "Conv1D front ends are not supported yet; the recurrent layers must read the input "
+        "(after Masking/Normalization)"
+    ),
+    "Lambda": "a Lambda layer holds Python code, which the importer never runs",
+    "Attention": "attention layers are not supported; only a chain of recurrent and dense layers",
+    "MultiHeadAttention": (
+        "attention layers are not supported; only a chain of recurrent and dense layers"
+    ),
+}
 
 
 @dataclass(frozen=True)
 class LSTMSpec:
-    """One LSTM layer (both directions when ``bidirectional``)."""
+    """One LSTM layer (both directions when ``bidirectional``; backward when ``go_backwards``)."""
 
     name: str
     units: int
@@ -51,6 +83,13 @@ class LSTMSpec:
     use_bias: bool
     bidirectional: bool = False
     merge_mode: str = "concat"
+    go_backwards: bool = False
+
+    @property
+    def direction(self) -> str:
+        if self.bidirectional:
+            return "bidirectional"
+        return "backward" if self.go_backwards else "forward"
 
     def keras_params(self, inputs: int) -> int:
         """Keras's count: one bias vector per gate, so 4u(i + u) + 4u per direction."""
@@ -67,7 +106,8 @@ class LSTMSpec:
 
 @dataclass(frozen=True)
 class DenseSpec:
-    """The dense head, its activation, and whether it runs at every timestep."""
+    """A Dense layer after the recurrent ones, its activation, and whether it runs at
+    every timestep. The last one is the head."""
 
     name: str
     kind: str  # "Dense" or "TimeDistributed(Dense)"
@@ -75,6 +115,23 @@ class DenseSpec:
     activation: str
     use_bias: bool
     per_timestep: bool
+
+
+@dataclass(frozen=True)
+class StackStep:
+    """One step of the dense stack between the recurrent layers and the head.
+
+    ``kind``: ``dense`` (``dense`` set), ``activation`` (``activation`` set),
+    ``layer_norm`` or ``batch_norm`` (``epsilon``, ``center``, ``scale``).
+    """
+
+    kind: str
+    name: str
+    dense: DenseSpec | None = None
+    activation: str = "linear"
+    epsilon: float = 1e-3
+    center: bool = True
+    scale: bool = True
 
 
 @dataclass(frozen=True)
@@ -89,7 +146,7 @@ class NormalizationSpec:
 
 @dataclass(frozen=True)
 class KerasModelSpec:
-    """What ``convert.py`` needs: the layers in order, the input, the head."""
+    """What ``convert.py`` needs: the layers in order, the input, the dense stack, the head."""
 
     name: str
     num_features: int
@@ -102,6 +159,8 @@ class KerasModelSpec:
     dropout: float = 0.0
     # (name, type) of every layer in order, for the Keras-style summary
     layers: list[tuple[str, str]] = field(default_factory=list)
+    # Dense layers, activations and normalisations between the last LSTM and the head
+    hidden: list[StackStep] = field(default_factory=list)
 
     @property
     def stateful(self) -> bool:
@@ -109,7 +168,12 @@ class KerasModelSpec:
 
     @property
     def bidirectional(self) -> bool:
-        return self.lstms[0].bidirectional
+        """Whether any layer is bidirectional."""
+        return any(layer.bidirectional for layer in self.lstms)
+
+    @property
+    def directions(self) -> list[str]:
+        return [layer.direction for layer in self.lstms]
 
 
 def _check_lstm(name: str, cfg: dict[str, Any], kind: str = "LSTM") -> None:
@@ -128,9 +192,10 @@ def _check_lstm(name: str, cfg: dict[str, Any], kind: str = "LSTM") -> None:
     for flag in ("return_state", "time_major"):
         if cfg.get(flag):
             raise UnsupportedModel(f"{where}: {flag}=True is not supported")
-    if cfg.get("go_backwards") and kind == "LSTM":
+    if cfg.get("go_backwards") and kind == "LSTM" and cfg.get("stateful"):
         raise UnsupportedModel(
-            f"{where}: go_backwards=True is not supported; use Bidirectional for a backward pass"
+            f"{where}: stateful=True with go_backwards=True cannot be served: a backward pass "
+            "needs the whole sequence; drop stateful=True"
         )
 
 
@@ -144,13 +209,22 @@ def _lstm(layer: dict[str, Any]) -> LSTMSpec:
             bool(cfg.get("return_sequences")),
             bool(cfg.get("stateful")),
             bool(cfg.get("use_bias", True)),
+            go_backwards=bool(cfg.get("go_backwards")),
         )
     inner = cfg["layer"]
     where = f"layer {name!r} (Bidirectional)"
     if inner["class_name"] != "LSTM":
-        raise UnsupportedModel(f"{where}: wraps {inner['class_name']}; only LSTM is supported")
+        hint = f"; {NOT_YET[inner['class_name']]}" if inner["class_name"] in NOT_YET else ""
+        raise UnsupportedModel(
+            f"{where}: wraps {inner['class_name']}; only LSTM is supported{hint}"
+        )
     forward = inner["config"]
     _check_lstm(name, forward, "Bidirectional")
+    if forward.get("go_backwards"):
+        raise UnsupportedModel(
+            f"{where}: the wrapped LSTM has go_backwards=True; wrap a forward LSTM "
+            "(Bidirectional adds the backward pass itself)"
+        )
     backward = (cfg.get("backward_layer") or {}).get("config")
     if backward is not None:
         _check_lstm(name, backward, "Bidirectional")
@@ -177,6 +251,17 @@ def _lstm(layer: dict[str, Any]) -> LSTMSpec:
     )
 
 
+def _activation_name(name: str, kind: str, value: Any) -> str:
+    activation = value or "linear"
+    known = (*HIDDEN_ACTIVATIONS, "softmax")
+    if not isinstance(activation, str) or activation not in known:
+        raise UnsupportedModel(
+            f"layer {name!r} ({kind}): activation={activation!r} is not supported; "
+            f"use one of {', '.join(known)}"
+        )
+    return activation
+
+
 def _dense(layer: dict[str, Any], after_sequences: bool) -> DenseSpec:
     cfg, name = layer["config"], layer["config"]["name"]
     kind = "Dense"
@@ -192,21 +277,69 @@ def _dense(layer: dict[str, Any], after_sequences: bool) -> DenseSpec:
             raise UnsupportedModel(
                 f"layer {name!r} (TimeDistributed): needs the LSTM before it to return_sequences"
             )
-    activation = cfg.get("activation") or "linear"
-    if not isinstance(activation, str) or activation not in HEAD_ACTIVATIONS:
-        raise UnsupportedModel(
-            f"layer {name!r} ({kind}): activation={activation!r} is not supported; "
-            f"the head's activation must be one of {', '.join(HEAD_ACTIVATIONS)}"
-        )
-    units = int(cfg["units"])
-    if activation == "sigmoid" and units != 1:
-        raise UnsupportedModel(
-            f"layer {name!r} ({kind}): sigmoid over {units} units (multi-label) is not supported; "
-            "use softmax, or sigmoid over one unit for a binary classifier"
-        )
+    activation = _activation_name(name, kind, cfg.get("activation"))
     return DenseSpec(
-        name, kind, units, activation, bool(cfg.get("use_bias", True)), after_sequences
+        name, kind, int(cfg["units"]), activation, bool(cfg.get("use_bias", True)), after_sequences
     )
+
+
+def _norm_step(kind: str, name: str, cfg: dict[str, Any]) -> StackStep:
+    axis = cfg.get("axis", -1)
+    if axis not in (-1, [-1], (-1,), 2, [2]) and not (kind == "BatchNormalization" and axis == 1):
+        raise UnsupportedModel(
+            f"layer {name!r} ({kind}): axis={axis!r} is not supported; only the last axis (-1)"
+        )
+    if kind == "LayerNormalization" and cfg.get("rms_scaling"):
+        raise UnsupportedModel(
+            f"layer {name!r} (LayerNormalization): rms_scaling=True is not supported"
+        )
+    return StackStep(
+        "layer_norm" if kind == "LayerNormalization" else "batch_norm",
+        name,
+        epsilon=float(cfg.get("epsilon", 1e-3)),
+        center=bool(cfg.get("center", True)),
+        scale=bool(cfg.get("scale", True)),
+    )
+
+
+def _split_stack(steps: list[StackStep], last_lstm: str) -> tuple[list[StackStep], DenseSpec]:
+    """(the dense stack before the head, the head with its final activation)."""
+    dense_at = [i for i, step in enumerate(steps) if step.kind == "dense"]
+    if not dense_at:
+        raise UnsupportedModel(
+            f"the model ends at layer {last_lstm!r} without a Dense head; add Dense(units)"
+        )
+    last = dense_at[-1]
+    head = steps[last].dense
+    assert head is not None
+    tail = steps[last + 1 :]
+    for step in tail:
+        if step.kind != "activation":
+            kind = "LayerNormalization" if step.kind == "layer_norm" else "BatchNormalization"
+            raise UnsupportedModel(
+                f"layer {step.name!r} ({kind}) "
+                f"follows the last Dense layer {head.name!r}; the model must end with a Dense "
+                "layer (and an Activation): move it before that Dense layer"
+            )
+    finals = [s for s in tail if s.activation != "linear"]
+    if len(finals) > 1:
+        raise UnsupportedModel(
+            f"layer {finals[1].name!r} (Activation) follows another activation after the last "
+            f"Dense layer {head.name!r}; one activation may follow the last Dense layer"
+        )
+    final = finals[0].activation if finals else "linear"
+    for step in steps[:last]:
+        if step.activation == "softmax":
+            raise UnsupportedModel(
+                f"layer {step.name!r}: activation='softmax' is supported on the last Dense layer "
+                "only"
+            )
+    if final == "sigmoid" and head.units != 1:
+        raise UnsupportedModel(
+            f"layer {head.name!r} ({head.kind}): sigmoid over {head.units} units (multi-label) "
+            "is not supported; use softmax, or sigmoid over one unit for a binary classifier"
+        )
+    return steps[:last], replace(head, activation=final)
 
 
 def parse(model_config: dict[str, Any]) -> KerasModelSpec:
@@ -214,7 +347,7 @@ def parse(model_config: dict[str, Any]) -> KerasModelSpec:
     model_name, layers = layer_list(model_config)
     shape: list[int | None] | None = None
     lstms: list[LSTMSpec] = []
-    head: DenseSpec | None = None
+    steps: list[StackStep] = []  # everything after the last LSTM, in order
     mask_value: float | None = None
     norm: NormalizationSpec | None = None
     dropout = 0.0
@@ -228,24 +361,6 @@ def parse(model_config: dict[str, Any]) -> KerasModelSpec:
         if kind in NO_OPS:
             dropout = max(dropout, float(cfg.get("rate", 0.0) or 0.0))
             continue
-        if head is not None:
-            if kind == "Activation" and head.activation == "linear":
-                # Dense(linear) then Activation is the same head as Dense(activation).
-                folded = {
-                    "name": head.name,
-                    "units": head.units,
-                    "use_bias": head.use_bias,
-                    "activation": cfg.get("activation"),
-                }
-                head = replace(
-                    _dense({"class_name": "Dense", "config": folded}, head.per_timestep),
-                    kind=head.kind,
-                )
-                continue
-            raise UnsupportedModel(
-                f"layer {name!r} ({kind}) follows the dense head {head.name!r}; "
-                "only one Dense layer (and an Activation) may follow the LSTMs"
-            )
         if kind == "Masking":
             if lstms:
                 raise UnsupportedModel(f"layer {name!r} (Masking) must come before the LSTMs")
@@ -267,42 +382,67 @@ def parse(model_config: dict[str, Any]) -> KerasModelSpec:
                 name, _floats(cfg.get("mean")), _floats(cfg.get("variance")), mask_value is None
             )
         elif kind in ("LSTM", "Bidirectional"):
+            if steps:
+                raise UnsupportedModel(
+                    f"layer {name!r} ({kind}) follows layer {steps[0].name!r}; recurrent layers "
+                    "after Dense (or normalisation) layers are not supported: put the Dense "
+                    "layers after the last recurrent layer"
+                )
             if lstms and not lstms[-1].return_sequences:
                 raise UnsupportedModel(
                     f"layer {lstms[-1].name!r} (LSTM): return_sequences=False before another "
-                    "LSTM layer is not supported"
+                    "LSTM layer is not supported; set return_sequences=True on it"
                 )
             lstms.append(_lstm(layer))
         elif kind in ("Dense", "TimeDistributed"):
             if not lstms:
                 raise UnsupportedModel(f"layer {name!r} ({kind}) comes before any LSTM layer")
-            head = _dense(layer, lstms[-1].return_sequences)
+            dense = _dense(layer, lstms[-1].return_sequences)
+            steps.append(StackStep("dense", name, dense=dense))
+            if dense.activation != "linear":
+                steps.append(StackStep("activation", name, activation=dense.activation))
+        elif kind == "Activation":
+            if not lstms:
+                raise UnsupportedModel(f"layer {name!r} (Activation) comes before any LSTM layer")
+            activation = _activation_name(name, kind, cfg.get("activation"))
+            steps.append(StackStep("activation", name, activation=activation))
+        elif kind in ("LayerNormalization", "BatchNormalization"):
+            if not steps:
+                raise UnsupportedModel(
+                    f"layer {name!r} ({kind}) is supported between Dense layers after the "
+                    "recurrent layers only"
+                )
+            steps.append(_norm_step(kind, name, cfg))
         else:
-            raise UnsupportedModel(
-                f"layer {name!r} ({kind}) is not supported; supported: {SUPPORTED}"
-            )
+            hint = NOT_YET.get(kind, f"supported: {SUPPORTED}")
+            raise UnsupportedModel(f"layer {name!r} ({kind}) is not supported; {hint}")
     if not lstms:
         raise UnsupportedModel("the model has no LSTM layer")
-    if head is None:
+    hidden, head = _split_stack(steps, lstms[-1].name)
+    stateful = {spec.stateful for spec in lstms}
+    if len(stateful) > 1:
         raise UnsupportedModel(
-            f"the model ends at layer {lstms[-1].name!r} without a Dense head; add Dense(units)"
+            "stateful=True on some LSTM layers only is not supported ("
+            + ", ".join(f"layer {s.name!r}: stateful={s.stateful}" for s in lstms)
+            + "); set it on every LSTM layer or on none"
         )
-    for attribute in ("bidirectional", "stateful"):
-        values = {getattr(spec, attribute) for spec in lstms}
-        if len(values) > 1:
-            raise UnsupportedModel(
-                f"{attribute}=True on some LSTM layers only is not supported: "
-                + ", ".join(f"{s.name}={getattr(s, attribute)}" for s in lstms)
-            )
+    if mask_value is not None:
+        for spec in lstms:
+            if spec.go_backwards:
+                raise UnsupportedModel(
+                    f"layer {spec.name!r} (LSTM): go_backwards=True after Masking is not "
+                    "supported (Keras moves the padding to the front); remove the Masking "
+                    "layer: the server runs each sequence at its own length anyway"
+                )
     if shape is None or len(shape) != 3 or shape[2] is None:
         raise UnsupportedModel(
             f"the input shape {shape} is not (batch, timesteps, features) with known features"
         )
-    batch, steps, features = shape[0], shape[1], int(shape[2])
+    batch, steps_, features = shape[0], shape[1], int(shape[2])
     return KerasModelSpec(
         name=model_name,
         num_features=features,
-        timesteps=steps,
+        timesteps=steps_,
         batch_size=batch,
         lstms=lstms,
         head=head,
@@ -310,6 +450,7 @@ def parse(model_config: dict[str, Any]) -> KerasModelSpec:
         normalization=norm,
         dropout=dropout,
         layers=[_row(layer) for layer in layers if layer["class_name"] not in MASK_OPS],
+        hidden=hidden,
     )
 
 

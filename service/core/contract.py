@@ -45,10 +45,27 @@ class _Frozen(BaseModel):
 
 
 class LayerSpec(_Frozen):
-    """One LSTM layer: its units per direction, and whether it reads both ways."""
+    """One LSTM layer: its units per direction, and which way it reads.
+
+    Each layer has its own direction: forward (the default), both ways
+    (``bidirectional``: its states hold two directions), or backward only
+    (``go_backwards``, Keras's setting: one direction, reading each sequence
+    from its end). Any backward reading needs the whole sequence at once.
+    """
 
     units: int = Field(gt=0)
     bidirectional: bool = False
+    go_backwards: bool = False
+
+    @model_validator(mode="after")
+    def _one_direction(self) -> LayerSpec:
+        if self.bidirectional and self.go_backwards:
+            raise ValueError("a layer is bidirectional or go_backwards, not both")
+        return self
+
+    @property
+    def reads_backwards(self) -> bool:
+        return self.bidirectional or self.go_backwards
 
     @property
     def directions(self) -> int:
@@ -311,6 +328,9 @@ class ModelMetadata(_Frozen):
     classes: list[str] | None = None
     output_size: int = Field(gt=0)
     layers: list[LayerSpec] = Field(min_length=1)
+    # What /v1 answers when a request does not say return_sequences: true for a
+    # model whose own output is per timestep (Keras's return_sequences=True head).
+    default_return_sequences: bool = False
     dropout: float = 0.0
     normalization: Normalization
     tensors: TensorNames
@@ -351,8 +371,9 @@ class ModelMetadata(_Frozen):
 
     @property
     def bidirectional(self) -> bool:
-        """True if any layer reads backwards: such a model cannot carry state forward."""
-        return any(layer.bidirectional for layer in self.layers)
+        """True if any layer reads backwards (bidirectional or go_backwards): such a
+        model needs each sequence whole, so it cannot carry state forward."""
+        return any(layer.reads_backwards for layer in self.layers)
 
     def state_shape(self, layer: int, batch: int) -> tuple[int, int, int]:
         spec = self.layers[layer]

@@ -67,6 +67,10 @@ class ModelDescription(BaseModel):
     layers: list[dict[str, Any]]
     bidirectional: bool
     stateful: bool
+    default_return_sequences: bool = Field(
+        default=False,
+        description="what :predict answers when a request does not say return_sequences",
+    )
     metrics: dict[str, Any]
     parity_max_abs_diff: float | None
     dtype: str = Field(default="float32", description="the weights': float32, or int8")

@@ -23,6 +23,14 @@ def randomize(model: keras.Model, seed: int) -> keras.Model:
     """Random weights in every recurrent and dense layer; Normalization keeps its statistics."""
     rng = np.random.default_rng(seed)
     for layer in model.layers:
+        if isinstance(layer, L.LayerNormalization | L.BatchNormalization):
+            # gamma, beta (and BatchNormalization's moving mean, and a positive variance)
+            weights = [
+                rng.normal(scale=0.5, size=w.shape).astype("float32") for w in layer.get_weights()
+            ]
+            if isinstance(layer, L.BatchNormalization):
+                weights[-1] = rng.uniform(0.5, 2.0, size=weights[-1].shape).astype("float32")
+            layer.set_weights(weights)
         if isinstance(layer, L.LSTM | L.Bidirectional | L.Dense | L.TimeDistributed):
             # Kernels scaled by their fan-in, as trained ones are: larger random
             # recurrent weights make the dynamics chaotic, and then float32
@@ -125,6 +133,82 @@ def normalized() -> keras.Model:
     )
 
 
+def mixed_directions() -> keras.Model:
+    """Issue 25's first row: a bidirectional layer, then a forward one, wrapper names default."""
+    return keras.Sequential(
+        [
+            keras.Input((None, 3)),
+            L.Bidirectional(L.LSTM(16, return_sequences=True)),
+            L.LSTM(8),
+            L.Dense(3, activation="softmax"),
+        ]
+    )
+
+
+def go_backwards() -> keras.Model:
+    """``go_backwards=True`` returning its (reversed) sequence into a forward layer, then one
+    more backward layer whose per-timestep outputs are the model's (Dense on a sequence)."""
+    return keras.Sequential(
+        [
+            keras.Input((None, 2)),
+            L.LSTM(6, return_sequences=True, go_backwards=True),
+            L.LSTM(5, return_sequences=True),
+            L.LSTM(4, return_sequences=True, go_backwards=True),
+            L.Dense(2),
+        ]
+    )
+
+
+def merge_modes() -> keras.Model:
+    """Bidirectional ``mul`` into a forward layer, ``ave`` into the head."""
+    return keras.Sequential(
+        [
+            keras.Input((None, 3)),
+            L.Bidirectional(L.LSTM(6, return_sequences=True), merge_mode="mul"),
+            L.LSTM(5, return_sequences=True),
+            L.Bidirectional(L.LSTM(4), merge_mode="ave"),
+            L.Dense(2),
+        ]
+    )
+
+
+def dense_stack() -> keras.Model:
+    """Issue 25's fifth row and more: a chain of Dense layers with the usual activations,
+    Dropout, Activation and both normalisations, ending in softmax."""
+    return keras.Sequential(
+        [
+            keras.Input((None, 3)),
+            L.LSTM(8),
+            L.Dense(16, activation="relu"),
+            L.Dropout(0.2),
+            L.Dense(12, activation="gelu"),
+            L.LayerNormalization(),
+            L.Dense(10, activation="elu"),
+            L.Dense(10, activation="selu"),
+            L.BatchNormalization(),
+            L.Dense(8, activation="swish"),
+            L.Dense(8, activation="softplus"),
+            L.Dense(8, activation="tanh"),
+            L.Dense(8),
+            L.Activation("sigmoid"),
+            L.Dense(4, activation="softmax"),
+        ]
+    )
+
+
+def per_step_dense_stack() -> keras.Model:
+    """Issue 25's last row: a sequence into TimeDistributed(Dense) layers, per timestep by
+    default, with a relu regression output."""
+    return keras.Sequential(
+        [
+            keras.Input((None, 2)),
+            L.LSTM(8, return_sequences=True),
+            L.TimeDistributed(L.Dense(6, activation="relu")),
+            L.TimeDistributed(L.Dense(2, activation="relu")),
+        ]
+    )
+
+
 BUILDERS: dict[str, Callable[[], keras.Model]] = {
     "tutorial": tutorial,
     "bidirectional": bidirectional,
@@ -133,4 +217,9 @@ BUILDERS: dict[str, Callable[[], keras.Model]] = {
     "masked_unidirectional": masked_unidirectional,
     "stateful": stateful,
     "normalized": normalized,
+    "mixed_directions": mixed_directions,
+    "go_backwards": go_backwards,
+    "merge_modes": merge_modes,
+    "dense_stack": dense_stack,
+    "per_step_dense_stack": per_step_dense_stack,
 }

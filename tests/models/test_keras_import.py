@@ -250,52 +250,19 @@ REFUSED: dict[str, tuple[Callable[[], keras.Model], str]] = {
         "layer 'rnn' (LSTM): recurrent_activation='hard_sigmoid' is not supported; "
         "only 'sigmoid' exports exactly",
     ),
-    "go_backwards": (
-        lambda: _lstm_stack(L.LSTM(4, go_backwards=True, name="rnn"), L.Dense(2, name="out")),
-        "layer 'rnn' (LSTM): go_backwards=True is not supported; "
-        "use Bidirectional for a backward pass",
-    ),
-    "merge_mode": (
-        lambda: _lstm_stack(
-            L.Bidirectional(L.LSTM(4), merge_mode="mul", name="bi"), L.Dense(2, name="out")
-        ),
-        "layer 'bi' (Bidirectional): merge_mode='mul' is not supported; "
-        "use one of concat, sum, ave",
-    ),
-    "head_activation": (
-        lambda: _lstm_stack(L.LSTM(4, name="rnn"), L.Dense(2, activation="relu", name="out")),
-        "layer 'out' (Dense): activation='relu' is not supported; "
-        "the head's activation must be one of softmax, sigmoid, linear",
-    ),
     "multi_label": (
         lambda: _lstm_stack(L.LSTM(4, name="rnn"), L.Dense(3, activation="sigmoid", name="out")),
         "layer 'out' (Dense): sigmoid over 3 units (multi-label) is not supported; "
         "use softmax, or sigmoid over one unit for a binary classifier",
     ),
-    "two_dense": (
-        lambda: _lstm_stack(
-            L.LSTM(4, name="rnn"), L.Dense(8, name="hidden"), L.Dense(2, name="out")
-        ),
-        "layer 'out' (Dense) follows the dense head 'hidden'; "
-        "only one Dense layer (and an Activation) may follow the LSTMs",
-    ),
     "gru": (
         lambda: _lstm_stack(L.GRU(4, name="rnn"), L.Dense(2, name="out")),
-        "layer 'rnn' (GRU) is not supported; supported: " + "InputLayer, Masking, "
-        "Normalization, LSTM, Bidirectional(LSTM), Dense, TimeDistributed(Dense), "
-        "Activation, Dropout and its kin",
+        "layer 'rnn' (GRU) is not supported; GRU layers are not supported yet; "
+        "an LSTM stack imports",
     ),
     "no_head": (
         lambda: _lstm_stack(L.LSTM(4, name="rnn")),
         "the model ends at layer 'rnn' without a Dense head; add Dense(units)",
-    ),
-    "mixed_directions": (
-        lambda: _lstm_stack(
-            L.Bidirectional(L.LSTM(4, return_sequences=True), name="bi"),
-            L.LSTM(3, name="rnn"),
-            L.Dense(2, name="out"),
-        ),
-        "bidirectional=True on some LSTM layers only is not supported: bi=True, rnn=False",
     ),
     "stateful_some": (
         lambda: keras.Sequential(
@@ -306,7 +273,75 @@ REFUSED: dict[str, tuple[Callable[[], keras.Model], str]] = {
                 L.Dense(2, name="out"),
             ]
         ),
-        "stateful=True on some LSTM layers only is not supported: a=True, b=False",
+        "stateful=True on some LSTM layers only is not supported (layer 'a': stateful=True, "
+        "layer 'b': stateful=False); set it on every LSTM layer or on none",
+    ),
+    "masked_go_backwards": (
+        lambda: _lstm_stack(
+            L.Masking(), L.LSTM(4, go_backwards=True, name="rnn"), L.Dense(2, name="out")
+        ),
+        "layer 'rnn' (LSTM): go_backwards=True after Masking is not supported (Keras moves "
+        "the padding to the front); remove the Masking layer: the server runs each sequence "
+        "at its own length anyway",
+    ),
+    "stateful_go_backwards": (
+        lambda: keras.Sequential(
+            [
+                keras.Input(batch_shape=(2, None, 2)),
+                L.LSTM(4, go_backwards=True, stateful=True, name="rnn"),
+                L.Dense(2, name="out"),
+            ]
+        ),
+        "layer 'rnn' (LSTM): stateful=True with go_backwards=True cannot be served: a "
+        "backward pass needs the whole sequence; drop stateful=True",
+    ),
+    "softmax_inside": (
+        lambda: _lstm_stack(
+            L.LSTM(4, name="rnn"),
+            L.Dense(3, activation="softmax", name="mid"),
+            L.Dense(2, name="out"),
+        ),
+        "layer 'mid': activation='softmax' is supported on the last Dense layer only",
+    ),
+    "norm_at_the_end": (
+        lambda: _lstm_stack(
+            L.LSTM(4, name="rnn"), L.Dense(2, name="out"), L.LayerNormalization(name="ln")
+        ),
+        "layer 'ln' (LayerNormalization) follows the last Dense layer 'out'; the model must "
+        "end with a Dense layer (and an Activation): move it before that Dense layer",
+    ),
+    "dense_between_lstms": (
+        lambda: _lstm_stack(
+            L.LSTM(4, return_sequences=True, name="a"),
+            L.Dense(3, name="mid"),
+            L.LSTM(3, name="b"),
+            L.Dense(2, name="out"),
+        ),
+        "layer 'b' (LSTM) follows layer 'mid'; recurrent layers after Dense (or "
+        "normalisation) layers are not supported: put the Dense layers after the last "
+        "recurrent layer",
+    ),
+    "unknown_activation": (
+        lambda: _lstm_stack(L.LSTM(4, name="rnn"), L.Dense(2, activation="hard_silu", name="out")),
+        "layer 'out' (Dense): activation='hard_silu' is not supported; use one of linear, "
+        "relu, tanh, sigmoid, elu, selu, gelu, softplus, softsign, swish, silu, leaky_relu, "
+        "softmax",
+    ),
+    "repeat_vector": (
+        lambda: _lstm_stack(
+            L.LSTM(4, name="enc"),
+            L.RepeatVector(3, name="repeat"),
+            L.LSTM(4, return_sequences=True, name="dec"),
+            L.TimeDistributed(L.Dense(1), name="out"),
+        ),
+        "layer 'repeat' (RepeatVector) is not supported; encoder-decoder forecasters "
+        "(RepeatVector) are not supported yet; a stack whose last LSTM has "
+        "return_sequences=True with a TimeDistributed(Dense) head imports",
+    ),
+    "conv1d": (
+        lambda: _lstm_stack(L.Conv1D(4, 3, name="conv"), L.LSTM(4, name="rnn"), L.Dense(2)),
+        "layer 'conv' (Conv1D) is not supported; Conv1D front ends are not supported yet; "
+        "the recurrent layers must read the input (after Masking/Normalization)",
     ),
 }
 
@@ -339,11 +374,11 @@ def test_the_command_refuses_with_the_reason_and_status_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "m.h5"
-    REFUSED["go_backwards"][0]().save(path)
+    REFUSED["gru"][0]().save(path)
     with pytest.raises(SystemExit) as exit_:
         keras_import.main([str(path), "--name", "m", "--repository", str(tmp_path)])
     assert exit_.value.code == 2
-    assert capsys.readouterr().err == f"lstm-import: {REFUSED['go_backwards'][1]}\n"
+    assert capsys.readouterr().err == f"lstm-import: {REFUSED['gru'][1]}\n"
 
 
 def test_above_the_keras_tolerance_nothing_is_published(
@@ -375,8 +410,8 @@ def test_without_keras_it_imports_and_says_what_was_checked(
     assert meta.training.metrics == {}
     config = json.loads((tmp_path / "har" / "1" / "metadata.json").read_text())
     assert config["layers"] == [
-        {"units": 64, "bidirectional": False},
-        {"units": 32, "bidirectional": False},
+        {"units": 64, "bidirectional": False, "go_backwards": False},
+        {"units": 32, "bidirectional": False, "go_backwards": False},
     ]
 
 
@@ -441,3 +476,76 @@ def test_lstm_trains_summary_shows_keras_counts_beside_pytorch() -> None:
     assert f"{'lstm_0 (LSTM)':<30}{'(None, None, 64)':<22}{17408:>10,}{17152:>10,}" in lines
     assert f"{'lstm_1 (LSTM)':<30}{'(None, None, 32)':<22}{12544:>10,}{12416:>10,}" in lines
     assert lines[-3].startswith(f"Keras-equivalent params: {17152 + 12416 + 132:,} ")
+
+
+def test_per_layer_directions_flow_to_the_metadata_and_the_server(
+    imported: dict[str, tuple[keras.Model, Path]],
+) -> None:
+    """Mixed directions: each layer's own direction in the metadata, V2's state shapes,
+    the refusal of carried state; go_backwards ragged /v1 rows equal Keras on each alone."""
+    from tests.conftest import make_client
+
+    mixed = metadata(imported["mixed_directions_keras"][1])
+    assert [(layer.units, layer.directions) for layer in mixed.layers] == [(16, 2), (8, 1)]
+    backwards = metadata(imported["go_backwards_h5"][1])
+    assert [layer.go_backwards for layer in backwards.layers] == [True, False, True]
+    assert backwards.bidirectional and backwards.default_return_sequences
+    repository = imported["mixed_directions_keras"][1].parent.parent
+    rng = np.random.default_rng(3)
+    with make_client(repository) as client:
+        v2 = client.get("/v2/models/mixed_directions_keras").json()
+        shapes = {o["name"]: o["shape"] for o in v2["outputs"]}
+        assert shapes["hn_0"] == [-1, 2, 16] and shapes["cn_1"] == [-1, 1, 8]
+        for name, kind in (
+            ("mixed_directions_h5", "bidirectional"),
+            ("go_backwards_keras", "go_backwards"),
+        ):
+            refused = client.post(
+                f"/v1/models/{name}:predict",
+                json={
+                    "instances": [[[0.0] * metadata(imported[name][1]).num_features]],
+                    "return_states": True,
+                },
+            )
+            assert refused.status_code == 422, refused.text
+            assert f"has {kind} layers: its backward direction needs the whole" in refused.text
+        model, _ = imported["go_backwards_keras"]
+        lengths = [7, 3, 1]
+        x = [rng.normal(size=(n, 2)).astype(np.float32) for n in lengths]
+        answer = client.post(
+            "/v1/models/go_backwards_keras:predict",
+            json={"instances": [s.tolist() for s in x]},  # per timestep, as Keras
+        )
+        assert answer.status_code == 200, answer.text
+        for got, sequence in zip(answer.json()["predictions"], x, strict=True):
+            want = np.asarray(model.predict(sequence[None], verbose=0))[0]
+            np.testing.assert_allclose(np.array(got), want, atol=TOLERANCE)
+        carried = client.post(
+            "/v1/models/tutorial_keras:predict",
+            json={"instances": [[[0.0, 0.0]]], "return_states": True},
+        )
+        assert carried.json()["states"][0]["directions"] == [1, 1]
+
+
+def test_a_per_timestep_keras_model_answers_per_timestep_unless_asked_otherwise(
+    imported: dict[str, tuple[keras.Model, Path]],
+) -> None:
+    """Issue 25's last row: model.predict returns every step, and so does /v1 by default."""
+    from tests.conftest import make_client
+
+    model, version_dir = imported["per_step_dense_stack_h5"]
+    assert metadata(version_dir).default_return_sequences
+    assert not metadata(imported["tutorial_keras"][1]).default_return_sequences
+    x = np.random.default_rng(4).normal(size=(2, 6, 2)).astype(np.float32)
+    want = np.asarray(model.predict(x, verbose=0))
+    with make_client(version_dir.parent.parent) as client:
+        url = "/v1/models/per_step_dense_stack_h5:predict"
+        default = client.post(url, json={"instances": x.tolist()})
+        assert default.status_code == 200, default.text
+        np.testing.assert_allclose(np.array(default.json()["predictions"]), want, atol=TOLERANCE)
+        last = client.post(url, json={"instances": x.tolist(), "return_sequences": False})
+        np.testing.assert_allclose(
+            np.array(last.json()["predictions"]), want[:, -1], atol=TOLERANCE
+        )
+        info = client.get("/v1/models/per_step_dense_stack_h5").json()
+        assert info["default_return_sequences"] is True

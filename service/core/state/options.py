@@ -113,7 +113,9 @@ def check_options(options: StateOptions, batch: int) -> None:
 def check_stateful(model: ServedModel) -> None:
     """Only unidirectional models can carry state: a backward direction needs it all."""
     if model.metadata.bidirectional:
+        backward = any(layer.go_backwards for layer in model.metadata.layers)
+        kind = "go_backwards layers" if backward else "bidirectional layers"
         raise InvalidInput(
-            f"model {model.name!r} has bidirectional layers: its backward direction needs the "
+            f"model {model.name!r} has {kind}: its backward direction needs the "
             "whole sequence at once, so it cannot carry state across requests"
         )

@@ -43,10 +43,12 @@ class PredictRequest(BaseModel):
     instances: list[Any] = Field(
         description="sequences, each a list of timesteps, each a list of the model's features"
     )
-    return_sequences: StrictBool = Field(
-        default=False,
+    return_sequences: StrictBool | None = Field(
+        default=None,
         description="true: one prediction per timestep (Keras return_sequences=True); "
-        "false: one per sequence, at its last timestep",
+        "false: one per sequence, at its last timestep; absent: as the model's Keras "
+        "output is (per timestep for a model imported with a per-timestep head, else one "
+        "per sequence)",
     )
     # Server-held state (Keras stateful=True across requests), as Triton's sequence batcher.
     sequence_id: Annotated[Any, WithJsonSchema(SEQUENCE_ID_SCHEMA)] = Field(
@@ -65,6 +67,12 @@ class PredictRequest(BaseModel):
     # Client-carried state: any replica can continue the sequence.
     initial_states: list[dict[str, Any] | None] | None = None
     return_states: StrictBool = False
+
+    def per_timestep(self, meta: ModelMetadata) -> bool:
+        """``return_sequences`` as asked, or the model's own default when not asked."""
+        if self.return_sequences is None:
+            return meta.default_return_sequences
+        return self.return_sequences
 
     def state_options(self) -> state.StateOptions:
         """The state asked for (the data plane adds who asks)."""
@@ -96,7 +104,7 @@ class V1Codec:
         request = InferenceRequest(
             x=x,
             lengths=lengths,
-            outputs=SEQUENCE if envelope.return_sequences else FINAL,
+            outputs=SEQUENCE if envelope.per_timestep(meta) else FINAL,
             deadline=time.monotonic() + self.settings.request_timeout_s,
         )
         return Decoded(
@@ -114,7 +122,7 @@ class V1Codec:
             "model": meta.name,
             "version": str(meta.version),
             "predictions": format_predictions(
-                meta, outcome.result, lengths, envelope.return_sequences
+                meta, outcome.result, lengths, envelope.per_timestep(meta)
             ),
         }
         if envelope.sequence_id is not None:

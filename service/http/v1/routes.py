@@ -92,6 +92,7 @@ def describe(model: ServedModel) -> dict[str, Any]:
         "layers": [layer.model_dump() for layer in meta.layers],
         "bidirectional": meta.bidirectional,
         "stateful": not meta.bidirectional,
+        "default_return_sequences": meta.default_return_sequences,
         "metrics": training.metrics if training else {},
         "parity_max_abs_diff": meta.parity.max_abs_diff,
         "dtype": meta.dtype,

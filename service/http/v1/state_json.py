@@ -7,7 +7,9 @@ round-trips bit for bit (decimal text cannot promise that), and the object names
 the model version it belongs to, so a state cannot be fed to another model::
 
     {"model": "basic_motions", "version": "1", "dtype": "float32",
-     "layers": [64, 32], "directions": 1, "data": "<base64 of h0, c0, h1, c1>"}
+     "layers": [64, 32], "directions": [1, 1], "data": "<base64 of h0, c0, h1, c1>"}
+
+``directions`` is per layer (each layer's states hold that many directions).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def encode_states(meta: ModelMetadata, states: list[State]) -> list[dict[str, An
         "version": str(meta.version),
         "dtype": "float32",
         "layers": [layer.units for layer in meta.layers],
-        "directions": meta.layers[0].directions,
+        "directions": [layer.directions for layer in meta.layers],
     }
     out = []
     for b in range(batch):
