@@ -68,7 +68,7 @@ class Limits:
 
 
 def size_text(n: int) -> str:
-    for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+    for unit, size in (("TiB", GiB << 10), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
         if n >= size:
             return f"{n / size:.3g} {unit}"
     return f"{n} bytes"

@@ -253,7 +253,7 @@ def fifo(tmp: Path) -> Path:
     return path
 
 
-NESTED = "[" * 20_000 + "]" * 20_000
+NESTED = "[" * 10_000 + "]" * 10_000
 
 
 def nested_keras(tmp: Path) -> Path:
@@ -337,7 +337,7 @@ HOSTILE: dict[str, tuple[Callable[[Path], Path], str, tuple[str, ...]]] = {
     "huge_units": (
         huge_units,
         f"the config declares a model of {HUGE_WEIGHTS:,} weights "
-        f"({4 * HUGE_WEIGHTS / 2**30:.3g} GiB as float32); the limit is 2 GiB (--max-size)",
+        f"({4 * HUGE_WEIGHTS / 2**40:.3g} TiB as float32); the limit is 2 GiB (--max-size)",
         (),
     ),
     "external_data": (
