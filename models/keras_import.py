@@ -28,6 +28,7 @@ from pathlib import Path
 from models import quantize
 from models.export import export_model
 from models.keras import parity as keras_parity
+from models.keras.bounds import MAX_BYTES, FileRefused, Limits, parse_size, size_text
 from models.keras.convert import Converted, convert, keras_summary
 from models.keras.graph import UnsupportedModel
 from models.keras.spec import KerasModelSpec, parse
@@ -116,6 +117,7 @@ def import_keras(
     *,
     classes: list[str] | None = None,
     check_keras: bool = True,
+    limits: Limits | None = None,
 ) -> tuple[Path, keras_parity.KerasParity | None, str]:
     """Convert, export, check against Keras, publish: (version folder, Keras parity, note).
 
@@ -124,8 +126,10 @@ def import_keras(
     The version is exported into a hidden staging folder of the repository (the
     server skips names starting with a dot), checked there, its metadata
     completed, and only then renamed into place: a refused model leaves nothing.
+    The file is read within ``limits`` (``models/keras/bounds.py``) and refused,
+    before anything is written, unless every array matches the architecture.
     """
-    file = read(path)
+    file = read(path, limits)
     spec = parse(file.config)
     converted: Converted = convert(spec, file, classes)
     summary = keras_summary(spec, file)
@@ -170,6 +174,13 @@ def import_keras(
     return target, result, note
 
 
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="lstm-import", description=__doc__.split("\n\n")[0])
     p.add_argument("path", type=Path, help="a .keras file or a legacy .h5 file")
@@ -177,6 +188,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--classes", help="class names in output order, e.g. walking,running")
     p.add_argument("--repository", type=Path, default=REPOSITORY)
     p.add_argument("--version", type=int, help="default: the next free integer")
+    p.add_argument(
+        "--max-size",
+        type=_size,
+        default=MAX_BYTES,
+        metavar="BYTES",
+        help=f"largest input file, and largest model (its weights at 4 bytes each), read; "
+        f"e.g. 512MiB (default {size_text(MAX_BYTES)})",
+    )
     p.add_argument(
         "--no-keras-check",
         action="store_true",
@@ -212,8 +231,9 @@ def main(argv: list[str] | None = None) -> None:
             args.version,
             classes=classes,
             check_keras=not args.no_keras_check,
+            limits=Limits(max_bytes=args.max_size),
         )
-    except (UnsupportedModel, ValueError, FileExistsError, OSError) as error:
+    except (FileRefused, UnsupportedModel, ValueError, FileExistsError, OSError) as error:
         print(f"lstm-import: {error}", file=sys.stderr)
         raise SystemExit(2) from error
     except keras_parity.KerasParityError as error:
