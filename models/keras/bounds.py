@@ -281,7 +281,9 @@ def expected_arrays(spec: KerasModelSpec) -> dict[str, Expected]:
     """Every layer of the parsed model -> the arrays it must hold, from its config alone.
 
     LSTM(u) over i inputs: kernel (i, 4u), recurrent kernel (u, 4u), bias (4u,),
-    per direction; Dense(k) over i inputs: kernel (i, k), bias (k,);
+    per direction; Dense(k) over i inputs: kernel (i, k), bias (k,), in the stack and as
+    the head; LayerNormalization/BatchNormalization over w: gamma, beta (w,) as configured,
+    BatchNormalization's moving mean and variance (w,);
     Normalization over F features: mean (F,), variance (F,), count ();
     every other layer the spec keeps (InputLayer, Masking, Dropout, Activation):
     none. A layer kind added to the spec needs its shapes here.
@@ -296,6 +298,18 @@ def expected_arrays(spec: KerasModelSpec) -> dict[str, Expected]:
             one.append(((4 * u,), FLOAT))
         out[lstm.name] = Expected(lstm.name, kind, tuple(one * (2 if lstm.bidirectional else 1)))
         width = lstm.output_width
+    for step in spec.hidden:  # the dense stack between the recurrent layers and the head
+        if step.kind == "dense" and step.dense is not None:
+            layer = step.dense
+            arrays: list[tuple[tuple[int, ...], str]] = [((width, layer.units), FLOAT)]
+            if layer.use_bias:
+                arrays.append(((layer.units,), FLOAT))
+            out[layer.name] = Expected(layer.name, layer.kind, tuple(arrays))
+            width = layer.units
+        elif step.kind in ("layer_norm", "batch_norm"):
+            count = int(step.scale) + int(step.center) + (2 if step.kind == "batch_norm" else 0)
+            kind = "LayerNormalization" if step.kind == "layer_norm" else "BatchNormalization"
+            out[step.name] = Expected(step.name, kind, (((width,), FLOAT),) * count)
     head = spec.head
     dense: list[tuple[tuple[int, ...], str]] = [((width, head.units), FLOAT)]
     if head.use_bias:

@@ -159,10 +159,24 @@ class Run:
     peak_rss_mib: float
 
 
+# The command is forked from this small launcher, not from pytest: Linux keeps a
+# process's peak RSS across exec, so a child forked straight from a large pytest
+# would report pytest's size as its own peak.
+LAUNCHER = (
+    "import os, sys\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    os.execv(sys.executable, [sys.executable, '-m', 'models.keras_import', *sys.argv[1:]])\n"
+    "_, status, usage = os.wait4(pid, 0)\n"
+    "sys.stderr.write(f'\\n@@maxrss {usage.ru_maxrss}\\n')\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+
+
 def run_cli(*args: str) -> Run:
     """The real command in a fresh process; its own peak RSS from ``os.wait4``."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "models.keras_import", *args],
+        [sys.executable, "-c", LAUNCHER, *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -183,12 +197,9 @@ def run_cli(*args: str) -> Run:
     proc.returncode = os.waitstatus_to_exitcode(status)
     for reader in readers:
         reader.join()
-    return Run(
-        proc.returncode,
-        chunks["out"].decode(),
-        chunks["err"].decode(),
-        usage.ru_maxrss / 1024,  # KiB on Linux
-    )
+    del usage  # the launcher's own; the command's is the line it wrote last
+    err, _, peak = chunks["err"].decode().rpartition("\n@@maxrss ")
+    return Run(proc.returncode, chunks["out"].decode(), err, int(peak) / 1024)  # KiB
 
 
 def zip_bomb(tmp: Path) -> Path:
