@@ -79,7 +79,8 @@ def test_runtime_runs_lstm_serve_as_a_numeric_non_root_user(variant: str) -> Non
     runtime = stage_chain("runtime", variant)[-1]
     assert runtime.values("USER") == ["10001:10001"]
     assert json.loads(runtime.values("ENTRYPOINT")[0]) == ["lstm-serve"]
-    assert runtime.values("EXPOSE") == [image_env("runtime", variant)["LSTM_SERVE_PORT"]]
+    env = image_env("runtime", variant)
+    assert runtime.values("EXPOSE") == [f"{env['LSTM_SERVE_PORT']} {env['LSTM_SERVE_GRPC_PORT']}"]
     assert runtime.values("COPY").count("models/repository /models") == 1
     assert runtime.values("STOPSIGNAL") == ["SIGTERM"]
 
