@@ -29,7 +29,7 @@ from pydantic.json_schema import models_json_schema
 
 from service.http.errors import V1_STATUS, V2_STATUS
 from service.http.security import required_scope
-from service.http.v2.framing import HEADER_LENGTH, OCTET_STREAM
+from service.http.v2.codec import HEADER_LENGTH, OCTET_STREAM
 from service.settings import Settings
 
 DEFAULT_MODEL = "basic_motions"

@@ -38,8 +38,7 @@ from service.core.types import InferenceRequest
 from service.dataplane import Outcome
 from service.http.body import json_response
 from service.http.v1.codec import V1Codec
-from service.http.v2.codec import V2Codec
-from service.http.v2.framing import binary_response
+from service.http.v2.codec import V2Codec, binary_response
 from service.loadtest.payloads import build_payload, random_inputs
 from service.loadtest.spec import Protocol
 from service.settings import Settings

@@ -13,7 +13,7 @@ Every tensor is batch-first, as Triton requires of a model with
 
 Outputs are the graph's tensors as they are, padded timesteps included: a V2
 client gets what in-process onnxruntime returns (``/v1`` trims, V2 does not).
-Binary data arrives as ``memoryview`` slices of the body (``framing.py``).
+Binary data arrives as ``memoryview`` slices of the body (``http/v2/codec.py``).
 
 Decoding is one numpy call per tensor: ``np.frombuffer`` on the body's bytes for
 binary data, ``np.asarray`` on the parsed JSON list otherwise. Python only walks

@@ -45,8 +45,7 @@ from service.http.responses import (
     ServerMetadata,
 )
 from service.http.security import caller
-from service.http.v2.codec import Payload
-from service.http.v2.framing import HEADER_LENGTH, binary_response
+from service.http.v2.codec import HEADER_LENGTH, Payload, binary_response
 from service.v2.metadata import model_config, model_metadata, server_metadata
 from service.v2.schema import InferenceRequestBody
 
