@@ -70,6 +70,7 @@ class Container:
 
     image: str
     port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
     name: str = field(default_factory=lambda: f"lstm-serve-check-{os.getpid()}")
 
     @property
@@ -86,6 +87,7 @@ class Container:
             "--health-interval", "1s", "--health-start-period", "60s",
             "--env", "LSTM_SERVE_HOST=127.0.0.1",
             "--env", f"LSTM_SERVE_PORT={self.port}",
+            "--env", f"LSTM_SERVE_GRPC_PORT={self.grpc_port}",
             "--env", f"LSTM_SERVE_WORKERS={workers}",
             "--env", f"LSTM_SERVE_API_KEYS={json.dumps([CHECK_KEY])}",
             # The drain check needs a request that computes for seconds (512 x 2,000
@@ -203,13 +205,47 @@ def in_process(body: dict[str, Any]) -> dict[str, Any]:
     from service.app import create_app
     from service.settings import Settings
 
-    settings = Settings(model_repository=ROOT / "models" / "repository", device="cpu")
+    settings = Settings(model_repository=ROOT / "models" / "repository", device="cpu", grpc_port=0)
     with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
         response = client.post(f"/v1/models/{MODEL}:predict", json=body)
     if response.status_code != 200:
         raise CheckFailed(f"in-process predict: {response.status_code} {response.text}")
     result: dict[str, Any] = response.json()
     return result
+
+
+def check_grpc(container: Container) -> None:
+    """The image serves V2 over gRPC too, with the same keys and the same answer."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{container.grpc_port}")
+    check(client.is_server_live(), f"gRPC answers on port {container.grpc_port}")
+    x = np.random.default_rng(11).normal(size=(2, 50, FEATURES)).astype(np.float32)
+    inputs = [grpcclient.InferInput("x", list(x.shape), "FP32")]
+    inputs[0].set_data_from_numpy(x)
+    key = {"authorization": AUTH["Authorization"]}
+    answer = client.infer(MODEL, inputs, headers=key).as_numpy("final_output")
+    rest = httpx.post(
+        f"{container.url}/v2/models/{MODEL}/infer",
+        json={
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "data": x.reshape(-1).tolist(),
+                }
+            ],
+            "outputs": [{"name": "final_output"}],
+        },
+        headers=AUTH,
+        timeout=30.0,
+    ).json()["outputs"][0]
+    want = np.array(rest["data"], np.float32).reshape(rest["shape"])
+    check(
+        answer is not None and np.allclose(answer, want, atol=1e-6),
+        "gRPC ModelInfer (with the key) equals the REST V2 answer",
+    )
 
 
 def check_prediction(container: Container) -> None:
@@ -226,6 +262,7 @@ def check_prediction(container: Container) -> None:
     )
     served = response.json()["predictions"]
     expected = in_process(body)["predictions"]
+    check_grpc(container)
     got = np.array([p["probabilities"] for p in served])
     want = np.array([p["probabilities"] for p in expected])
     worst = float(np.abs(got - want).max())
