@@ -88,22 +88,30 @@ def run(
     binary: Path,
     url: str,
     data: Path,
-    tensor_format: str,
+    tensor_format: str | None,
     concurrency: str,
     requests_per_window: int,
+    protocol: str = "http",
 ) -> tuple[str, list[Measured]]:
     """One perf_analyzer run; its report and what it measured. Raises if it failed.
 
-    Any three windows count as stable: on a shared machine a stability demand
-    only makes runs fail, and nothing here asserts timing.
+    ``protocol`` "http" (``url`` http://host:port, ``tensor_format`` binary or json)
+    or "grpc" (``url`` host:port of the gRPC port; raw tensors only, so
+    ``tensor_format`` None). Any three windows count as stable: on a shared machine
+    a stability demand only makes runs fail, and nothing here asserts timing.
     """
     lib = TARGET / "nvidia" / "cuda_runtime" / "lib"
     env = {**os.environ, "LD_LIBRARY_PATH": f"{lib}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+    formats = (
+        ("--input-tensor-format", tensor_format, "--output-tensor-format", tensor_format)
+        if tensor_format is not None
+        else ()
+    )
     command = [
         str(binary),
-        *("-m", MODEL, "-i", "http", "-u", url.removeprefix("http://")),
+        *("-m", MODEL, "-i", protocol, "-u", url.removeprefix("http://")),
         *("--input-data", str(data), "--concurrency-range", concurrency),
-        *("--input-tensor-format", tensor_format, "--output-tensor-format", tensor_format),
+        *formats,
         *("--measurement-mode", "count_windows"),
         *("--measurement-request-count", str(requests_per_window)),
         *("--stability-percentage", "100000", "--max-trials", "3"),
