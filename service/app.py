@@ -37,11 +37,16 @@ def build_fastapi(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await server.start()
-        grpc_server = None
+        # gRPC beside HTTP, on the same core and data plane (service/grpc/server.py);
+        # started first, so its health service answers NOT_SERVING while models load.
+        grpc_server = await start_grpc(server, app.state.dataplane, settings, app.version)
         try:
-            # gRPC beside HTTP, on the same core and data plane (service/grpc/server.py).
-            grpc_server = await start_grpc(server, app.state.dataplane, settings, app.version)
+            await server.start()
+        except BaseException:
+            if grpc_server is not None:
+                await grpc_server.stop(0)
+            raise
+        try:
             # Everything loaded so far lives as long as the process: move it out of the
             # collector's reach, so the full collections that request garbage triggers
             # scan only request-sized heaps (they caused 10-20 ms latency spikes).

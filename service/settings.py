@@ -408,6 +408,12 @@ class Settings(BaseSettings):
         description="gRPC calls in flight per worker process, streams included; beyond it "
         "a call gets RESOURCE_EXHAUSTED",
     )
+    grpc_stream_idle_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="a ModelStreamInfer stream that sends no message this long ends with "
+        "DEADLINE_EXCEEDED (as websocket_idle_timeout_s closes an idle WebSocket)",
+    )
 
     # Logging
     log_level: LogLevel = Field(default="info", description="the lowest level logged")

@@ -10,7 +10,9 @@ mode, scope and audit line (``http/v2/repository.py``).
 A stream answers its requests one at a time, in order: a sequence's chunks can only
 run one after another anyway, and a client's stream then holds at most one request's
 memory. A request that fails gets Triton's in-stream answer (``error_message``) and
-the stream goes on, as Triton does; a bad key ends the stream at once.
+the stream goes on, as Triton does; a bad key ends the stream at once, and so does
+``grpc_stream_idle_timeout_s`` without a message (``DEADLINE_EXCEEDED``), as an idle
+WebSocket is closed.
 
 Keys (``auth.py``): ``ServerLive`` and ``ServerReady`` are open (REST's probes are);
 the repository calls need ``admin``; everything else ``inference``.
@@ -18,6 +20,7 @@ the repository calls need ``admin``; everything else ``inference``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -144,7 +147,19 @@ class InferenceServicer(rpc.GRPCInferenceServiceServicer):
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         owner = await self.keys.check(context, INFERENCE)
-        async for request in request_iterator:
+        idle_s = self.server.settings.grpc_stream_idle_timeout_s
+        requests = aiter(request_iterator)
+        while True:
+            try:
+                async with asyncio.timeout(idle_s):
+                    request = await anext(requests)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                await context.abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"no message for {idle_s:g} s (grpc_stream_idle_timeout_s); closing the stream",
+                )
             try:
                 response = await self._infer(request, context, owner)
             except ServingError as exc:

@@ -1,9 +1,11 @@
 """Triton's ``perf_analyzer`` against the service, as a Triton user would measure it.
 
 ``python -m service.loadtest.perf_analyzer`` starts ``python -m service`` on the
-shipped repository and sweeps concurrency over HTTP, binary and JSON tensors,
-with and without ``lengths``, printing the README's table. The test suite
-(``tests/http/v2/test_perf_analyzer.py``) uses the same install and run.
+shipped repository and sweeps concurrency over HTTP, binary and JSON tensors, and
+over gRPC (``-i grpc``, raw tensors; ``--protocols`` picks), with and without
+``lengths``, printing the README's table. The test suite
+(``tests/http/v2/test_perf_analyzer.py``, ``tests/grpc/test_perf_analyzer_grpc.py``)
+uses the same install and run.
 
 The binary comes with the ``tritonclient[http]==2.51.0`` wheel (later wheels
 need glibc 2.38, newer than Debian 12's); it needs ``libcudart.so.12`` (the
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.loadtest.process import ServerProcess, start_server
+from service.loadtest.process import ServerProcess, free_port, start_server
 from service.settings import DEFAULT_REPOSITORY
 
 VERSION = "2.51.0"
@@ -88,22 +90,30 @@ def run(
     binary: Path,
     url: str,
     data: Path,
-    tensor_format: str,
+    tensor_format: str | None,
     concurrency: str,
     requests_per_window: int,
+    protocol: str = "http",
 ) -> tuple[str, list[Measured]]:
     """One perf_analyzer run; its report and what it measured. Raises if it failed.
 
-    Any three windows count as stable: on a shared machine a stability demand
-    only makes runs fail, and nothing here asserts timing.
+    ``protocol`` "http" (``url`` http://host:port, ``tensor_format`` binary or json)
+    or "grpc" (``url`` host:port of the gRPC port; raw tensors only, so
+    ``tensor_format`` None). Any three windows count as stable: on a shared machine
+    a stability demand only makes runs fail, and nothing here asserts timing.
     """
     lib = TARGET / "nvidia" / "cuda_runtime" / "lib"
     env = {**os.environ, "LD_LIBRARY_PATH": f"{lib}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+    formats = (
+        ("--input-tensor-format", tensor_format, "--output-tensor-format", tensor_format)
+        if tensor_format is not None
+        else ()
+    )
     command = [
         str(binary),
-        *("-m", MODEL, "-i", "http", "-u", url.removeprefix("http://")),
+        *("-m", MODEL, "-i", protocol, "-u", url.removeprefix("http://")),
         *("--input-data", str(data), "--concurrency-range", concurrency),
-        *("--input-tensor-format", tensor_format, "--output-tensor-format", tensor_format),
+        *formats,
         *("--measurement-mode", "count_windows"),
         *("--measurement-request-count", str(requests_per_window)),
         *("--stability-percentage", "100000", "--max-trials", "3"),
@@ -141,24 +151,43 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=50, help="timesteps per sequence")
     parser.add_argument("--requests", type=int, default=1000, help="requests per window")
     parser.add_argument("--workers", type=int, default=2, help="server worker processes")
+    parser.add_argument(
+        "--protocols", default="http,grpc", help="http and/or grpc, comma-separated"
+    )
     args = parser.parse_args(argv)
     binary = install()
-    env = {"LSTM_SERVE_WORKERS": str(args.workers), "LSTM_SERVE_LOG_LEVEL": "warning"}
+    grpc_port = free_port()
+    env = {
+        "LSTM_SERVE_WORKERS": str(args.workers),
+        "LSTM_SERVE_LOG_LEVEL": "warning",
+        "LSTM_SERVE_GRPC_PORT": str(grpc_port),
+    }
+    # (protocol, tensor format): gRPC sends raw tensors only
+    modes: list[tuple[str, str | None]] = []
+    for protocol in args.protocols.split(","):
+        if protocol == "http":
+            modes += [("http", "binary"), ("http", "json")]
+        elif protocol == "grpc":
+            modes.append(("grpc", None))
+        else:
+            parser.error(f"--protocols: {protocol!r} is neither http nor grpc")
     with tempfile.TemporaryDirectory() as tmp:
         server: ServerProcess = start_server(DEFAULT_REPOSITORY, Path(tmp) / "server.log", env)
         try:
-            print("| tensors | `lengths` | concurrency | infer/s | p50 ms | p99 ms |")
-            print("|---|---|---|---|---|---|")
-            for tensor_format in ("binary", "json"):
+            print("| protocol | tensors | `lengths` | concurrency | infer/s | p50 ms | p99 ms |")
+            print("|---|---|---|---|---|---|---|")
+            for protocol, tensor_format in modes:
+                url = server.url if protocol == "http" else f"127.0.0.1:{grpc_port}"
                 for with_lengths in (True, False):
                     data = input_data(Path(tmp) / "data.json", args.steps, with_lengths)
                     for level in args.concurrency.split(","):
                         _, measured = run(
-                            binary, server.url, data, tensor_format, level, args.requests
+                            binary, url, data, tensor_format, level, args.requests, protocol
                         )
                         for m in measured:
                             print(
-                                f"| {tensor_format} | {'sent' if with_lengths else 'none'} | "
+                                f"| {protocol} | {tensor_format or 'raw'} | "
+                                f"{'sent' if with_lengths else 'none'} | "
                                 f"{m.concurrency} | {m.throughput:.0f} | {_ms(m.p50_us)} | "
                                 f"{_ms(m.p99_us)} |",
                                 flush=True,

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from service.grpc.health import INFERENCE_SERVICE as INFERENCE_SERVICE_NAME
 from tests.deploy.support import (
     INFERENCE_SERVICE,
     KUBERNETES_VERSIONS,
@@ -374,3 +375,40 @@ def test_state_password_component_mounts_the_password_file(version: str, tmp_pat
         (volume,) = [v for v in pod_spec(deployment)["volumes"] if v["name"] == mount["name"]]
         assert volume["secret"]["secretName"] == STATE_SECRET_REF["name"]
         assert volume["secret"]["items"] == [{"key": "password", "path": path.name}]
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_grpc_probe_component_probes_the_grpc_port(version: str, tmp_path: Path) -> None:
+    """components/grpc-probe on top of each overlay: renders, validates strictly, and
+    makes readiness a grpc.health.v1 probe of the served gRPC port (the container's port
+    named grpc); startup and liveness stay on HTTP."""
+    for overlay in ("cpu", "gpu"):
+        folder = tmp_path / overlay
+        folder.mkdir()
+        (folder / "kustomization.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                    "kind": "Kustomization",
+                    "resources": [os.path.relpath(KUSTOMIZE / "overlays" / overlay, folder)],
+                    "components": [
+                        os.path.relpath(KUSTOMIZE / "components" / "grpc-probe", folder)
+                    ],
+                }
+            )
+        )
+        text = render(folder)
+        (folder / "rendered.yaml").write_text(text)
+        lines = validate(folder / "rendered.yaml", version)
+        assert all(" passed " in line for line in lines), lines
+        docs = load_all(text)
+        deployment = one(docs, "Deployment")
+        container = serving_container(deployment)
+        probe = container["readinessProbe"]
+        assert "httpGet" not in probe
+        grpc_port = int(environment(deployment, docs)["LSTM_SERVE_GRPC_PORT"])
+        by_name = {p.get("name"): p["containerPort"] for p in container["ports"]}
+        assert probe["grpc"] == {"port": grpc_port, "service": INFERENCE_SERVICE_NAME}
+        assert by_name["grpc"] == grpc_port
+        assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
