@@ -116,9 +116,7 @@ def reverse_valid(x: Tensor, lengths: Tensor | None) -> Tensor:
     return torch.gather(x, 1, index.unsqueeze(2).expand(-1, -1, x.shape[2]))
 
 
-def gru_reset_before(
-    gru: nn.GRU, x: Tensor, lengths: Tensor | None
-) -> tuple[Tensor, Tensor]:
+def gru_reset_before(gru: nn.GRU, x: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
     """``gru``'s weights run as Keras's ``reset_after=False`` (ONNX ``linear_before_reset=0``).
 
     The candidate reads ``(r * h) @ W_hn^T`` instead of ``r * (h @ W_hn^T + b_hn)``.
