@@ -318,6 +318,7 @@ class StackedLSTM(nn.Module):
         rnn = self.lstms[i]
         gru = self.cells[i] == "gru"
         if gru and not self.reset_after[i] and not torch.onnx.is_in_onnx_export():
+            assert isinstance(rnn, nn.GRU)
             out, hn = gru_reset_before(rnn, x, lengths if pack else None)
             return out, [hn]
         hx = (states[2 * i], states[2 * i + 1]) if self.carries_state else None

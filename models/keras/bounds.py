@@ -282,7 +282,8 @@ def expected_arrays(spec: KerasModelSpec) -> dict[str, Expected]:
 
     LSTM(u) over i inputs: kernel (i, 4u), recurrent kernel (u, 4u), bias (4u,),
     per direction; GRU(u): kernel (i, 3u), recurrent kernel (u, 3u), bias (2, 3u)
-    with reset_after=True (input and recurrent biases) or (3u,) without, per direction; Dense(k) over i inputs: kernel (i, k), bias (k,), in the stack and as
+    with reset_after=True (input and recurrent biases) or (3u,) without, per direction;
+    Dense(k) over i inputs: kernel (i, k), bias (k,), in the stack and as
     the head; LayerNormalization/BatchNormalization over w: gamma, beta (w,) as configured,
     BatchNormalization's moving mean and variance (w,);
     Normalization over F features: mean (F,), variance (F,), count ();

@@ -19,9 +19,16 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
 MODEL_FILENAME = "model.onnx"
@@ -70,6 +77,17 @@ class LayerSpec(_Frozen):
         if self.cell == "lstm" and not self.reset_after:
             raise ValueError("reset_after is a GRU setting; an LSTM layer keeps the default")
         return self
+
+    @model_serializer(mode="wrap")
+    def _lstm_as_before(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """An LSTM layer is written as before GRU layers existed (no ``cell``, no
+        ``reset_after``), so servers that predate them still read LSTM models; they
+        refuse a GRU layer's unknown fields rather than serve it as an LSTM."""
+        data: dict[str, Any] = handler(self)
+        if self.cell == "lstm":
+            data.pop("cell", None)
+            data.pop("reset_after", None)
+        return data
 
     @property
     def reads_backwards(self) -> bool:
