@@ -22,6 +22,14 @@ sequence reversed within its length (``reverse_valid``: a gather by
 ``lengths``, which the exported graph keeps as ``GatherElements``), so padding
 stays at the end and ``sequence_lens`` stays exact.
 
+Each layer has its own cell (``cells``): ``lstm`` or ``gru``. A GRU layer is an
+``nn.GRU`` (Keras's ``reset_after=True``, ONNX ``linear_before_reset=1``); with
+``reset_after=False`` (older tf.keras models) the eager pass computes the
+reset-before form step by step (``gru_reset_before``) from the same weights,
+and ``export.py`` sets the exported GRU node's ``linear_before_reset`` to 0
+(``bias_hh`` is zero for such layers, so nothing else changes). A model with
+any GRU layer carries no state: ``forward`` takes and returns no state tensors.
+
 Between the last recurrent layer and the head, an optional dense stack
 (``hidden``): ``Linear`` layers, activations and inference-time layer or batch
 normalisation, each described by a small dict so a checkpoint rebuilds it.
@@ -38,6 +46,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 DIRECTIONS = ("forward", "backward", "bidirectional")
+CELLS = ("lstm", "gru")
 MERGE_MODES = ("concat", "sum", "ave", "mul")
 
 
@@ -107,6 +116,45 @@ def reverse_valid(x: Tensor, lengths: Tensor | None) -> Tensor:
     return torch.gather(x, 1, index.unsqueeze(2).expand(-1, -1, x.shape[2]))
 
 
+def gru_reset_before(gru: nn.GRU, x: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``gru``'s weights run as Keras's ``reset_after=False`` (ONNX ``linear_before_reset=0``).
+
+    The candidate reads ``(r * h) @ W_hn^T`` instead of ``r * (h @ W_hn^T + b_hn)``.
+    Steps past each sequence's length leave h as it is and output zeros, as packing
+    does; a bidirectional layer's backward half reads each sequence from its end.
+    Returns ``nn.GRU``'s (output [B, T, D*u], h_n [D, B, u]) from zero initial state.
+    """
+    batch, steps = x.shape[0], x.shape[1]
+    units = gru.hidden_size
+    valid = (
+        torch.ones(batch, steps, dtype=torch.bool, device=x.device)
+        if lengths is None
+        else torch.arange(steps, device=x.device)[None, :] < lengths.to(x.device)[:, None]
+    )
+    outs, finals = [], []
+    for suffix in ["", "_reverse"][: 2 if gru.bidirectional else 1]:
+        w_ih, w_hh = getattr(gru, f"weight_ih_l0{suffix}"), getattr(gru, f"weight_hh_l0{suffix}")
+        b_ih, b_hh = getattr(gru, f"bias_ih_l0{suffix}"), getattr(gru, f"bias_hh_l0{suffix}")
+        seq = reverse_valid(x, lengths) if suffix else x
+        gates_x = seq @ w_ih.T + b_ih
+        h = x.new_zeros(batch, units)
+        steps_out = []
+        for t in range(steps):
+            gx = gates_x[:, t]
+            gh = h @ w_hh[: 2 * units].T + b_hh[: 2 * units]
+            r = torch.sigmoid(gx[:, :units] + gh[:, :units])
+            z = torch.sigmoid(gx[:, units : 2 * units] + gh[:, units:])
+            n = torch.tanh(gx[:, 2 * units :] + (r * h) @ w_hh[2 * units :].T + b_hh[2 * units :])
+            new = (1 - z) * n + z * h
+            keep = valid[:, t : t + 1]
+            h = torch.where(keep, new, h)
+            steps_out.append(torch.where(keep, new, torch.zeros_like(new)))
+        out = torch.stack(steps_out, 1)
+        outs.append(reverse_valid(out, lengths) if suffix else out)
+        finals.append(h)
+    return torch.cat(outs, -1), torch.stack(finals)
+
+
 def merge(values: Tensor, units: int, mode: str) -> Tensor:
     """A bidirectional layer's [forward, backward] halves merged as Keras's merge_mode."""
     if mode == "concat":
@@ -120,7 +168,8 @@ def merge(values: Tensor, units: int, mode: str) -> Tensor:
 
 
 class StackedLSTM(nn.Module):
-    """LSTM layers (e.g. 64 then 32 units), dropout between them, a dense head."""
+    """Recurrent layers (LSTM or GRU, e.g. 64 then 32 units), dropout between them,
+    a dense head."""
 
     x_mean: Tensor
     x_std: Tensor
@@ -140,6 +189,8 @@ class StackedLSTM(nn.Module):
         merge_modes: Sequence[str] | None = None,
         hidden: Sequence[dict[str, Any]] | None = None,
         out_activation: str = "linear",
+        cells: Sequence[str] | None = None,
+        reset_after: Sequence[bool] | None = None,
     ) -> None:
         super().__init__()
         if not layers:
@@ -156,12 +207,19 @@ class StackedLSTM(nn.Module):
         for direction, mode in zip(self.layer_directions, self.merge_modes, strict=True):
             if direction not in DIRECTIONS or mode not in MERGE_MODES:
                 raise ValueError(f"direction {direction!r} / merge mode {mode!r} is not known")
+        self.cells = list(cells or ["lstm"] * len(layers))
+        self.reset_after = [bool(r) for r in (reset_after or [True] * len(layers))]
+        if len(self.cells) != len(layers) or len(self.reset_after) != len(layers):
+            raise ValueError("cells and reset_after need one entry per layer")
+        for cell, after in zip(self.cells, self.reset_after, strict=True):
+            if cell not in CELLS or (cell == "lstm" and not after):
+                raise ValueError(f"cell {cell!r} (reset_after={after}) is not known")
         self.bidirectional = any(d == "bidirectional" for d in self.layer_directions)
         self.hidden_config = [dict(item) for item in hidden or []]
         self.out_activation = out_activation
         widths = [num_features] + [self.output_width(i) for i in range(len(layers))]
         self.lstms = nn.ModuleList(
-            nn.LSTM(
+            (nn.GRU if self.cells[i] == "gru" else nn.LSTM)(
                 widths[i],
                 units,
                 batch_first=True,
@@ -178,6 +236,11 @@ class StackedLSTM(nn.Module):
         self.register_buffer("x_std", torch.ones(num_features))
         self.register_buffer("y_mean", torch.zeros(output_size))
         self.register_buffer("y_std", torch.ones(output_size))
+
+    @property
+    def carries_state(self) -> bool:
+        """False with any GRU layer: such a model takes and returns no state tensors."""
+        return "gru" not in self.cells
 
     def directions_of(self, layer: int) -> int:
         """State directions of one layer: 2 for bidirectional, else 1."""
@@ -204,6 +267,9 @@ class StackedLSTM(nn.Module):
         if self.layer_directions != uniform or set(self.merge_modes) != {"concat"}:
             config["directions"] = self.layer_directions
             config["merge_modes"] = self.merge_modes
+        if "gru" in self.cells:
+            config["cells"] = self.cells
+            config["reset_after"] = self.reset_after
         if self.hidden_config or self.out_activation != "linear":
             config["hidden"] = self.hidden_config
             config["out_activation"] = self.out_activation
@@ -236,12 +302,34 @@ class StackedLSTM(nn.Module):
             self.y_std.copy_(y_std)
 
     def zero_states(self, batch: int) -> list[Tensor]:
-        """h0, c0 for every layer, flattened: [h0_0, c0_0, h0_1, c0_1, ...]."""
+        """h0, c0 for every layer, flattened: [h0_0, c0_0, h0_1, c0_1, ...]; none with GRUs."""
+        if not self.carries_state:
+            return []
         return [
             torch.zeros(self.directions_of(i), batch, units)
             for i, units in enumerate(self.layer_sizes)
             for _ in ("h", "c")
         ]
+
+    def _run_layer(
+        self, i: int, x: Tensor, lengths: Tensor | None, states: list[Tensor], pack: bool
+    ) -> tuple[Tensor, list[Tensor]]:
+        """One layer over ``x``: (its output sequence, its final [h] or [h, c])."""
+        rnn = self.lstms[i]
+        gru = self.cells[i] == "gru"
+        if gru and not self.reset_after[i] and not torch.onnx.is_in_onnx_export():
+            assert isinstance(rnn, nn.GRU)
+            out, hn = gru_reset_before(rnn, x, lengths if pack else None)
+            return out, [hn]
+        hx = (states[2 * i], states[2 * i + 1]) if self.carries_state else None
+        if lengths is None or not pack:
+            out, final = rnn(x, hx)
+        else:
+            lengths_cpu = lengths.to("cpu", torch.int64)
+            packed = pack_padded_sequence(x, lengths_cpu, batch_first=True, enforce_sorted=False)
+            packed_out, final = rnn(packed, hx)
+            out, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=x.shape[1])
+        return out, [final] if gru else list(final)
 
     def _final_hidden(self, hn: Tensor, layer: int = -1) -> Tensor:
         """[directions, B, H] -> [B, directions * H], forward first, merged as Keras merges."""
@@ -269,28 +357,21 @@ class StackedLSTM(nn.Module):
         ``sequence_lens``; ``lengths`` then only reverses ``go_backwards`` layers.
         """
         states = list(states) if states else self.zero_states(x.shape[0])
-        steps = x.shape[1]
         out = (x - self.x_mean) / self.x_std
         finals: list[Tensor] = []
-        for i, lstm in enumerate(self.lstms):
-            hx = (states[2 * i], states[2 * i + 1])
+        hn = out  # replaced by the first layer
+        for i in range(len(self.lstms)):
             if self.layer_directions[i] == "backward":
                 out = reverse_valid(out, lengths)
-            if lengths is None or not pack:
-                out, (hn, cn) = lstm(out, hx)
-            else:
-                lengths_cpu = lengths.to("cpu", torch.int64)
-                packed = pack_padded_sequence(
-                    out, lengths_cpu, batch_first=True, enforce_sorted=False
-                )
-                packed_out, (hn, cn) = lstm(packed, hx)
-                out, _ = pad_packed_sequence(packed_out, batch_first=True, total_length=steps)
-            finals += [hn, cn]
+            out, layer_finals = self._run_layer(i, out, lengths, states, pack)
+            hn = layer_finals[0]
+            if self.carries_state:
+                finals += layer_finals
             if self.layer_directions[i] == "bidirectional":
                 out = merge(out, self.layer_sizes[i], self.merge_modes[i])
             if i < len(self.lstms) - 1:
                 out = self.dropout(out)
-        return out, self._final_hidden(finals[-2]), finals
+        return out, self._final_hidden(hn), finals
 
     def logits(
         self,
@@ -341,11 +422,16 @@ class StackedLSTM(nn.Module):
             ("input", f"(None, None, {self.num_features})", 0, 0)
         ]
         for i, lstm in enumerate(self.lstms):
-            kind = "Bidirectional(LSTM)" if self.directions_of(i) == 2 else "LSTM"
+            cell = self.cells[i].upper()
+            kind = f"Bidirectional({cell})" if self.directions_of(i) == 2 else cell
             width = self.output_width(i)
             count = sum(p.numel() for p in lstm.parameters())
-            keras = count - 4 * self.layer_sizes[i] * self.directions_of(i)  # one bias, not two
-            rows.append((f"lstm_{i} ({kind})", f"(None, None, {width})", count, keras))
+            keras = count  # GRU with reset_after=True: Keras keeps both biases too
+            if self.cells[i] == "lstm":
+                keras -= 4 * self.layer_sizes[i] * self.directions_of(i)  # one bias, not two
+            elif not self.reset_after[i]:
+                keras -= 3 * self.layer_sizes[i] * self.directions_of(i)
+            rows.append((f"{self.cells[i]}_{i} ({kind})", f"(None, None, {width})", count, keras))
         for j, module in enumerate(self.hidden):
             count = sum(p.numel() for p in module.parameters())
             if isinstance(module, Affine):  # folded into buffers; Keras keeps 4 arrays
@@ -368,7 +454,7 @@ class StackedLSTM(nn.Module):
         lines += [
             "=" * 72,
             f"Keras-equivalent params: {keras_total:,} (Keras keeps one LSTM bias vector, "
-            "PyTorch two)",
+            "PyTorch two; a GRU with reset_after=True keeps two in both)",
             f"Total params: {total:,}",
             f"(per-timestep head: (None, None, {self.output_size}) with the same dense weights)",
         ]

@@ -9,6 +9,12 @@ The recipe (each point measured with torch 2.13 and onnxruntime 1.31, and held b
   ``lengths`` graph input, cast it to int32 and wire it into every LSTM node:
   padded batches then match packed torch exactly, bidirectional layers included,
   and ``Y_h``/``Y_c`` become the states at each sequence's last valid step.
+- GRU layers become ONNX ``GRU`` ops (``linear_before_reset=1``, PyTorch's form,
+  Keras's ``reset_after=True``), wired the same way. A layer imported with
+  ``reset_after=False`` has its node's ``linear_before_reset`` set to 0: its
+  ``bias_hh`` is zero, so the node then computes Keras's reset-before GRU, which
+  the parity check compares with the eager step-by-step pass. A model with GRU
+  layers is exported without state inputs and outputs.
 - Parity against the packed torch path is checked at batch sizes and lengths the
   export never saw; the export fails, writing nothing, if the gap exceeds 1e-4.
 """
@@ -55,10 +61,12 @@ class ParityError(RuntimeError):
     """onnxruntime and torch disagree: the exported graph cannot be trusted."""
 
 
-def tensor_names(layers: int) -> TensorNames:
+def tensor_names(layers: int, carries_state: bool = True) -> TensorNames:
+    """The graph's tensor names; no state names for a model that carries no state."""
+    count = layers if carries_state else 0
     return TensorNames(
-        initial_states=[StateNames(h=f"h0_{i}", c=f"c0_{i}") for i in range(layers)],
-        final_states=[StateNames(h=f"hn_{i}", c=f"cn_{i}") for i in range(layers)],
+        initial_states=[StateNames(h=f"h0_{i}", c=f"c0_{i}") for i in range(count)],
+        final_states=[StateNames(h=f"hn_{i}", c=f"cn_{i}") for i in range(count)],
     )
 
 
@@ -118,9 +126,10 @@ def _to_onnx(model: StackedLSTM, names: TensorNames) -> onnx.ModelProto:
 
 
 def wire_sequence_lens(graph_model: onnx.ModelProto, lengths_name: str) -> int:
-    """Feed the int64 ``lengths`` [batch] input, as int32, to every LSTM's sequence_lens.
+    """Feed the int64 ``lengths`` [batch] input, as int32, to every LSTM's and GRU's
+    sequence_lens (input 4 of both ops).
 
-    Returns how many LSTM nodes were wired, so the caller can insist on one per layer.
+    Returns how many recurrent nodes were wired, so the caller can insist on one per layer.
     """
     graph = graph_model.graph
     if lengths_name not in {i.name for i in graph.input}:
@@ -130,7 +139,7 @@ def wire_sequence_lens(graph_model: onnx.ModelProto, lengths_name: str) -> int:
     cast = helper.make_node("Cast", [lengths_name], [cast_out], to=TensorProto.INT32)
     wired = 0
     for node in graph.node:
-        if node.op_type == "LSTM":
+        if node.op_type in ("LSTM", "GRU"):
             inputs = list(node.input) + [""] * max(0, 5 - len(node.input))
             inputs[4] = cast_out
             del node.input[:]
@@ -138,6 +147,26 @@ def wire_sequence_lens(graph_model: onnx.ModelProto, lengths_name: str) -> int:
             wired += 1
     graph.node.insert(0, cast)
     return wired
+
+
+def set_reset_before(graph_model: onnx.ModelProto, reset_after: list[bool]) -> None:
+    """Give the GRU nodes of ``reset_after=False`` layers ``linear_before_reset=0``.
+
+    ``reset_after`` lists the GRU layers' settings in layer order, which is the
+    order of their nodes in the graph.
+    """
+    nodes = [node for node in graph_model.graph.node if node.op_type == "GRU"]
+    if len(nodes) != len(reset_after):
+        raise RuntimeError("the exported graph does not hold one GRU op per GRU layer")
+    for node, after in zip(nodes, reset_after, strict=True):
+        if after:
+            continue
+        for attribute in node.attribute:
+            if attribute.name == "linear_before_reset":
+                attribute.i = 0
+                break
+        else:
+            node.attribute.append(helper.make_attribute("linear_before_reset", 0))
 
 
 def torch_reference(
@@ -155,7 +184,7 @@ def torch_reference(
     )
     with torch.no_grad():
         outputs = model.eval()(torch.from_numpy(x), torch.from_numpy(lengths), *state_tensors)
-    names = output_names(tensor_names(len(model.lstms)))
+    names = output_names(tensor_names(len(model.lstms), model.carries_state))
     return {name: out.numpy() for name, out in zip(names, outputs, strict=True)}
 
 
@@ -235,10 +264,13 @@ def export_model(
     so a server scanning the repository never sees half a model.
     """
     model = model.eval()
-    names = tensor_names(len(model.lstms))
+    names = tensor_names(len(model.lstms), model.carries_state)
     graph = _to_onnx(model, names)
     if wire_sequence_lens(graph, names.lengths) != len(model.lstms):
-        raise RuntimeError("the exported graph does not hold one LSTM op per layer")
+        raise RuntimeError("the exported graph does not hold one LSTM or GRU op per layer")
+    set_reset_before(
+        graph, [r for c, r in zip(model.cells, model.reset_after, strict=True) if c == "gru"]
+    )
     onnx.checker.check_model(graph)
     target_dir = repository / name / str(version)
     if target_dir.exists():
@@ -263,8 +295,16 @@ def export_model(
                     units=u,
                     bidirectional=direction == "bidirectional",
                     go_backwards=direction == "backward",
+                    cell=cell,  # type: ignore[arg-type]  # validated by pydantic
+                    reset_after=after,
                 )
-                for u, direction in zip(model.layer_sizes, model.layer_directions, strict=True)
+                for u, direction, cell, after in zip(
+                    model.layer_sizes,
+                    model.layer_directions,
+                    model.cells,
+                    model.reset_after,
+                    strict=True,
+                )
             ],
             default_return_sequences=default_return_sequences,
             dropout=dropout,

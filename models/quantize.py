@@ -259,7 +259,7 @@ def streamed(
     sess: ort.InferenceSession, meta: ModelMetadata, x: np.ndarray, chunk: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(per-step outputs, final output) of ``x`` fed in chunks with carried states."""
-    if meta.bidirectional:
+    if not meta.carries_state:
         seq, final, _ = run(sess, meta, x, np.full(len(x), x.shape[1]))
         return seq, final
     states, outputs = None, []
@@ -302,7 +302,7 @@ def certify(
             steps=stream.shape[1],
             chunk=chunk,
             streams=len(stream),
-            chunked=not meta.bidirectional,
+            chunked=meta.carries_state,
             max_abs_diff_at_end=_difference(end8, end32).max_abs_diff,
             max_abs_diff=_difference(long8, long32).max_abs_diff,
         ),

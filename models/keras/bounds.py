@@ -281,7 +281,9 @@ def expected_arrays(spec: KerasModelSpec) -> dict[str, Expected]:
     """Every layer of the parsed model -> the arrays it must hold, from its config alone.
 
     LSTM(u) over i inputs: kernel (i, 4u), recurrent kernel (u, 4u), bias (4u,),
-    per direction; Dense(k) over i inputs: kernel (i, k), bias (k,), in the stack and as
+    per direction; GRU(u): kernel (i, 3u), recurrent kernel (u, 3u), bias (2, 3u)
+    with reset_after=True (input and recurrent biases) or (3u,) without, per direction;
+    Dense(k) over i inputs: kernel (i, k), bias (k,), in the stack and as
     the head; LayerNormalization/BatchNormalization over w: gamma, beta (w,) as configured,
     BatchNormalization's moving mean and variance (w,);
     Normalization over F features: mean (F,), variance (F,), count ();
@@ -292,10 +294,12 @@ def expected_arrays(spec: KerasModelSpec) -> dict[str, Expected]:
     width = spec.num_features
     for lstm in spec.lstms:
         u = lstm.units
-        kind = "Bidirectional(LSTM)" if lstm.bidirectional else "LSTM"
-        one: list[tuple[tuple[int, ...], str]] = [((width, 4 * u), FLOAT), ((u, 4 * u), FLOAT)]
+        kind = lstm.kind
+        g = 4 if lstm.cell == "lstm" else 3
+        one: list[tuple[tuple[int, ...], str]] = [((width, g * u), FLOAT), ((u, g * u), FLOAT)]
         if lstm.use_bias:
-            one.append(((4 * u,), FLOAT))
+            gru_two = lstm.cell == "gru" and lstm.reset_after
+            one.append(((2, g * u) if gru_two else (g * u,), FLOAT))
         out[lstm.name] = Expected(lstm.name, kind, tuple(one * (2 if lstm.bidirectional else 1)))
         width = lstm.output_width
     for step in spec.hidden:  # the dense stack between the recurrent layers and the head

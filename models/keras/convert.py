@@ -5,6 +5,11 @@ The conversions, each exact:
   ``weight_ih`` (4u, inputs) and ``weight_hh`` (4u, u) transposed; both order
   the gates i, f, c(g), o. Keras keeps one bias per gate where torch adds two:
   ``bias_ih`` takes Keras's, ``bias_hh`` is zero (x + 0 is exact in floats).
+- GRU: kernel (inputs, 3u) and recurrent kernel (u, 3u) transposed, their gate
+  blocks reordered from Keras's z, r, h to torch's r, z, n. ``reset_after=True``
+  keeps two biases (2, 3u): input to ``bias_ih``, recurrent to ``bias_hh``;
+  ``reset_after=False`` keeps one (3u,): ``bias_ih``, with ``bias_hh`` zero (the
+  export then sets the node's ``linear_before_reset`` to 0).
 - Directions per layer: ``go_backwards=True`` is ``StackedLSTM``'s ``backward``
   direction; Bidirectional's ``merge_mode`` (concat, sum, ave, mul) is merged
   in the module as Keras merges.
@@ -74,6 +79,45 @@ def _set_lstm(lstm: torch.nn.Module, spec: LSTMSpec, file: KerasFile) -> None:
             torch.from_numpy(bias[0]) if bias else torch.zeros(4 * spec.units)
         )
         getattr(lstm, f"bias_hh_l0{suffix}").zero_()
+
+
+def _gates_zrh_to_rzn(array: np.ndarray, units: int) -> np.ndarray:
+    """Keras's GRU gate blocks (z, r, h) along the last axis, in torch's order (r, z, n)."""
+    z, r, h = (array[..., k * units : (k + 1) * units] for k in range(3))
+    return np.concatenate([r, z, h], axis=-1)
+
+
+def _set_gru(gru: torch.nn.Module, spec: LSTMSpec, file: KerasFile) -> None:
+    per_direction = 3 if spec.use_bias else 2
+    directions = 2 if spec.bidirectional else 1
+    u = spec.units
+    arrays = _arrays(file, spec.name, per_direction * directions)
+    for d, suffix in enumerate(["", "_reverse"][:directions]):
+        kernel, recurrent, *bias = arrays[d * per_direction : (d + 1) * per_direction]
+        target_ih = getattr(gru, f"weight_ih_l0{suffix}")
+        if kernel.shape != (target_ih.shape[1], 3 * u) or recurrent.shape != (u, 3 * u):
+            raise UnsupportedModel(
+                f"layer {spec.name!r} ({spec.kind}): kernel {kernel.shape} / recurrent kernel "
+                f"{recurrent.shape} do not fit its input"
+            )
+        target_ih.copy_(torch.from_numpy(_gates_zrh_to_rzn(kernel, u).T.copy()))
+        getattr(gru, f"weight_hh_l0{suffix}").copy_(
+            torch.from_numpy(_gates_zrh_to_rzn(recurrent, u).T.copy())
+        )
+        b_ih, b_hh = np.zeros(3 * u, np.float32), np.zeros(3 * u, np.float32)
+        if bias:
+            want = (2, 3 * u) if spec.reset_after else (3 * u,)
+            if bias[0].shape != want:
+                raise UnsupportedModel(
+                    f"layer {spec.name!r} ({spec.kind}): bias {bias[0].shape}, {want} expected "
+                    f"with reset_after={spec.reset_after}"
+                )
+            if spec.reset_after:
+                b_ih, b_hh = bias[0][0], bias[0][1]
+            else:
+                b_ih = bias[0]
+        getattr(gru, f"bias_ih_l0{suffix}").copy_(torch.from_numpy(_gates_zrh_to_rzn(b_ih, u)))
+        getattr(gru, f"bias_hh_l0{suffix}").copy_(torch.from_numpy(_gates_zrh_to_rzn(b_hh, u)))
 
 
 def _hidden_config(steps: list[StackStep]) -> list[dict[str, Any]]:
@@ -159,10 +203,12 @@ def convert(spec: KerasModelSpec, file: KerasFile, classes: list[str] | None) ->
         merge_modes=[layer.merge_mode for layer in spec.lstms],
         hidden=_hidden_config(spec.hidden),
         out_activation="linear" if task == "classification" else head.activation,
+        cells=[layer.cell for layer in spec.lstms],
+        reset_after=[layer.reset_after for layer in spec.lstms],
     )
     with torch.no_grad():
         for layer, lstm in zip(spec.lstms, model.lstms, strict=True):
-            _set_lstm(lstm, layer, file)
+            (_set_gru if layer.cell == "gru" else _set_lstm)(lstm, layer, file)
         modules = iter(model.hidden)
         for step in spec.hidden:
             if step.kind == "activation" and step.activation == "linear":

@@ -84,7 +84,7 @@ class _Onnx:
     def zero_states(self, batch: int) -> list[np.ndarray]:
         return [
             np.zeros(self.meta.state_shape(i, batch), np.float32)
-            for i in range(len(self.meta.layers))
+            for i in range(len(self.meta.tensors.initial_states))  # none with GRU layers
             for _ in ("h", "c")
         ]
 

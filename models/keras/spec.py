@@ -33,7 +33,8 @@ NO_OPS = frozenset(
 # Functional graphs record a Masking layer's mask as these op layers; the mask
 # itself becomes ``lengths``.
 SUPPORTED = (
-    "InputLayer, Masking, Normalization, LSTM (go_backwards too), Bidirectional(LSTM), "
+    "InputLayer, Masking, Normalization, LSTM and GRU (go_backwards too), "
+    "Bidirectional(LSTM or GRU), "
     "then Dense, TimeDistributed(Dense), Activation, LayerNormalization, "
     "BatchNormalization, Dropout and its kin"
 )
@@ -54,7 +55,6 @@ HIDDEN_ACTIVATIONS = (
 MERGE_MODES = ("concat", "sum", "ave", "mul")
 # Layers Keras users reach for next, and what to do instead, in the refusal.
 NOT_YET = {
-    "GRU": "GRU layers are not supported yet; an LSTM stack imports",
     "SimpleRNN": "SimpleRNN layers are not supported; an LSTM stack imports",
     "RepeatVector": (
         "encoder-decoder forecasters (RepeatVector) are not supported yet; a stack whose "
@@ -74,7 +74,8 @@ NOT_YET = {
 
 @dataclass(frozen=True)
 class LSTMSpec:
-    """One LSTM layer (both directions when ``bidirectional``; backward when ``go_backwards``)."""
+    """One recurrent layer (both directions when ``bidirectional``; backward when
+    ``go_backwards``): an LSTM, or a GRU (``cell="gru"``, with Keras's ``reset_after``)."""
 
     name: str
     units: int
@@ -84,6 +85,14 @@ class LSTMSpec:
     bidirectional: bool = False
     merge_mode: str = "concat"
     go_backwards: bool = False
+    cell: str = "lstm"
+    reset_after: bool = True
+
+    @property
+    def kind(self) -> str:
+        """Keras's class name: ``LSTM``, ``GRU``, ``Bidirectional(GRU)``..."""
+        cell = self.cell.upper()
+        return f"Bidirectional({cell})" if self.bidirectional else cell
 
     @property
     def direction(self) -> str:
@@ -92,9 +101,12 @@ class LSTMSpec:
         return "backward" if self.go_backwards else "forward"
 
     def keras_params(self, inputs: int) -> int:
-        """Keras's count: one bias vector per gate, so 4u(i + u) + 4u per direction."""
-        per_direction = 4 * self.units * (inputs + self.units) + (
-            4 * self.units if self.use_bias else 0
+        """Keras's count: LSTM 4u(i + u) + 4u per direction (one bias vector per gate);
+        GRU 3u(i + u) + 6u with reset_after=True (input and recurrent biases), + 3u without."""
+        gates = 4 if self.cell == "lstm" else 3
+        biases = 2 if self.cell == "gru" and self.reset_after else 1
+        per_direction = gates * self.units * (inputs + self.units) + (
+            biases * gates * self.units if self.use_bias else 0
         )
         return per_direction * (2 if self.bidirectional else 1)
 
@@ -192,17 +204,30 @@ def _check_lstm(name: str, cfg: dict[str, Any], kind: str = "LSTM") -> None:
     for flag in ("return_state", "time_major"):
         if cfg.get(flag):
             raise UnsupportedModel(f"{where}: {flag}=True is not supported")
-    if cfg.get("go_backwards") and kind == "LSTM" and cfg.get("stateful"):
+    if kind == "GRU" and cfg.get("stateful"):
+        raise UnsupportedModel(
+            f"{where}: stateful=True is not supported on GRU layers: GRU state is not carried "
+            "across requests yet; drop stateful=True (each request's sequences then run whole)"
+        )
+    if cfg.get("go_backwards") and kind in ("LSTM", "GRU") and cfg.get("stateful"):
         raise UnsupportedModel(
             f"{where}: stateful=True with go_backwards=True cannot be served: a backward pass "
             "needs the whole sequence; drop stateful=True"
         )
 
 
+def _gru_settings(name: str, kind: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """A GRU's own settings for ``LSTMSpec`` (none for an LSTM)."""
+    if "GRU" not in kind:
+        return {}
+    return {"cell": "gru", "reset_after": bool(cfg.get("reset_after", True))}
+
+
 def _lstm(layer: dict[str, Any]) -> LSTMSpec:
     cfg, name = layer["config"], layer["config"]["name"]
-    if layer["class_name"] == "LSTM":
-        _check_lstm(name, cfg)
+    if layer["class_name"] in ("LSTM", "GRU"):
+        kind = layer["class_name"]
+        _check_lstm(name, cfg, kind)
         return LSTMSpec(
             name,
             int(cfg["units"]),
@@ -210,15 +235,17 @@ def _lstm(layer: dict[str, Any]) -> LSTMSpec:
             bool(cfg.get("stateful")),
             bool(cfg.get("use_bias", True)),
             go_backwards=bool(cfg.get("go_backwards")),
+            **_gru_settings(name, kind, cfg),
         )
     inner = cfg["layer"]
     where = f"layer {name!r} (Bidirectional)"
-    if inner["class_name"] != "LSTM":
+    if inner["class_name"] not in ("LSTM", "GRU"):
         hint = f"; {NOT_YET[inner['class_name']]}" if inner["class_name"] in NOT_YET else ""
         raise UnsupportedModel(
-            f"{where}: wraps {inner['class_name']}; only LSTM is supported{hint}"
+            f"{where}: wraps {inner['class_name']}; only LSTM and GRU are supported{hint}"
         )
     forward = inner["config"]
+    kind = f"Bidirectional({inner['class_name']})"
     _check_lstm(name, forward, "Bidirectional")
     if forward.get("go_backwards"):
         raise UnsupportedModel(
@@ -228,7 +255,7 @@ def _lstm(layer: dict[str, Any]) -> LSTMSpec:
     backward = (cfg.get("backward_layer") or {}).get("config")
     if backward is not None:
         _check_lstm(name, backward, "Bidirectional")
-        for key in ("units", "use_bias", "return_sequences"):
+        for key in ("units", "use_bias", "return_sequences", "reset_after"):
             if backward.get(key) != forward.get(key):
                 raise UnsupportedModel(f"{where}: backward_layer differs from the forward in {key}")
     merge = cfg.get("merge_mode", "concat")
@@ -248,6 +275,7 @@ def _lstm(layer: dict[str, Any]) -> LSTMSpec:
         bool(forward.get("use_bias", True)),
         True,
         merge,
+        **_gru_settings(name, kind, forward),
     )
 
 
@@ -381,7 +409,7 @@ def parse(model_config: dict[str, Any]) -> KerasModelSpec:
             norm = NormalizationSpec(
                 name, _floats(cfg.get("mean")), _floats(cfg.get("variance")), mask_value is None
             )
-        elif kind in ("LSTM", "Bidirectional"):
+        elif kind in ("LSTM", "GRU", "Bidirectional"):
             if steps:
                 raise UnsupportedModel(
                     f"layer {name!r} ({kind}) follows layer {steps[0].name!r}; recurrent layers "
@@ -390,8 +418,8 @@ def parse(model_config: dict[str, Any]) -> KerasModelSpec:
                 )
             if lstms and not lstms[-1].return_sequences:
                 raise UnsupportedModel(
-                    f"layer {lstms[-1].name!r} (LSTM): return_sequences=False before another "
-                    "LSTM layer is not supported; set return_sequences=True on it"
+                    f"layer {lstms[-1].name!r} ({lstms[-1].kind}): return_sequences=False before "
+                    "another recurrent layer is not supported; set return_sequences=True on it"
                 )
             lstms.append(_lstm(layer))
         elif kind in ("Dense", "TimeDistributed"):
@@ -430,7 +458,7 @@ def parse(model_config: dict[str, Any]) -> KerasModelSpec:
         for spec in lstms:
             if spec.go_backwards:
                 raise UnsupportedModel(
-                    f"layer {spec.name!r} (LSTM): go_backwards=True after Masking is not "
+                    f"layer {spec.name!r} ({spec.kind}): go_backwards=True after Masking is not "
                     "supported (Keras moves the padding to the front); remove the Masking "
                     "layer: the server runs each sequence at its own length anyway"
                 )

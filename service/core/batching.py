@@ -214,7 +214,7 @@ class DynamicBatcher:
         # (they queue there, each its own call), so all of them count.
         if (self._waiting if self._options.dynamic else self._in_flight - 1) >= limit:
             raise Overloaded(f"the model's queue is full ({limit} requests waiting); retry later")
-        check_request(request.lengths, self._limits, self._runtime.metadata.bidirectional)
+        check_request(request.lengths, self._limits, not self._runtime.metadata.carries_state)
         loop = self._loop = asyncio.get_running_loop()
         bucket = length_bucket(int(request.x.shape[1]), self._options.bucket_ratio)
         pending = _Pending(request, loop.create_future(), bucket)

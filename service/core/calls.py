@@ -74,7 +74,8 @@ def check_request(lengths: np.ndarray, limits: CostLimits, bidirectional: bool) 
     longest = int(lengths.max())
     if longest > limits.max_call_cells:
         raise CostLimit(
-            f"a sequence has {longest} timesteps; this model is bidirectional, so a sequence "
+            f"a sequence has {longest} timesteps; this model reads backwards or has GRU "
+            "layers (it carries no state between calls), so a sequence "
             f"runs whole in one call, and a call is limited to {limits.max_call_cells} "
             "padded timesteps (max_call_cells)"
         )
@@ -199,7 +200,7 @@ def execute(
     batch, steps = int(x.shape[0]), int(x.shape[1])
     if _fits(lengths, steps, limits):
         return runtime.run(x, lengths, states, outputs, run_options)
-    bidirectional = runtime.metadata.bidirectional
+    bidirectional = not runtime.metadata.carries_state  # each sequence runs whole
     into = _Result(runtime, batch, steps, outputs)
     for group in _groups(lengths, limits):
         longest = int(lengths[group[-1]])

@@ -19,9 +19,16 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
 MODEL_FILENAME = "model.onnx"
@@ -45,7 +52,11 @@ class _Frozen(BaseModel):
 
 
 class LayerSpec(_Frozen):
-    """One LSTM layer: its units per direction, and which way it reads.
+    """One recurrent layer: its cell, its units per direction, and which way it reads.
+
+    ``cell`` is ``lstm`` (state (h, c)) or ``gru`` (Keras's GRU; ``reset_after``
+    false is the ONNX GRU's ``linear_before_reset=0``). A model with any GRU
+    layer is exported without state inputs and outputs: it cannot carry state.
 
     Each layer has its own direction: forward (the default), both ways
     (``bidirectional``: its states hold two directions), or backward only
@@ -56,12 +67,27 @@ class LayerSpec(_Frozen):
     units: int = Field(gt=0)
     bidirectional: bool = False
     go_backwards: bool = False
+    cell: Literal["lstm", "gru"] = "lstm"
+    reset_after: bool = True
 
     @model_validator(mode="after")
     def _one_direction(self) -> LayerSpec:
         if self.bidirectional and self.go_backwards:
             raise ValueError("a layer is bidirectional or go_backwards, not both")
+        if self.cell == "lstm" and not self.reset_after:
+            raise ValueError("reset_after is a GRU setting; an LSTM layer keeps the default")
         return self
+
+    @model_serializer(mode="wrap")
+    def _lstm_as_before(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """An LSTM layer is written as before GRU layers existed (no ``cell``, no
+        ``reset_after``), so servers that predate them still read LSTM models; they
+        refuse a GRU layer's unknown fields rather than serve it as an LSTM."""
+        data: dict[str, Any] = handler(self)
+        if self.cell == "lstm":
+            data.pop("cell", None)
+            data.pop("reset_after", None)
+        return data
 
     @property
     def reads_backwards(self) -> bool:
@@ -104,6 +130,7 @@ class TensorNames(_Frozen):
     each state float32 [directions, batch, units];
     ``sequence_output`` float32 [batch, time, outputs];
     ``final_output`` float32 [batch, outputs].
+    The state lists are empty for a model that carries no state (GRU layers).
     """
 
     x: str = "x"
@@ -360,7 +387,10 @@ class ModelMetadata(_Frozen):
         if self.quantization and self.quantization.source_version >= self.version:
             raise ValueError("an int8 version must come after its fp32 source version")
         n = len(self.layers)
-        if len(self.tensors.initial_states) != n or len(self.tensors.final_states) != n:
+        if self.has_gru:
+            if self.tensors.initial_states or self.tensors.final_states:
+                raise ValueError("a model with GRU layers carries no state: it names no states")
+        elif len(self.tensors.initial_states) != n or len(self.tensors.final_states) != n:
             raise ValueError("tensors must name the initial and final states of every layer")
         return self
 
@@ -374,6 +404,17 @@ class ModelMetadata(_Frozen):
         """True if any layer reads backwards (bidirectional or go_backwards): such a
         model needs each sequence whole, so it cannot carry state forward."""
         return any(layer.reads_backwards for layer in self.layers)
+
+    @property
+    def has_gru(self) -> bool:
+        """True if any layer is a GRU: its state is not carried yet (no state tensors)."""
+        return any(layer.cell == "gru" for layer in self.layers)
+
+    @property
+    def carries_state(self) -> bool:
+        """Whether the model can run a sequence in pieces, state carried between them:
+        no backward reading and no GRU layer. Otherwise each sequence runs whole."""
+        return not self.bidirectional and not self.has_gru
 
     def state_shape(self, layer: int, batch: int) -> tuple[int, int, int]:
         spec = self.layers[layer]

@@ -116,7 +116,9 @@ class ModelRuntime:
         return np.array(out[1, 1], dtype=np.float32)
 
     def zero_states(self, batch: int) -> list[State]:
-        shapes = (self.metadata.state_shape(i, batch) for i in range(len(self.metadata.layers)))
+        # A model that carries no state (GRU layers) has no state tensors: none to feed.
+        count = len(self.metadata.tensors.initial_states)
+        shapes = (self.metadata.state_shape(i, batch) for i in range(count))
         return [(np.zeros(s, np.float32), np.zeros(s, np.float32)) for s in shapes]
 
     def run(

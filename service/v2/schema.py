@@ -166,7 +166,8 @@ def output_specs(meta: ModelMetadata) -> list[OutputSpec]:
         OutputSpec(TensorSpec(t.sequence_output, "FP32", (-1, -1, k)), "sequence"),
         OutputSpec(TensorSpec(t.final_output, "FP32", (-1, k)), "final"),
     ]
-    for i, (names, layer) in enumerate(zip(t.final_states, meta.layers, strict=True)):
+    for i, names in enumerate(t.final_states):  # none for a model that carries no state
+        layer = meta.layers[i]
         shape = (-1, layer.directions, layer.units)
         specs.append(OutputSpec(TensorSpec(names.h, "FP32", shape), "h", i))
         specs.append(OutputSpec(TensorSpec(names.c, "FP32", shape), "c", i))

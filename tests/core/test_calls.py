@@ -107,7 +107,8 @@ def test_request_limits_name_the_setting() -> None:
     with pytest.raises(CostLimit, match=r"has 101 timesteps in all .* limit is 100 \(max_request_"):
         check_request(np.array([50, 51]), limits, bidirectional=False)
     with pytest.raises(
-        CostLimit, match=r"51 timesteps; this model is bidirectional.*max_call_cells"
+        CostLimit,
+        match=r"51 timesteps; this model reads backwards or has GRU layers.*max_call_cells",
     ):
         check_request(np.array([51]), limits, bidirectional=True)
     check_request(np.array([99]), limits, bidirectional=False)  # chunked in time instead

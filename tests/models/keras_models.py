@@ -31,7 +31,7 @@ def randomize(model: keras.Model, seed: int) -> keras.Model:
             if isinstance(layer, L.BatchNormalization):
                 weights[-1] = rng.uniform(0.5, 2.0, size=weights[-1].shape).astype("float32")
             layer.set_weights(weights)
-        if isinstance(layer, L.LSTM | L.Bidirectional | L.Dense | L.TimeDistributed):
+        if isinstance(layer, L.LSTM | L.GRU | L.Bidirectional | L.Dense | L.TimeDistributed):
             # Kernels scaled by their fan-in, as trained ones are: larger random
             # recurrent weights make the dynamics chaotic, and then float32
             # rounding alone grows past any tolerance over a hundred steps.
@@ -209,6 +209,57 @@ def per_step_dense_stack() -> keras.Model:
     )
 
 
+def gru() -> keras.Model:
+    """Issue 25's GRU row: a stacked GRU classifier (reset_after=True, Keras 3's default)."""
+    return keras.Sequential(
+        [
+            keras.Input((10, 3)),
+            L.GRU(16, return_sequences=True),
+            L.GRU(8),
+            L.Dense(4, activation="softmax"),
+        ]
+    )
+
+
+def masked_gru() -> keras.Model:
+    """An LSTM into a GRU behind Masking: ragged batches through both ops' sequence_lens."""
+    return keras.Sequential(
+        [
+            keras.Input((None, 3)),
+            L.Masking(0.0),
+            L.LSTM(8, return_sequences=True),
+            L.GRU(6),
+            L.Dense(3, activation="softmax"),
+        ]
+    )
+
+
+def bidirectional_gru() -> keras.Model:
+    """Bidirectional(GRU) into a go_backwards GRU, a relu Dense stack, a regression head."""
+    return keras.Sequential(
+        [
+            keras.Input((None, 2)),
+            L.Bidirectional(L.GRU(6, return_sequences=True)),
+            L.GRU(5, return_sequences=True, go_backwards=True),
+            L.GRU(4),
+            L.Dense(8, activation="relu"),
+            L.Dense(2),
+        ]
+    )
+
+
+def gru_reset_before() -> keras.Model:
+    """reset_after=False (tf.keras 1.x's and older models' GRU), forward and bidirectional."""
+    return keras.Sequential(
+        [
+            keras.Input((None, 2)),
+            L.GRU(6, return_sequences=True, reset_after=False),
+            L.Bidirectional(L.GRU(4, reset_after=False), merge_mode="sum"),
+            L.Dense(3, activation="softmax"),
+        ]
+    )
+
+
 BUILDERS: dict[str, Callable[[], keras.Model]] = {
     "tutorial": tutorial,
     "bidirectional": bidirectional,
@@ -222,4 +273,8 @@ BUILDERS: dict[str, Callable[[], keras.Model]] = {
     "merge_modes": merge_modes,
     "dense_stack": dense_stack,
     "per_step_dense_stack": per_step_dense_stack,
+    "gru": gru,
+    "masked_gru": masked_gru,
+    "bidirectional_gru": bidirectional_gru,
+    "gru_reset_before": gru_reset_before,
 }

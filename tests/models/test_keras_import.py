@@ -255,10 +255,22 @@ REFUSED: dict[str, tuple[Callable[[], keras.Model], str]] = {
         "layer 'out' (Dense): sigmoid over 3 units (multi-label) is not supported; "
         "use softmax, or sigmoid over one unit for a binary classifier",
     ),
-    "gru": (
-        lambda: _lstm_stack(L.GRU(4, name="rnn"), L.Dense(2, name="out")),
-        "layer 'rnn' (GRU) is not supported; GRU layers are not supported yet; "
+    "simple_rnn": (
+        lambda: _lstm_stack(L.SimpleRNN(4, name="rnn"), L.Dense(2, name="out")),
+        "layer 'rnn' (SimpleRNN) is not supported; SimpleRNN layers are not supported; "
         "an LSTM stack imports",
+    ),
+    "gru_stateful": (
+        lambda: keras.Sequential(
+            [
+                keras.Input(batch_shape=(2, None, 2)),
+                L.GRU(4, stateful=True, name="rnn"),
+                L.Dense(2, name="out"),
+            ]
+        ),
+        "layer 'rnn' (GRU): stateful=True is not supported on GRU layers: GRU state is not "
+        "carried across requests yet; drop stateful=True (each request's sequences then run "
+        "whole)",
     ),
     "no_head": (
         lambda: _lstm_stack(L.LSTM(4, name="rnn")),
@@ -374,11 +386,11 @@ def test_the_command_refuses_with_the_reason_and_status_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "m.h5"
-    REFUSED["gru"][0]().save(path)
+    REFUSED["simple_rnn"][0]().save(path)
     with pytest.raises(SystemExit) as exit_:
         keras_import.main([str(path), "--name", "m", "--repository", str(tmp_path)])
     assert exit_.value.code == 2
-    assert capsys.readouterr().err == f"lstm-import: {REFUSED['gru'][1]}\n"
+    assert capsys.readouterr().err == f"lstm-import: {REFUSED['simple_rnn'][1]}\n"
 
 
 def test_above_the_keras_tolerance_nothing_is_published(
@@ -549,3 +561,111 @@ def test_a_per_timestep_keras_model_answers_per_timestep_unless_asked_otherwise(
         )
         info = client.get("/v1/models/per_step_dense_stack_h5").json()
         assert info["default_return_sequences"] is True
+
+
+def test_gru_models_carry_no_state_and_say_so(
+    imported: dict[str, tuple[keras.Model, Path]],
+) -> None:
+    """GRU layers in the metadata (cell, reset_after), no state tensors, Keras's summary
+    counts; served over /v1 and V2 equal to Keras; any stateful request refused by name."""
+    from tests.conftest import make_client
+
+    gru = metadata(imported["gru_keras"][1])
+    assert [(layer.cell, layer.units) for layer in gru.layers] == [("gru", 16), ("gru", 8)]
+    assert gru.has_gru and not gru.carries_state
+    assert gru.tensors.initial_states == [] and gru.tensors.final_states == []
+    mixed = metadata(imported["masked_gru_h5"][1])
+    assert [layer.cell for layer in mixed.layers] == ["lstm", "gru"]
+    before = metadata(imported["gru_reset_before_h5"][1])
+    assert [layer.reset_after for layer in before.layers] == [False, False]
+    model, version_dir = imported["gru_keras"]
+    path = version_dir.parent.parent.parent / "gru_summary.keras"
+    model.save(path)
+    file = read(path)
+    summary = keras_summary(parse(file.config), file)
+    # Keras's own counts: 3(i*u + u*u + 2u) with reset_after=True
+    assert "1,008" in summary and "624" in summary and "Total params: 1,668" in summary
+    assert model.count_params() == 1668
+    repository = version_dir.parent.parent
+    rng = np.random.default_rng(5)
+    with make_client(repository) as client:
+        v2 = client.get("/v2/models/gru_keras").json()
+        assert [o["name"] for o in v2["outputs"]] == ["sequence_output", "final_output"]
+        x = rng.normal(size=(3, 10, 3)).astype(np.float32)
+        want = np.asarray(model.predict(x, verbose=0))
+        v1 = client.post("/v1/models/gru_keras:predict", json={"instances": x.tolist()})
+        assert v1.status_code == 200, v1.text
+        np.testing.assert_allclose(_served(v1.json()["predictions"]), want, atol=TOLERANCE)
+        infer = client.post(
+            "/v2/models/gru_keras/infer",
+            json={
+                "inputs": [
+                    {"name": "x", "shape": list(x.shape), "datatype": "FP32",
+                     "data": x.ravel().tolist()},
+                ],
+            },
+        )  # fmt: skip
+        assert infer.status_code == 200, infer.text
+        outputs = {o["name"]: o for o in infer.json()["outputs"]}
+        assert set(outputs) == {"sequence_output", "final_output"}
+        final = outputs["final_output"]
+        got = np.array(final["data"], np.float32).reshape(final["shape"])
+        np.testing.assert_allclose(got, want, atol=TOLERANCE)
+        message = "has GRU layers: GRU state is not carried yet"
+        for body in (
+            {"instances": x[:1].tolist(), "return_states": True},
+            {"instances": x[:1].tolist(), "sequence_id": "s1", "sequence_start": True},
+        ):
+            refused = client.post("/v1/models/gru_keras:predict", json=body)
+            assert refused.status_code == 422, refused.text
+            assert message in refused.text
+        refused = client.post(
+            "/v2/models/gru_keras/infer",
+            json={
+                "inputs": [
+                    {"name": "x", "shape": [1, 10, 3], "datatype": "FP32",
+                     "data": x[0].ravel().tolist()},
+                ],
+                "parameters": {"sequence_id": 7, "sequence_start": True},
+            },
+        )  # fmt: skip
+        assert refused.status_code == 400 or refused.status_code == 422, refused.text
+        assert message in refused.text
+
+
+def test_the_bounds_expect_gru_arrays_and_refuse_a_wrong_one(tmp_path: Path) -> None:
+    """kernel (i, 3u), recurrent kernel (u, 3u), bias (2, 3u) or (3u,) by reset_after."""
+    import h5py
+
+    from models.keras.bounds import FileRefused, expected_arrays
+
+    model = keras_models.randomize(keras_models.gru_reset_before(), 1)
+    path = tmp_path / "before.keras"
+    model.save(path)
+    expected = expected_arrays(parse(read(path).config))
+    first, bidirectional = [layer.name for layer in model.layers][:2]
+    assert [shape for shape, _ in expected[first].arrays] == [(2, 18), (6, 18), (18,)]
+    assert [shape for shape, _ in expected[bidirectional].arrays] == [(6, 12), (4, 12), (12,)] * 2
+    gru = keras_models.randomize(keras_models.gru(), 2)
+    path = tmp_path / "gru.h5"
+    gru.save(path)
+    name = gru.layers[0].name
+    assert [s for s, _ in expected_arrays(parse(read(path).config))[name].arrays] == [
+        (3, 48), (16, 48), (2, 48)
+    ]  # fmt: skip
+    with h5py.File(path, "r+") as f:
+        found: list[str] = []
+        f[f"model_weights/{name}"].visititems(
+            lambda key, obj: (
+                found.append(obj.name)
+                if isinstance(obj, h5py.Dataset) and obj.shape == (2, 48)
+                else None
+            )
+        )
+        (bias,) = found
+        del f[bias]
+        f.create_dataset(bias, data=np.zeros(48, np.float32))
+    with pytest.raises(FileRefused) as error:
+        keras_import.import_keras(path, tmp_path / "repository", "m")
+    assert f"layer {name!r} (GRU): array 2" in str(error.value)
+    assert "the architecture expects (2, 48) float" in str(error.value)

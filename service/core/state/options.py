@@ -111,7 +111,14 @@ def check_options(options: StateOptions, batch: int) -> None:
 
 
 def check_stateful(model: ServedModel) -> None:
-    """Only unidirectional models can carry state: a backward direction needs it all."""
+    """Only unidirectional LSTM models can carry state: a backward direction needs it
+    all, and a GRU layer's state is not carried yet."""
+    if model.metadata.has_gru:
+        raise InvalidInput(
+            f"model {model.name!r} has GRU layers: GRU state is not carried yet, so it "
+            "cannot carry state across requests; send each sequence whole (without "
+            "sequence_id or initial_states)"
+        )
     if model.metadata.bidirectional:
         backward = any(layer.go_backwards for layer in model.metadata.layers)
         kind = "go_backwards layers" if backward else "bidirectional layers"

@@ -91,7 +91,7 @@ def describe(model: ServedModel) -> dict[str, Any]:
         "classes": meta.classes,
         "layers": [layer.model_dump() for layer in meta.layers],
         "bidirectional": meta.bidirectional,
-        "stateful": not meta.bidirectional,
+        "stateful": meta.carries_state,
         "default_return_sequences": meta.default_return_sequences,
         "metrics": training.metrics if training else {},
         "parity_max_abs_diff": meta.parity.max_abs_diff,
