@@ -355,8 +355,8 @@ class Settings(BaseSettings):
     )
     ssl_keyfile: Path | None = Field(default=None, description="TLS private key (PEM)")
 
-    # Hostile clients, round two (issue 26; http/connections.py): unread answers and
-    # one address's share of the connections.
+    # Hostile clients, round two (issue 26; http/connections.py, http/body.py): unread
+    # answers, one address's share of the connections, and slow uploads.
     write_timeout_s: float = Field(
         default=30.0,
         gt=0,
@@ -382,6 +382,28 @@ class Settings(BaseSettings):
         description='proxies (addresses or networks, JSON list, e.g. ["10.0.0.0/8"]) whose '
         "X-Forwarded-For names the client for max_connections_per_address; empty: the peer "
         "address is the client",
+    )
+    max_unsent_bytes_per_connection: int = Field(
+        default=32 * 1024 * 1024,
+        ge=64 * 1024,
+        description="answer bytes waiting on one connection whose client took none of them "
+        "since the previous sweep (about a second); beyond it the connection is closed at "
+        "that sweep, without waiting for write_timeout_s or the total max_unsent_bytes",
+    )
+    min_upload_bytes_per_s: int = Field(
+        default=16 * 1024,
+        ge=0,
+        description="the slowest a request body may arrive, after min_upload_grace_s: a body "
+        "gets min_upload_grace_s plus one second per this many bytes received (Apache's "
+        "mod_reqtimeout MinRate); slower gets a 408 and the connection closes, well before "
+        "request_timeout_s; 0: only request_timeout_s bounds an upload",
+    )
+    min_upload_grace_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="the time a body has before min_upload_bytes_per_s is applied, so small "
+        "bodies on slow links are not refused: with 5 s and 16 KiB/s a body of N bytes may "
+        "take 5 s + N / 16 KiB (a 64 KiB one 9 s); request_timeout_s still bounds every body",
     )
 
     # gRPC (service/grpc/, docs/protocols.md): the Open Inference Protocol as Triton's

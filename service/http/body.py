@@ -42,6 +42,9 @@ class BodyLimits:
     linger_s: float = 0.0
     encoded: bool = False
     """Decode a ``Content-Encoding`` (gzip, deflate) within ``max_bytes`` (V2)."""
+    min_rate: float = 0.0
+    """Bytes per second a body must keep up after ``grace_s`` (0: no minimum)."""
+    grace_s: float = 0.0
 
     @classmethod
     def of(cls, settings: Settings, *, encoded: bool = False) -> BodyLimits:
@@ -51,13 +54,21 @@ class BodyLimits:
             settings.lingering_close_bytes,
             settings.lingering_close_s,
             encoded,
+            settings.min_upload_bytes_per_s,
+            settings.min_upload_grace_s,
         )
 
 
 async def read_body(request: Request, limits: BodyLimits) -> bytes:
     """The body within ``limits`` (decoded when they say so)."""
     body = await read_raw(
-        request, limits.max_bytes, limits.timeout_s, limits.linger_bytes, limits.linger_s
+        request,
+        limits.max_bytes,
+        limits.timeout_s,
+        limits.linger_bytes,
+        limits.linger_s,
+        limits.min_rate,
+        limits.grace_s,
     )
     if limits.encoded:
         return decode_content(body, request.headers.get("content-encoding"), limits.max_bytes)
@@ -65,27 +76,127 @@ async def read_body(request: Request, limits: BodyLimits) -> bytes:
 
 
 async def read_raw(
-    request: Request, limit: int, timeout_s: float, linger_bytes: int = 0, linger_s: float = 0.0
+    request: Request,
+    limit: int,
+    timeout_s: float,
+    linger_bytes: int = 0,
+    linger_s: float = 0.0,
+    min_rate: float = 0.0,
+    grace_s: float = 0.0,
 ) -> bytes:
-    """The request body, refusing more than ``limit`` bytes or taking over ``timeout_s``.
+    """The request body, refusing more than ``limit`` bytes, taking over ``timeout_s``, or
+    arriving slower than ``min_rate`` bytes a second once ``grace_s`` has passed.
 
-    The time bound stops a client that sends headers and then stalls from holding
-    a task and its buffers forever (uvicorn bounds idle keep-alive, not uploads).
-    An over-limit body is discarded up to ``linger_bytes`` more (``linger_s`` at
-    most) before its 413: ``urllib`` and ``requests`` send the whole body before
-    reading, and a server that closes mid-upload gives them a connection reset
-    instead of the answer (nginx's lingering close).
+    The time bounds stop a client that sends headers and then stalls, or trickles a
+    large body, from holding a task and its buffers for long (uvicorn bounds idle
+    keep-alive, not uploads). An over-limit body is discarded up to ``linger_bytes``
+    more (``linger_s`` at most) before its 413: ``urllib`` and ``requests`` send the
+    whole body before reading, and a server that closes mid-upload gives them a
+    connection reset instead of the answer (nginx's lingering close).
     """
+    clock = _BodyClock(timeout_s, min_rate, grace_s)
     try:
-        async with asyncio.timeout(timeout_s):
-            return await _read(request, limit)
-    except TimeoutError:
-        raise BodyTimeout(
-            f"the request body did not arrive within {timeout_s:g} s; send it whole and promptly"
-        ) from None
+        return await _read(request, limit, clock)
+    except asyncio.CancelledError:
+        if clock.expired():  # our own cancellation (as ``asyncio.timeout`` makes its own)
+            raise BodyTimeout(clock.why(declared_length(request))) from None
+        raise
     except PayloadTooLarge:
+        clock.stop()
         await _discard_rest(request, linger_bytes, linger_s)
         raise
+    finally:
+        clock.stop()
+
+
+class _BodyClock:
+    """One timer per body for both time bounds: the total (``timeout_s``) and the pace.
+
+    A body gets ``grace_s`` plus one second per ``min_rate`` bytes received (Apache's
+    mod_reqtimeout ``MinRate``). Chunks only add to ``received``; the timer is set for
+    the deadline the bytes so far earn and, when it fires, moves on to the one the bytes
+    since have earned (at most once per ``grace_s`` for a client keeping the pace), or
+    cancels the reading task, as ``asyncio.timeout`` would (whose object and second
+    timer this saves). No timer is set or cancelled per chunk.
+    """
+
+    __slots__ = (
+        "_cancelling",
+        "_expired",
+        "_handle",
+        "_task",
+        "began",
+        "grace_s",
+        "loop",
+        "min_rate",
+        "received",
+        "slow",
+        "timeout_s",
+    )
+
+    def __init__(self, timeout_s: float, min_rate: float, grace_s: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.timeout_s = timeout_s
+        self.min_rate = min_rate
+        self.grace_s = grace_s
+        self.received = 0
+        self.began = self.loop.time()
+        self.slow = False  # expired by the pace, not by the total time
+        self._expired = False
+        self._task = asyncio.current_task()
+        self._cancelling = self._task.cancelling() if self._task is not None else 0
+        self._handle: asyncio.TimerHandle | None = self.loop.call_at(self._due(), self._check)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _due(self) -> float:
+        end = self.began + self.timeout_s
+        if self.min_rate <= 0:
+            return end
+        return min(end, self.began + self.grace_s + self.received / self.min_rate)
+
+    def _check(self) -> None:
+        due = self._due()
+        now = self.loop.time()
+        if now < due:  # bytes arrived since the timer was set: they earned more time
+            self._handle = self.loop.call_at(due, self._check)
+            return
+        self._handle = None
+        if self._task is None or self._task.done():
+            return
+        self.slow = due < self.began + self.timeout_s
+        self._expired = True
+        self._task.cancel()
+
+    def expired(self) -> bool:
+        """Whether this clock cancelled the task, and nobody else did meanwhile (then the
+        cancellation is taken back here and the read is refused with a 408)."""
+        if not self._expired or self._task is None:
+            return False
+        return self._task.uncancel() <= self._cancelling
+
+    def why(self, declared: int | None) -> str:
+        if not self.slow:
+            return (
+                f"the request body did not arrive within {self.timeout_s:g} s; send it whole "
+                "and promptly"
+            )
+        took = max(self.loop.time() - self.began, 1e-3)
+        of = f" of {declared}" if declared is not None else ""
+        return (
+            f"the request body arrived at {_rate(self.received / took)} ({self.received}{of} "
+            f"bytes in {took:.1f} s), under the minimum of {_rate(self.min_rate)} after the "
+            f"first {self.grace_s:g} s (setting min_upload_bytes_per_s); send it faster"
+        )
+
+
+def _rate(per_s: float) -> str:
+    if per_s >= 1024:
+        return f"{per_s / 1024:.3g} KiB/s"
+    return f"{per_s:.0f} B/s"
 
 
 async def _discard_rest(request: Request, budget: int, timeout_s: float) -> None:
@@ -119,7 +230,7 @@ def declared_length(request: Request) -> int | None:
     return int(declared)
 
 
-async def _read(request: Request, limit: int) -> bytes:
+async def _read(request: Request, limit: int, clock: _BodyClock) -> bytes:
     """Reads the ASGI messages itself rather than through ``Request.stream()``: on the
     hot routes every microsecond is a fraction of the request."""
     declared = declared_length(request)
@@ -133,6 +244,7 @@ async def _read(request: Request, limit: int) -> bytes:
             raise ClientDisconnect()
         chunk: bytes = message.get("body", b"")
         size += len(chunk)
+        clock.received = size
         if size > limit:
             raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
         chunks.append(chunk)

@@ -27,11 +27,14 @@ time, or a header of many megabytes: 2,048 such connections held every slot of
   address cannot hold every busy slot of the cap (idle ones give way anyway).
   Behind a proxy listed in ``trusted_proxies`` the client is the X-Forwarded-For
   address.
-- **a write clock and a ceiling on unsent answers** (``write_timeout_s``,
-  ``max_unsent_bytes``): a connection whose client takes none of its answer for
-  ``write_timeout_s`` is closed (aborted: its unsent bytes are freed at once), and
-  when the answers waiting for readers exceed ``max_unsent_bytes`` in total, the
-  connections stalled longest are closed until they fit (checked by the sweep).
+- **a write clock and ceilings on unsent answers** (``write_timeout_s``,
+  ``max_unsent_bytes_per_connection``, ``max_unsent_bytes``): a connection whose
+  client takes none of its answer for ``write_timeout_s`` is closed (aborted: its
+  unsent bytes are freed at once), as is one holding more than
+  ``max_unsent_bytes_per_connection`` unsent whose client took none of it since the
+  previous sweep; and when the answers waiting for readers exceed
+  ``max_unsent_bytes`` in total, the connections stalled longest are closed until
+  they fit (all checked by the sweep).
 
 The per-request cost is a deadline set and cleared, a byte count and the cap
 check: about 3 µs over uvicorn's own protocol (measured; see the README).
@@ -162,6 +165,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._behind_proxy = False
         self.write_timeout_s = settings.write_timeout_s
         self.max_unsent_bytes = settings.max_unsent_bytes
+        self.max_unsent_per_connection = settings.max_unsent_bytes_per_connection
         self._write_stalled_since: float | None = None  # loop time writing paused
         self._unsent_seen = 0
 
@@ -377,7 +381,8 @@ class _Sweeper:
     @staticmethod
     def _sweep_writes(stalled: list[BoundedHttpProtocol], now: float) -> None:
         """Close connections whose client takes none of its answer within the write
-        timeout; then, oldest stall first, those beyond the ceiling on unsent bytes."""
+        timeout, or none since the last sweep of one over the per-connection ceiling;
+        then, oldest stall first, those beyond the ceiling on unsent bytes in total."""
         unsent = 0
         waiting = []
         for c in stalled:
@@ -390,6 +395,12 @@ class _Sweeper:
                 c._abort_unread(
                     f"its client took none of its answer for {c.write_timeout_s:g} s "
                     f"({size} bytes unsent; setting write_timeout_s)"
+                )
+                continue
+            elif size > c.max_unsent_per_connection:  # and nothing read since the last look
+                c._abort_unread(
+                    f"its client took none of its {size} unsent bytes, over the "
+                    f"{c.max_unsent_per_connection} of max_unsent_bytes_per_connection"
                 )
                 continue
             unsent += size

@@ -85,6 +85,8 @@ def response_for(request: Request, exc: Exception) -> Response:
         headers = None
         if isinstance(exc, Overloaded | NotReady):  # both pass: say when to come back
             headers = {"Retry-After": str(getattr(exc, "retry_after_s", NOT_READY_RETRY_S))}
+        elif isinstance(exc, BodyTimeout):  # the rest of a slow body is not waited for
+            headers = {"Connection": "close"}
         status = status_of(exc, table_for(request.scope["path"]))
         return error_response(status, exc.message, headers)
     if isinstance(exc, StarletteHTTPException):

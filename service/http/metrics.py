@@ -45,7 +45,8 @@ REQUEST_DURATION = Histogram(
 
 WEBSOCKET_SESSIONS = Counter(
     "lstm_websocket_sessions_total",
-    "WebSocket sessions ended, by route template and close code (0: refused or dropped).",
+    "WebSocket sessions ended, by route template and close code (0: refused or dropped; "
+    "other: a code outside RFC 6455's 1000-1015).",
     ["endpoint", "code"],
 )
 WEBSOCKET_MESSAGES = Counter(

@@ -69,19 +69,36 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
 
 
 _CHILDREN: dict[tuple[object, ...], Any] = {}
+MAX_CHILDREN = 4096
+"""A backstop: past this many remembered children ``_child`` stops remembering."""
 
 
 def _child(metric: Counter | Histogram, *labels: str) -> Any:
     """``metric.labels(*labels)``, remembered: the lookup costs more than the increment.
 
-    Bounded like the labels themselves: route templates, status codes, and model
-    names and versions only once the model was found.
+    Bounded like the labels themselves, which come only from fixed sets: route
+    templates (``unmatched`` for any other path), status codes the app answers,
+    model names and versions only once the version was found (a name in a URL that
+    names no loaded version is never a label), and WebSocket close codes folded by
+    ``close_code_label``. ``MAX_CHILDREN`` bounds what is remembered even so.
     """
     key = (metric, *labels)
     child = _CHILDREN.get(key)
     if child is None:
-        child = _CHILDREN[key] = metric.labels(*labels)
+        child = metric.labels(*labels)
+        if len(_CHILDREN) < MAX_CHILDREN:
+            _CHILDREN[key] = child
     return child
+
+
+CLOSE_CODES = frozenset(range(1000, 1016))
+"""The close codes RFC 6455 registers (1000-1015); a client may send any of 3000-4999 too."""
+
+
+def close_code_label(code: int) -> str:
+    """A session's close code as a label: 0 (refused or dropped), a registered code, or
+    ``other``, so a client choosing its close code cannot add label values."""
+    return str(code) if code == 0 or code in CLOSE_CODES else "other"
 
 
 _QUIET_ENDPOINTS = OBSERVABILITY_PATHS
@@ -184,8 +201,8 @@ class RequestObserver:
             duration = time.perf_counter() - start
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
-            WEBSOCKET_SESSIONS.labels(endpoint, str(code)).inc()
-            WEBSOCKET_DURATION.labels(endpoint).observe(duration)
+            _child(WEBSOCKET_SESSIONS, endpoint, close_code_label(code)).inc()
+            _child(WEBSOCKET_DURATION, endpoint).observe(duration)
             for direction, n in counts.items():
                 _child(WEBSOCKET_MESSAGES, endpoint, direction).inc(n)
             access_log.info(

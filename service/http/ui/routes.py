@@ -88,6 +88,10 @@ class _Cached:
 
 
 _examples_cache: dict[Path, _Cached] = {}
+MAX_CACHED_EXAMPLES = 16
+"""Version folders whose examples are kept (the oldest entry goes first beyond): keyed
+only by versions that were loaded, never by a request's name, but poll mode may load
+new versions for ever. At most 16 x MAX_EXAMPLES_BYTES (2 MiB) of JSON."""
 
 
 def _read_examples(model: ServedModel) -> bytes:
@@ -131,6 +135,9 @@ def _read_examples(model: ServedModel) -> bytes:
             "examples": [e.model_dump() for e in parsed.examples],
         }
     )
+    _examples_cache.pop(path, None)
+    while len(_examples_cache) >= MAX_CACHED_EXAMPLES:
+        del _examples_cache[next(iter(_examples_cache))]
     _examples_cache[path] = _Cached(stat.st_mtime_ns, stat.st_size, body)
     return body
 
