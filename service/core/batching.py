@@ -52,7 +52,7 @@ from functools import partial
 
 import onnxruntime as ort
 
-from service.core.calls import CostLimits, check_request, length_bucket, run_batch
+from service.core.calls import CostLimits, check_request, length_bucket, run_batch, runs_whole
 from service.core.errors import DeadlineExceeded, Overloaded
 from service.core.holds import Holds
 from service.core.runtime import ModelRuntime
@@ -152,6 +152,7 @@ class DynamicBatcher:
         self._owns_executor = owns_executor  # the server gives each version its own threads
         self._options = options
         self._limits = limits or CostLimits(bucket_ratio=options.bucket_ratio)
+        self._whole = runs_whole(runtime.metadata)  # why a sequence runs in one call, if so
         self._buckets: dict[int, _Bucket] = {}
         self._waiting = 0
         self._free = options.slots
@@ -214,7 +215,7 @@ class DynamicBatcher:
         # (they queue there, each its own call), so all of them count.
         if (self._waiting if self._options.dynamic else self._in_flight - 1) >= limit:
             raise Overloaded(f"the model's queue is full ({limit} requests waiting); retry later")
-        check_request(request.lengths, self._limits, not self._runtime.metadata.carries_state)
+        check_request(request.lengths, self._limits, self._whole)
         loop = self._loop = asyncio.get_running_loop()
         bucket = length_bucket(int(request.x.shape[1]), self._options.bucket_ratio)
         pending = _Pending(request, loop.create_future(), bucket)

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
+from service.core.contract import ModelMetadata
 from service.core.errors import CostLimit, DeadlineExceeded
 from service.core.runtime import ModelRuntime
 from service.core.types import InferenceRequest, Outputs, RunResult, State, stack_states
@@ -60,7 +61,19 @@ class CostLimits:
     """Lengths within one call differ by less than this factor."""
 
 
-def check_request(lengths: np.ndarray, limits: CostLimits, bidirectional: bool) -> None:
+def runs_whole(metadata: ModelMetadata) -> str:
+    """Why a sequence of this model must run whole in one call ("" when it can be chunked
+    in time, its states carried from call to call), in the words of a refusal."""
+    if any(layer.bidirectional for layer in metadata.layers):
+        return "is bidirectional"
+    if any(layer.go_backwards for layer in metadata.layers):
+        return "reads backwards (go_backwards)"
+    if metadata.has_gru:
+        return "has GRU layers (their state is not carried between calls)"
+    return ""
+
+
+def check_request(lengths: np.ndarray, limits: CostLimits, whole: str = "") -> None:
     """Refuse, before any work, a request that no plan can run within the limits."""
     total = int(lengths.sum())
     if total > limits.max_request_timesteps:
@@ -69,13 +82,12 @@ def check_request(lengths: np.ndarray, limits: CostLimits, bidirectional: bool) 
             f"the limit is {limits.max_request_timesteps} (max_request_timesteps): send "
             "fewer or shorter sequences per request"
         )
-    if not bidirectional:
+    if not whole:
         return
     longest = int(lengths.max())
     if longest > limits.max_call_cells:
         raise CostLimit(
-            f"a sequence has {longest} timesteps; this model reads backwards or has GRU "
-            "layers (it carries no state between calls), so a sequence "
+            f"a sequence has {longest} timesteps; this model {whole}, so a sequence "
             f"runs whole in one call, and a call is limited to {limits.max_call_cells} "
             "padded timesteps (max_call_cells)"
         )

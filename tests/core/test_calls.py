@@ -103,15 +103,14 @@ def test_the_issue_batch_pays_for_its_own_steps(uni: ModelRuntime) -> None:
 
 def test_request_limits_name_the_setting() -> None:
     limits = CostLimits(max_request_timesteps=100, max_call_cells=50)
-    check_request(np.array([50, 50]), limits, bidirectional=True)
+    check_request(np.array([50, 50]), limits, whole="is bidirectional")
     with pytest.raises(CostLimit, match=r"has 101 timesteps in all .* limit is 100 \(max_request_"):
-        check_request(np.array([50, 51]), limits, bidirectional=False)
+        check_request(np.array([50, 51]), limits)
     with pytest.raises(
-        CostLimit,
-        match=r"51 timesteps; this model reads backwards or has GRU layers.*max_call_cells",
+        CostLimit, match=r"51 timesteps; this model has GRU layers \(x\), so .*max_call_cells"
     ):
-        check_request(np.array([51]), limits, bidirectional=True)
-    check_request(np.array([99]), limits, bidirectional=False)  # chunked in time instead
+        check_request(np.array([51]), limits, whole="has GRU layers (x)")
+    check_request(np.array([99]), limits)  # chunked in time instead
 
 
 def test_a_failing_call_reaches_every_request_of_its_batch(uni: ModelRuntime) -> None:
