@@ -140,7 +140,8 @@ def main() -> None:
                     wait_no_pytest()
                     loadavg()
                     s = Server(trees[side], {**env, "LSTM_SERVE_MAX_WEBSOCKETS": room,
-                                             "LSTM_SERVE_MAX_QUEUE_SIZE": room})  # fmt: skip
+                                             "LSTM_SERVE_MAX_QUEUE_SIZE": room,
+                                             "LSTM_SERVE_MAX_CONNECTIONS_PER_ADDRESS": room})  # fmt: skip
                     try:
                         note(
                             "streams",

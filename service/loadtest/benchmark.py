@@ -192,7 +192,14 @@ def run_streams(
     ``/v1`` server-held state with several workers needs the shared store
     (``state_url``); without one, that row gets a one-worker server of its own."""
     room = str(max(256, streams))
-    env = {**env, "LSTM_SERVE_MAX_WEBSOCKETS": room, "LSTM_SERVE_MAX_QUEUE_SIZE": room}
+    # Room for every stream, all from this one client address (the per-address share
+    # would otherwise turn most of them away, as it is meant to).
+    env = {
+        **env,
+        "LSTM_SERVE_MAX_WEBSOCKETS": room,
+        "LSTM_SERVE_MAX_QUEUE_SIZE": room,
+        "LSTM_SERVE_MAX_CONNECTIONS_PER_ADDRESS": room,
+    }
     if state_url:
         env["LSTM_SERVE_STATE_URL"] = state_url
     features = _metadata(repository / MODEL / "1").num_features
