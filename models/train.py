@@ -7,6 +7,8 @@ split, export to ONNX with a parity check (``export.py``).
 
     lstm-train --preset basic_motions          # the shipped default model
     lstm-train --data my.npz --name my_model --layers 64,32 --epochs 100
+    lstm-train --data my.npz --name my_gru --cell gru
+    lstm-train --data my.npz --name mixed --cells lstm,gru --directions bidirectional,forward
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from models import quantize
-from models.architecture import StackedLSTM
+from models.architecture import CELLS, DIRECTIONS, MERGE_MODES, StackedLSTM
 from models.data import Dataset, Splits, load, standardization, valid_mask
 from models.examples import write_examples
 from models.export import export_model
@@ -45,8 +47,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--preset", choices=sorted(PRESETS), help="a shipped dataset and its settings")
     p.add_argument("--data", type=Path, help=".npz or .csv (see models/data.py for the layout)")
     p.add_argument("--name", help="model name in the repository")
-    p.add_argument("--layers", default="64,32", help="units per LSTM layer, e.g. 64,32")
-    p.add_argument("--bidirectional", action="store_true")
+    p.add_argument("--layers", default="64,32", help="units per recurrent layer, e.g. 64,32")
+    cells = p.add_mutually_exclusive_group()
+    cells.add_argument("--cell", choices=CELLS, help="the cell of every layer (default: lstm)")
+    cells.add_argument("--cells", help="one cell per layer, e.g. lstm,gru")
+    p.add_argument(
+        "--bidirectional", action="store_true", help="every layer bidirectional (--directions)"
+    )
+    p.add_argument(
+        "--directions",
+        help="one direction per layer (forward, bidirectional, backward), or one for all; "
+        "backward is Keras's go_backwards",
+    )
+    p.add_argument(
+        "--merge-modes",
+        help="how bidirectional layers join their halves (concat, sum, ave, mul): "
+        "one per layer or one for all (default: concat)",
+    )
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -89,7 +106,50 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args = p.parse_args(argv)  # explicit flags still win over the preset
     if args.data is None or args.name is None:
         p.error("give --preset, or --data and --name")
+    try:
+        args.layers, args.cells, args.directions, args.merge_modes = stack_of(args)
+    except ValueError as error:  # one line, not argparse's usage block
+        print(f"lstm-train: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     return args
+
+
+def _per_layer(
+    flag: str, value: str | None, count: int, known: tuple[str, ...], default: str
+) -> list[str]:
+    """A comma list with one entry per layer; one entry stands for every layer."""
+    if value is None:
+        return [default] * count
+    items = [item.strip() for item in str(value).split(",")]
+    unknown = [item for item in items if item not in known]
+    if unknown:
+        raise ValueError(f"{flag}: {unknown[0]!r} is not one of {', '.join(known)}")
+    if len(items) == 1:
+        return items * count
+    if len(items) != count:
+        raise ValueError(
+            f"{flag} gives {len(items)} entries for {count} layers (--layers): "
+            "give one per layer, or one for all"
+        )
+    return items
+
+
+def stack_of(args: argparse.Namespace) -> tuple[list[int], list[str], list[str], list[str]]:
+    """(units, cells, directions, merge modes) per layer from the flags; ValueError if not."""
+    try:
+        layers = [int(u) for u in str(args.layers).split(",")]
+    except ValueError:
+        raise ValueError(f"--layers: {args.layers!r} is not a comma list of units") from None
+    if not layers or min(layers) < 1:
+        raise ValueError(f"--layers: {args.layers!r} needs positive units")
+    n = len(layers)
+    if args.bidirectional and args.directions is not None:
+        raise ValueError("give --bidirectional or --directions, not both")
+    direction = "bidirectional" if args.bidirectional else "forward"
+    cells = _per_layer("--cells", args.cells or args.cell, n, CELLS, "lstm")
+    directions = _per_layer("--directions", args.directions, n, DIRECTIONS, direction)
+    merges = _per_layer("--merge-modes", args.merge_modes, n, MERGE_MODES, "concat")
+    return layers, cells, directions, merges
 
 
 def tensors(data: Dataset) -> tuple[Tensor, Tensor, Tensor]:
@@ -212,8 +272,10 @@ def build(splits: Splits, layers: list[int], args: argparse.Namespace) -> Stacke
         layers,
         splits.output_size,
         task=splits.task,
-        bidirectional=args.bidirectional,
         dropout=args.dropout,
+        cells=args.cells,
+        directions=args.directions,
+        merge_modes=args.merge_modes,
     )
     train_mask = valid_mask(splits.train)
     x_mean, x_std = standardization(splits.train.x, train_mask)
@@ -242,7 +304,7 @@ def run(argv: list[str] | None = None) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         data = preset.prepare(args.data, Path(tmp)) if preset and preset.prepare else args.data
         splits = load(data, args.validation_split, args.test_split, args.seed, args.target)
-    layers = [int(u) for u in str(args.layers).split(",")]
+    layers = args.layers
     best: tuple[float, int, int, StackedLSTM] | None = None
     for seed in range(args.seed, args.seed + args.restarts):
         torch.manual_seed(seed)
@@ -264,7 +326,10 @@ def run(argv: list[str] | None = None) -> Path:
     training = TrainingInfo(
         hyperparameters={
             "layers": layers,
-            "bidirectional": args.bidirectional,
+            "bidirectional": model.bidirectional,
+            "cells": ",".join(args.cells),
+            "directions": ",".join(args.directions),
+            "merge_modes": ",".join(args.merge_modes),
             "dropout": args.dropout,
             "epochs": args.epochs,
             "lr": args.lr,

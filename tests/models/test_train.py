@@ -177,3 +177,85 @@ def test_console_script_exits_zero_on_success(tmp_path: Path) -> None:
         sys.exit(train.main([*argv, "--repository", repository]))
     assert exited.value.code is None
     assert (tmp_path / "repo" / "t" / "1" / "model.onnx").is_file()
+
+
+def tiny_run(tmp_path: Path, name: str, *flags: str, epochs: str = "2") -> Path:
+    data = synthetic_classes(tmp_path / "toy.npz", n=24, steps=6)
+    return train.run(
+        [
+            *("--data", str(data), "--name", name, "--epochs", epochs, "--quiet"),
+            *("--repository", str(tmp_path / "repo"), *flags),
+        ]
+    )
+
+
+def test_cell_gru_trains_exports_with_parity_and_keras_counts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tiny_run(tmp_path, "gru", "--cell", "gru", "--layers", "8,4")
+    out = capsys.readouterr().out
+    meta = read_metadata(path)
+    assert [(layer.cell, layer.units) for layer in meta.layers] == [("gru", 8), ("gru", 4)]
+    assert meta.parity.max_abs_diff <= meta.parity.tolerance and meta.parity.cases
+    session = ort.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["x", "lengths"]  # a GRU carries no state
+    assert meta.training is not None and meta.training.hyperparameters["cells"] == "gru,gru"
+    keras = {}
+    for line in out.splitlines():
+        if line.startswith("gru_"):
+            keras[line.split()[0]] = int(line.split()[-1].replace(",", ""))
+    for name, i, u in (("gru_0", 2, 8), ("gru_1", 8, 4)):  # 2 features in, then 8 units
+        assert keras[name] == 3 * (i * u + u * u + 2 * u)
+
+
+def test_mixed_cells_and_directions_export_and_serve(tmp_path: Path) -> None:
+    from tests.conftest import make_client
+
+    flags = ("--cells", "lstm,gru", "--directions", "bidirectional,forward", "--layers", "6,4")
+    path = tiny_run(tmp_path, "mixed", *flags, epochs="1")
+    meta = read_metadata(path)
+    assert [(layer.cell, layer.bidirectional) for layer in meta.layers] == [
+        ("lstm", True),
+        ("gru", False),
+    ]
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 5, 2)).astype(np.float32)
+    with make_client(tmp_path / "repo") as client:
+        answer = client.post("/v1/models/mixed:predict", json={"instances": x.tolist()})
+    assert answer.status_code == 200, answer.text
+    session = ort.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {"x": x, "lengths": np.array([5, 5], dtype=np.int64)}
+    want = session.run(["final_output"], feeds)[0]
+    got = np.array([p["probabilities"] for p in answer.json()["predictions"]])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ("--layers", "8,4", "--cells", "lstm,gru,gru"),
+        ("--layers", "8,4", "--directions", "forward,backward,forward"),
+        ("--layers", "8", "--directions", "sideways"),
+        ("--layers", "8", "--bidirectional", "--directions", "forward"),
+    ],
+)
+def test_bad_per_layer_lists_exit_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: tuple[str, ...]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        train.main(["--data", str(tmp_path / "x.npz"), "--name", "x", *flags])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("lstm-train: ")
+
+
+def test_bidirectional_flag_still_means_every_layer(tmp_path: Path) -> None:
+    meta = read_metadata(tiny_run(tmp_path, "bi", "--layers", "4,3", "--bidirectional"))
+    assert [layer.bidirectional for layer in meta.layers] == [True, True]
+
+
+def test_backward_direction_is_go_backwards(tmp_path: Path) -> None:
+    path = tiny_run(tmp_path, "back", "--layers", "4,3", "--directions", "backward,forward")
+    meta = read_metadata(path)
+    assert [layer.go_backwards for layer in meta.layers] == [True, False]
+    assert meta.parity.max_abs_diff <= meta.parity.tolerance
