@@ -21,7 +21,7 @@ from typing import Any
 
 from service.core.errors import BadRequest
 from service.core.model import ServedModel
-from service.core.types import InferenceRequest, Outputs
+from service.core.types import InferenceRequest
 from service.dataplane import Decoded, Outcome
 from service.grpc.generated import grpc_service_pb2 as pb
 from service.settings import Settings
@@ -32,6 +32,7 @@ from service.v2.tensors import (
     Selected,
     decode_inputs,
     encode_outputs,
+    requested,
     select_outputs,
 )
 
@@ -162,7 +163,6 @@ class GrpcCodec:
             Selected(choice.spec, True)
             for choice in select_outputs(envelope.outputs, meta, binary_default=True)
         ]
-        roles = {choice.spec.role for choice in selected}
         now = time.monotonic()
         wait_s = min(settings.request_timeout_s, envelope.timeout_s() or settings.request_timeout_s)
         deadline = now + wait_s
@@ -171,11 +171,7 @@ class GrpcCodec:
         infer = InferenceRequest(
             x=x,
             lengths=lengths,
-            outputs=Outputs(
-                sequence="sequence" in roles,
-                final="final" in roles,
-                states=bool(roles & {"h", "c"}),
-            ),
+            outputs=requested(selected),
             deadline=deadline,
         )
         return Decoded(infer, (envelope, selected), options)

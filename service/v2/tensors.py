@@ -31,7 +31,7 @@ import numpy as np
 
 from service.core.contract import ModelMetadata
 from service.core.errors import BadRequest, CostLimit
-from service.core.types import RunResult, first_boolean, first_non_finite
+from service.core.types import Outputs, RunResult, first_boolean, first_non_finite
 from service.v2.schema import InputTensor, OutputSpec, RequestedOutput, output_specs
 
 # Little-endian, as the binary extension specifies, whatever the host's order.
@@ -248,6 +248,14 @@ def select_outputs(
         seen.add(output.name)
         selected.append(Selected(by_name[output.name], output.binary(binary_default)))
     return selected
+
+
+def requested(selected: Sequence[Selected]) -> Outputs:
+    """What the runtime must return for these outputs (both V2 bindings ask the same)."""
+    roles = {choice.spec.role for choice in selected}
+    return Outputs(
+        sequence="sequence" in roles, final="final" in roles, states=bool(roles & {"h", "c"})
+    )
 
 
 def encode_outputs(

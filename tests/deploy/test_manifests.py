@@ -343,30 +343,33 @@ def test_with_redis_wires_the_server_to_its_store_and_no_one_else(overlay_docs: 
     assert not any(labels_match(s, redis_pods) for s in selectors)
 
 
+def with_component(tmp_path: Path, overlay: str, component: str, version: str) -> list[Any]:
+    """``overlay`` with ``component`` on top, rendered and validated strictly: its documents."""
+    folder = tmp_path / overlay
+    folder.mkdir()
+    (folder / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(KUSTOMIZE / "overlays" / overlay, folder)],
+                "components": [os.path.relpath(KUSTOMIZE / "components" / component, folder)],
+            }
+        )
+    )
+    text = render(folder)
+    (folder / "rendered.yaml").write_text(text)
+    lines = validate(folder / "rendered.yaml", version)
+    assert all(" passed " in line for line in lines), lines
+    return load_all(text)
+
+
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_state_password_component_mounts_the_password_file(version: str, tmp_path: Path) -> None:
     """components/state-password on top of each overlay: renders, validates strictly, and
     points LSTM_SERVE_STATE_PASSWORD_FILE at the Secret's key, mounted read-only."""
     for overlay in ("cpu", "gpu"):
-        folder = tmp_path / overlay
-        folder.mkdir()
-        (folder / "kustomization.yaml").write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                    "kind": "Kustomization",
-                    "resources": [os.path.relpath(KUSTOMIZE / "overlays" / overlay, folder)],
-                    "components": [
-                        os.path.relpath(KUSTOMIZE / "components" / "state-password", folder)
-                    ],
-                }
-            )
-        )
-        text = render(folder)
-        (folder / "rendered.yaml").write_text(text)
-        lines = validate(folder / "rendered.yaml", version)
-        assert all(" passed " in line for line in lines), lines
-        docs = load_all(text)
+        docs = with_component(tmp_path, overlay, "state-password", version)
         deployment = one(docs, "Deployment")
         container = serving_container(deployment)
         path = Path(environment(deployment, docs)["LSTM_SERVE_STATE_PASSWORD_FILE"])
@@ -383,25 +386,7 @@ def test_grpc_probe_component_probes_the_grpc_port(version: str, tmp_path: Path)
     makes readiness a grpc.health.v1 probe of the served gRPC port (the container's port
     named grpc); startup and liveness stay on HTTP."""
     for overlay in ("cpu", "gpu"):
-        folder = tmp_path / overlay
-        folder.mkdir()
-        (folder / "kustomization.yaml").write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                    "kind": "Kustomization",
-                    "resources": [os.path.relpath(KUSTOMIZE / "overlays" / overlay, folder)],
-                    "components": [
-                        os.path.relpath(KUSTOMIZE / "components" / "grpc-probe", folder)
-                    ],
-                }
-            )
-        )
-        text = render(folder)
-        (folder / "rendered.yaml").write_text(text)
-        lines = validate(folder / "rendered.yaml", version)
-        assert all(" passed " in line for line in lines), lines
-        docs = load_all(text)
+        docs = with_component(tmp_path, overlay, "grpc-probe", version)
         deployment = one(docs, "Deployment")
         container = serving_container(deployment)
         probe = container["readinessProbe"]

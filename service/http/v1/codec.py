@@ -20,7 +20,7 @@ from service.core import state
 from service.core.contract import ModelMetadata
 from service.core.errors import InvalidInput
 from service.core.model import ServedModel
-from service.core.types import FINAL, SEQUENCE, InferenceRequest
+from service.core.types import FINAL, SEQUENCE, InferenceRequest, State
 from service.dataplane import Decoded, Outcome
 from service.http.body import JsonLimits, load_json
 from service.http.errors import describe_validation_errors
@@ -107,12 +107,13 @@ class V1Codec:
             outputs=SEQUENCE if envelope.per_timestep(meta) else FINAL,
             deadline=time.monotonic() + self.settings.request_timeout_s,
         )
-        return Decoded(
-            request,
-            envelope,
-            envelope.state_options(),
-            lambda token, i: decode_state(meta, token, f"initial_states[{i}]"),
-        )
+        carried = None
+        if envelope.initial_states is not None:  # the wire format's decoder, when used
+
+            def carried(token: Any, i: int) -> list[State]:
+                return decode_state(meta, token, f"initial_states[{i}]")
+
+        return Decoded(request, envelope, envelope.state_options(), carried)
 
     def encode(self, outcome: Outcome[PredictRequest]) -> dict[str, Any]:
         meta = outcome.model.metadata

@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from service.core.errors import BadRequest
 from service.core.model import ServedModel
-from service.core.types import InferenceRequest, Outputs
+from service.core.types import InferenceRequest
 from service.dataplane import Decoded, Outcome
 from service.http.body import JsonLimits, load_json
 from service.http.errors import describe_validation_errors
@@ -32,6 +32,7 @@ from service.v2.tensors import (
     Selected,
     decode_inputs,
     encode_outputs,
+    requested,
     select_outputs,
 )
 
@@ -75,16 +76,11 @@ class V2Codec:
             Limits(settings.max_instances, settings.max_timesteps, settings.max_input_bytes),
         )
         selected = select_outputs(envelope.outputs, meta, envelope.binary_data_output())
-        roles = {choice.spec.role for choice in selected}
         wait_s = min(settings.request_timeout_s, envelope.timeout_s() or settings.request_timeout_s)
         request = InferenceRequest(
             x=x,
             lengths=lengths,
-            outputs=Outputs(
-                sequence="sequence" in roles,
-                final="final" in roles,
-                states=bool(roles & {"h", "c"}),
-            ),
+            outputs=requested(selected),
             deadline=time.monotonic() + wait_s,
         )
         return Decoded(request, (envelope, selected), options)
