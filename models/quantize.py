@@ -27,6 +27,10 @@ tolerance (``--max-abs-diff``, default ``DEFAULT_MAX_ABS_DIFF``; ``--max-metric-
 default ``DEFAULT_MAX_METRIC_DROP``) nothing is published and the command exits 2
 with the figures. It also exits 2 when int8 is not faster than fp32 on this CPU at
 32 sequences per call, unless ``--allow-slower``.
+
+This module decides and publishes (and is the command); the held-back data is
+found by ``models/heldback.py`` and the measurements are made by
+``models/certificate.py``.
 """
 
 from __future__ import annotations
@@ -36,7 +40,6 @@ import logging
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,20 +48,16 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from models.data import Dataset, _dataset, _final_step, _task_of, load
-from models.presets import DATA, PRESETS
+from models.certificate import _batch, _difference, certify, run, session, speeds, throughput
+from models.heldback import HeldBack as HeldBack
+from models.heldback import held_back as held_back
 from service.core.contract import (
     METADATA_FILENAME,
     MODEL_FILENAME,
-    Certificate,
-    Drift,
-    MetricComparison,
     ModelMetadata,
     OnnxInfo,
-    OutputDifference,
     Quantization,
     QuantizationCandidate,
-    Speed,
     Tolerance,
     file_sha256,
 )
@@ -67,10 +66,7 @@ DEFAULT_MAX_ABS_DIFF = 0.01
 """Largest |int8 - fp32| of any output (relative above magnitude 1), held-back and drift."""
 DEFAULT_MAX_METRIC_DROP = 0.01
 """Accuracy points int8 may lose (0.01: none on 40 sequences), or the MSE's relative rise."""
-DRIFT_FACTOR = 10
-DRIFT_STREAMS = 8
 SPEED_NOISE = 0.05
-SPEED_BATCHES = (1, 32)
 QUANTIZED_OP_TYPES = ("LSTM",)
 FP32_OPS = {
     "MatMul": "the dense head (per-timestep and final: the quantizer rewrites Gemm as MatMul); "
@@ -84,271 +80,10 @@ class Refused(RuntimeError):
     """The int8 version is not published: past the tolerance, or not faster here."""
 
 
-class NeedsData(ValueError):
-    """No held-back data is known for this model: the user must pass a file."""
-
-
-@dataclass(frozen=True)
-class HeldBack:
-    data: Dataset
-    source: str
-    sha256: str | None = None
-
-
 @dataclass(frozen=True)
 class Options:
     per_channel: bool
     reduce_range: bool
-
-
-# -- held-back data ---------------------------------------------------------------------
-
-
-def _from_arrays(arrays: dict[str, np.ndarray], meta: ModelMetadata) -> Dataset:
-    """A held-back file: ``X_test, y_test[, lengths_test]`` or ``X, y[, lengths]``."""
-    suffix = "_test" if "X_test" in arrays else ""
-    if f"X{suffix}" not in arrays or f"y{suffix}" not in arrays:
-        raise ValueError("a held-back .npz needs X_test and y_test (or X and y)")
-    x = arrays[f"X{suffix}"]
-    task, _, y = _task_of(arrays[f"y{suffix}"], x.shape[1], meta.target)
-    if task != meta.task:
-        raise ValueError(f"the held-back labels are for {task}, the model does {meta.task}")
-    data = _dataset(x, y, arrays.get(f"lengths{suffix}"))
-    data = _final_step(data) if meta.target == "final" else data
-    if x.shape[2] != meta.num_features:
-        raise ValueError(f"held-back X has {x.shape[2]} features, the model {meta.num_features}")
-    if task == "classification" and not 0 <= data.y.min() <= data.y.max() < meta.output_size:
-        raise ValueError(f"held-back labels must lie in 0..{meta.output_size - 1}")
-    return data
-
-
-def _training_split(meta: ModelMetadata, path: Path) -> Dataset:
-    """Rebuild the test split ``lstm-train`` kept: same file, preset, seed and fractions."""
-    assert meta.training is not None
-    hp = meta.training.hyperparameters
-    with tempfile.TemporaryDirectory() as tmp:
-        preset = next((p for p in PRESETS.values() if p.data.name == path.name), None)
-        data = preset.prepare(path, Path(tmp)) if preset and preset.prepare else path
-        given = False
-        if data.suffix == ".npz":
-            with np.load(data, allow_pickle=False) as npz:
-                given = "X_test" in npz.files
-        seed = hp.get("split_seed")
-        if seed is None and (given or hp.get("restarts", 1) == 1):
-            seed = hp.get("seed", 0)  # a given test split ignores it; one restart used it
-        if not isinstance(seed, int):
-            raise NeedsData(
-                f"{meta.name}/{meta.version} was trained with restarts on a random split "
-                "whose seed its metadata does not record: pass --data FILE.npz"
-            )
-        splits = load(
-            data,
-            float(hp.get("validation_split") or 0.0),  # type: ignore[arg-type]
-            float(hp.get("test_split") or 0.0),  # type: ignore[arg-type]
-            seed,
-            str(hp.get("target", meta.target)),
-        )
-    if len(splits.test) != meta.training.data.n_test:
-        raise NeedsData(
-            f"rebuilding the test split of {meta.name}/{meta.version} gave {len(splits.test)} "
-            f"sequences, its metadata records {meta.training.data.n_test}: pass --data FILE.npz"
-        )
-    return splits.test
-
-
-def held_back(meta: ModelMetadata, data: Path | None = None) -> HeldBack:
-    """The data the certificate is computed on.
-
-    ``data`` is the training file itself (its sha256 matches the metadata's: its
-    test split is rebuilt), or a file of held-back sequences used whole. Without
-    it, the training file is looked for in ``models/data/``.
-    """
-    training = meta.training
-    trained = training is not None and training.data.n_test > 0
-    if data is not None:
-        digest = file_sha256(data)
-        if trained and training is not None and digest == training.data.sha256:
-            return HeldBack(_training_split(meta, data), f"{data.name} (test split)", digest)
-        with np.load(data, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        return HeldBack(_from_arrays(arrays, meta), data.name, digest)
-    if training is None or not trained:
-        imported = training is not None and "imported_from" in training.hyperparameters
-        why = "was imported from a Keras file, which keeps" if imported else "records"
-        raise NeedsData(
-            f"{meta.name}/{meta.version} {why} no held-back data: pass --data FILE.npz "
-            "(X_test, y_test[, lengths_test])"
-        )
-    path = DATA / training.data.source
-    if not path.is_file() or file_sha256(path) != training.data.sha256:
-        raise NeedsData(
-            f"the training file of {meta.name}/{meta.version} ({training.data.source}, sha256 "
-            f"{training.data.sha256[:12]}...) is not in {DATA}: pass it, or held-back "
-            "data, with --data FILE.npz"
-        )
-    return HeldBack(_training_split(meta, path), f"{path.name} (test split)", training.data.sha256)
-
-
-# -- running and comparing --------------------------------------------------------------
-
-
-def session(path: Path, threads: int = 1) -> ort.InferenceSession:
-    """A session set up as the service sets up its own (``service/core/runtime.py``)."""
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-
-
-def run(
-    sess: ort.InferenceSession,
-    meta: ModelMetadata,
-    x: np.ndarray,
-    lengths: np.ndarray,
-    states: list[np.ndarray] | None = None,
-) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """(sequence_output, final_output, final states h0, c0, h1, ...); zero states if None."""
-    t = meta.tensors
-    feeds = {t.x: x.astype(np.float32), t.lengths: lengths.astype(np.int64)}
-    names_in = [n for s in t.initial_states for n in (s.h, s.c)]
-    if states is None:
-        states = []
-        for i in range(len(meta.layers)):
-            zero = np.zeros(meta.state_shape(i, len(x)), np.float32)
-            states += [zero, zero]
-    feeds.update(dict(zip(names_in, states, strict=True)))
-    names_out = [n for s in t.final_states for n in (s.h, s.c)]
-    seq, final, *out = sess.run([t.sequence_output, t.final_output, *names_out], feeds)
-    return seq, final, out
-
-
-def _metric(meta: ModelMetadata, data: Dataset, seq: np.ndarray, final: np.ndarray) -> float:
-    if meta.task == "classification":
-        return float((final.argmax(axis=1) == data.y).mean())
-    if meta.target == "final":
-        return float(((final - data.y) ** 2).mean())
-    valid = np.arange(data.x.shape[1])[None, :] < data.lengths[:, None]
-    return float(((seq - data.y)[valid] ** 2).mean())
-
-
-def _difference(a: np.ndarray, b: np.ndarray) -> OutputDifference:
-    gap = np.abs(a.astype(np.float64) - b.astype(np.float64))
-    return OutputDifference(max_abs_diff=float(gap.max()), mean_abs_diff=float(gap.mean()))
-
-
-def drift_stream(data: Dataset, factor: int = DRIFT_FACTOR) -> np.ndarray:
-    """Up to ``DRIFT_STREAMS`` streams of ``factor`` times the data's length, each the
-    held-back sequences' real steps laid end to end (a different starting one each)."""
-    steps = factor * data.x.shape[1]
-    streams = min(DRIFT_STREAMS, len(data))
-    pieces = [data.x[i, : data.lengths[i]] for i in range(len(data))]
-    out = np.zeros((streams, steps, data.x.shape[2]), np.float32)
-    for s in range(streams):
-        filled, i = 0, s
-        while filled < steps:
-            piece = pieces[i % len(pieces)][: steps - filled]
-            out[s, filled : filled + len(piece)] = piece
-            filled, i = filled + len(piece), i + 1
-    return out
-
-
-def streamed(
-    sess: ort.InferenceSession, meta: ModelMetadata, x: np.ndarray, chunk: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(per-step outputs, final output) of ``x`` fed in chunks with carried states."""
-    if not meta.carries_state:
-        seq, final, _ = run(sess, meta, x, np.full(len(x), x.shape[1]))
-        return seq, final
-    states, outputs = None, []
-    final = np.zeros(0, np.float32)
-    for start in range(0, x.shape[1], chunk):
-        part = x[:, start : start + chunk]
-        seq, final, states = run(sess, meta, part, np.full(len(x), part.shape[1]), states)
-        outputs.append(seq)
-    return np.concatenate(outputs, axis=1), final
-
-
-def certify(
-    meta: ModelMetadata, fp32: ort.InferenceSession, int8: ort.InferenceSession, data: HeldBack
-) -> Certificate:
-    """The certificate's figures (see ``Certificate``)."""
-    d = data.data
-    seq32, fin32, _ = run(fp32, meta, d.x, d.lengths)
-    seq8, fin8, _ = run(int8, meta, d.x, d.lengths)
-    valid = np.arange(d.x.shape[1])[None, :] < d.lengths[:, None]
-    stream = drift_stream(d)
-    chunk = d.x.shape[1]
-    long32, end32 = streamed(fp32, meta, stream, chunk)
-    long8, end8 = streamed(int8, meta, stream, chunk)
-    scale = max(1.0, float(np.abs(fin32).max()), float(np.abs(seq32[valid]).max()))
-    scale = max(scale, float(np.abs(long32).max()))
-    return Certificate(
-        data=data.source,
-        data_sha256=data.sha256,
-        sequences=len(d),
-        time=d.x.shape[1],
-        metric=MetricComparison(
-            name="accuracy" if meta.task == "classification" else "mse",
-            fp32=_metric(meta, d, seq32, fin32),
-            int8=_metric(meta, d, seq8, fin8),
-        ),
-        final_output=_difference(fin8, fin32),
-        sequence_output=_difference(seq8[valid], seq32[valid]),
-        drift=Drift(
-            factor=DRIFT_FACTOR,
-            steps=stream.shape[1],
-            chunk=chunk,
-            streams=len(stream),
-            chunked=meta.carries_state,
-            max_abs_diff_at_end=_difference(end8, end32).max_abs_diff,
-            max_abs_diff=_difference(long8, long32).max_abs_diff,
-        ),
-        scale=scale,
-    )
-
-
-def throughput(
-    sess: ort.InferenceSession, meta: ModelMetadata, x: np.ndarray, seconds: float
-) -> float:
-    """Sequences per second of repeated calls on ``x`` (one warm-up call first)."""
-    lengths = np.full(len(x), x.shape[1])
-    run(sess, meta, x, lengths)
-    calls, start = 0, time.perf_counter()
-    while True:
-        run(sess, meta, x, lengths)
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return calls * len(x) / elapsed
-
-
-def _batch(data: Dataset, batch: int) -> np.ndarray:
-    index = np.arange(batch) % len(data)
-    return np.ascontiguousarray(data.x[index])
-
-
-def speeds(
-    meta: ModelMetadata,
-    fp32: ort.InferenceSession,
-    int8: ort.InferenceSession,
-    data: Dataset,
-    seconds: float,
-    rounds: int = 3,
-) -> list[Speed]:
-    """Both versions at batch 1 and 32, interleaved, best of ``rounds`` (a shared CPU
-    only ever slows a round down)."""
-    out = []
-    for batch in SPEED_BATCHES:
-        x = _batch(data, batch)
-        best32 = best8 = 0.0
-        for _ in range(rounds):
-            best32 = max(best32, throughput(fp32, meta, x, seconds))
-            best8 = max(best8, throughput(int8, meta, x, seconds))
-        out.append(Speed(batch=batch, time=x.shape[1], fp32_seq_per_s=best32, int8_seq_per_s=best8))
-    return out
 
 
 # -- quantizing -------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import onnxruntime as ort
 import pytest
 
 from models import quantize, train
+from models.presets import DATA
 from models.testing import make_tiny_model
 from service.core.contract import MetricComparison, ModelMetadata, Tolerance
 from service.core.model import read_metadata
@@ -330,6 +331,6 @@ def test_the_shipped_models_test_splits_are_rebuilt_from_their_metadata(
     held = quantize.held_back(meta)
     assert len(held.data) == n_test and held.source.endswith("(test split)")
     if name == "basic_motions":
-        with np.load(quantize.DATA / "basic_motions.npz") as npz:
+        with np.load(DATA / "basic_motions.npz") as npz:
             np.testing.assert_array_equal(held.data.x, npz["X_test"])
             np.testing.assert_array_equal(held.data.y, npz["y_test"])
