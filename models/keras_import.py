@@ -30,9 +30,10 @@ from models.export import export_model
 from models.keras import parity as keras_parity
 from models.keras.bounds import MAX_BYTES, FileRefused, Limits, parse_size, size_text
 from models.keras.convert import Converted, convert, keras_summary
+from models.keras.files import KerasFile, read
 from models.keras.graph import UnsupportedModel
-from models.keras.spec import KerasModelSpec, parse
-from models.keras.weights import KerasFile, read
+from models.keras.layers import KerasModelSpec
+from models.keras.spec import parse
 from models.train import REPOSITORY, next_version
 from service.core.contract import (
     METADATA_FILENAME,

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from models.keras.spec import KerasModelSpec
+from models.keras.layers import KerasModelSpec
 
 GiB, MiB, KiB = 1 << 30, 1 << 20, 1 << 10
 MAX_BYTES = 2 * GiB

@@ -35,9 +35,9 @@ import numpy as np
 import torch
 
 from models.architecture import Affine, StackedLSTM
+from models.keras.files import KerasFile
 from models.keras.graph import UnsupportedModel
-from models.keras.spec import KerasModelSpec, LSTMSpec, StackStep
-from models.keras.weights import KerasFile
+from models.keras.layers import KerasModelSpec, LSTMSpec, StackStep
 
 KERAS_EPSILON = 1e-7  # keras.config.epsilon(), Normalization's floor on the std
 

@@ -25,7 +25,7 @@ import onnxruntime as ort
 
 from models.export import scaled_gap
 from models.keras.convert import Converted
-from models.keras.spec import KerasModelSpec
+from models.keras.layers import KerasModelSpec
 from service.core.contract import METADATA_FILENAME, MODEL_FILENAME, ModelMetadata
 
 TOLERANCE = 1e-5

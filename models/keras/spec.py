@@ -8,16 +8,24 @@ input to output, one layer after another.
 
 Every setting the export cannot reproduce exactly is refused with an
 ``UnsupportedModel`` naming the layer and the setting: a model that imports is
-one whose served answers equal Keras's.
+one whose served answers equal Keras's. The description itself (the dataclasses)
+lives in ``layers.py``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from models.keras.graph import MASK_OPS, UnsupportedModel, input_shape, layer_list
+from models.keras.layers import (
+    DenseSpec,
+    KerasModelSpec,
+    LSTMSpec,
+    NormalizationSpec,
+    StackStep,
+)
 
 # Layers that do nothing at inference (Keras runs them with training=False).
 NO_OPS = frozenset(
@@ -70,122 +78,6 @@ NOT_YET = {
         "attention layers are not supported; only a chain of recurrent and dense layers"
     ),
 }
-
-
-@dataclass(frozen=True)
-class LSTMSpec:
-    """One recurrent layer (both directions when ``bidirectional``; backward when
-    ``go_backwards``): an LSTM, or a GRU (``cell="gru"``, with Keras's ``reset_after``)."""
-
-    name: str
-    units: int
-    return_sequences: bool
-    stateful: bool
-    use_bias: bool
-    bidirectional: bool = False
-    merge_mode: str = "concat"
-    go_backwards: bool = False
-    cell: str = "lstm"
-    reset_after: bool = True
-
-    @property
-    def kind(self) -> str:
-        """Keras's class name: ``LSTM``, ``GRU``, ``Bidirectional(GRU)``..."""
-        cell = self.cell.upper()
-        return f"Bidirectional({cell})" if self.bidirectional else cell
-
-    @property
-    def direction(self) -> str:
-        if self.bidirectional:
-            return "bidirectional"
-        return "backward" if self.go_backwards else "forward"
-
-    def keras_params(self, inputs: int) -> int:
-        """Keras's count: LSTM 4u(i + u) + 4u per direction (one bias vector per gate);
-        GRU 3u(i + u) + 6u with reset_after=True (input and recurrent biases), + 3u without."""
-        gates = 4 if self.cell == "lstm" else 3
-        biases = 2 if self.cell == "gru" and self.reset_after else 1
-        per_direction = gates * self.units * (inputs + self.units) + (
-            biases * gates * self.units if self.use_bias else 0
-        )
-        return per_direction * (2 if self.bidirectional else 1)
-
-    @property
-    def output_width(self) -> int:
-        """What the next layer reads: both directions side by side only for concat."""
-        return self.units * (2 if self.bidirectional and self.merge_mode == "concat" else 1)
-
-
-@dataclass(frozen=True)
-class DenseSpec:
-    """A Dense layer after the recurrent ones, its activation, and whether it runs at
-    every timestep. The last one is the head."""
-
-    name: str
-    kind: str  # "Dense" or "TimeDistributed(Dense)"
-    units: int
-    activation: str
-    use_bias: bool
-    per_timestep: bool
-
-
-@dataclass(frozen=True)
-class StackStep:
-    """One step of the dense stack between the recurrent layers and the head.
-
-    ``kind``: ``dense`` (``dense`` set), ``activation`` (``activation`` set),
-    ``layer_norm`` or ``batch_norm`` (``epsilon``, ``center``, ``scale``).
-    """
-
-    kind: str
-    name: str
-    dense: DenseSpec | None = None
-    activation: str = "linear"
-    epsilon: float = 1e-3
-    center: bool = True
-    scale: bool = True
-
-
-@dataclass(frozen=True)
-class NormalizationSpec:
-    """A Keras ``Normalization``: mean and variance from the config, or else the weights."""
-
-    name: str
-    mean: list[float] | None
-    variance: list[float] | None
-    before_masking: bool
-
-
-@dataclass(frozen=True)
-class KerasModelSpec:
-    """What ``convert.py`` needs: the layers in order, the input, the dense stack, the head."""
-
-    name: str
-    num_features: int
-    timesteps: int | None
-    batch_size: int | None
-    lstms: list[LSTMSpec]
-    head: DenseSpec
-    mask_value: float | None = None
-    normalization: NormalizationSpec | None = None
-    dropout: float = 0.0
-    # (name, type) of every layer in order, for the Keras-style summary
-    layers: list[tuple[str, str]] = field(default_factory=list)
-    # Dense layers, activations and normalisations between the last LSTM and the head
-    hidden: list[StackStep] = field(default_factory=list)
-
-    @property
-    def stateful(self) -> bool:
-        return self.lstms[0].stateful
-
-    @property
-    def bidirectional(self) -> bool:
-        """Whether any layer is bidirectional."""
-        return any(layer.bidirectional for layer in self.lstms)
-
-    @property
-    def directions(self) -> list[str]:
-        return [layer.direction for layer in self.lstms]
 
 
 def _check_lstm(name: str, cfg: dict[str, Any], kind: str = "LSTM") -> None:

@@ -25,9 +25,9 @@ from keras import layers as L
 from models import keras_import
 from models.keras import parity as keras_parity
 from models.keras.convert import keras_summary
+from models.keras.files import read
 from models.keras.graph import UnsupportedModel
 from models.keras.spec import parse
-from models.keras.weights import read
 from service.core.contract import ModelMetadata
 from tests.conftest import reference
 from tests.models import keras_models
