@@ -33,7 +33,8 @@ from models.keras.convert import Converted, convert, keras_summary
 from models.keras.graph import UnsupportedModel
 from models.keras.spec import KerasModelSpec, parse
 from models.keras.weights import KerasFile, read
-from models.train import REPOSITORY, next_version
+from models.train import next_version
+from models.train_args import REPOSITORY
 from service.core.contract import (
     METADATA_FILENAME,
     DataProvenance,
