@@ -31,8 +31,8 @@ and ``export.py`` sets the exported GRU node's ``linear_before_reset`` to 0
 any GRU layer carries no state: ``forward`` takes and returns no state tensors.
 
 Between the last recurrent layer and the head, an optional dense stack
-(``hidden``): ``Linear`` layers, activations and inference-time layer or batch
-normalisation, each described by a small dict so a checkpoint rebuilds it.
+(``hidden``, built by ``head.py``); the Keras-style table of layers and
+parameter counts is ``summary.py``'s.
 """
 
 from __future__ import annotations
@@ -45,65 +45,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from models.head import activation_module, hidden_stack
+from models.summary import keras_style_summary
+
 DIRECTIONS = ("forward", "backward", "bidirectional")
 CELLS = ("lstm", "gru")
 MERGE_MODES = ("concat", "sum", "ave", "mul")
-
-
-def activation_module(name: str) -> nn.Module:
-    """Keras's activation of that name as a torch module, the same function exactly."""
-    modules: dict[str, type[nn.Module]] = {
-        "linear": nn.Identity,
-        "relu": nn.ReLU,
-        "tanh": nn.Tanh,
-        "sigmoid": nn.Sigmoid,
-        "elu": nn.ELU,  # alpha 1.0 in both
-        "selu": nn.SELU,
-        "gelu": nn.GELU,  # Keras's default is the exact (erf) form, as torch's
-        "softplus": nn.Softplus,
-        "softsign": nn.Softsign,
-        "swish": nn.SiLU,
-        "silu": nn.SiLU,
-    }
-    if name == "leaky_relu":
-        return nn.LeakyReLU(0.2)  # Keras's default negative_slope
-    if name not in modules:
-        raise ValueError(f"activation {name!r} is not one of {', '.join([*modules, 'leaky_relu'])}")
-    return modules[name]()
-
-
-class Affine(nn.Module):
-    """``x * scale + shift`` per feature: an inference-time batch normalisation."""
-
-    scale: Tensor
-    shift: Tensor
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.register_buffer("scale", torch.ones(size))
-        self.register_buffer("shift", torch.zeros(size))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.scale + self.shift
-
-
-def _hidden_stack(width: int, hidden: Sequence[dict[str, Any]]) -> tuple[nn.Sequential, int]:
-    """The dense stack's modules and the width it hands the head."""
-    modules: list[nn.Module] = []
-    for item in hidden:
-        kind = item["kind"]
-        if kind == "dense":
-            modules.append(nn.Linear(width, int(item["units"]), bias=bool(item.get("bias", True))))
-            width = int(item["units"])
-        elif kind == "activation":
-            modules.append(activation_module(str(item["name"])))
-        elif kind == "layer_norm":
-            modules.append(nn.LayerNorm(width, eps=float(item["epsilon"])))
-        elif kind == "batch_norm":
-            modules.append(Affine(width))
-        else:
-            raise ValueError(f"unknown dense-stack item {kind!r}")
-    return nn.Sequential(*modules), width
 
 
 def reverse_valid(x: Tensor, lengths: Tensor | None) -> Tensor:
@@ -228,7 +175,7 @@ class StackedLSTM(nn.Module):
             for i, units in enumerate(layers)
         )
         self.dropout = nn.Dropout(dropout)
-        self.hidden, head_width = _hidden_stack(widths[-1], self.hidden_config)
+        self.hidden, head_width = hidden_stack(widths[-1], self.hidden_config)
         self.head = nn.Linear(head_width, output_size)
         self.final_activation = activation_module(out_activation)
         # Standardisation of inputs and (regression) targets, fitted on training data.
@@ -410,52 +357,6 @@ class StackedLSTM(nn.Module):
         return (self.activate(sequence), self.activate(final), *finals)
 
     def summary(self) -> str:
-        """A Keras-style table: layer, output shape, parameters, and the total.
-
-        Beside PyTorch's count, Keras's for the same layer: Keras keeps one bias
-        vector per gate where ``nn.LSTM`` keeps two (``bias_ih`` and ``bias_hh``),
-        so LSTM(2 -> 64) is 17,152 in ``model.summary()`` and 17,408 here. A user
-        coming from a Keras tutorial can check the architecture against the
-        numbers they know.
-        """
-        rows: list[tuple[str, str, int, int]] = [
-            ("input", f"(None, None, {self.num_features})", 0, 0)
-        ]
-        for i, lstm in enumerate(self.lstms):
-            cell = self.cells[i].upper()
-            kind = f"Bidirectional({cell})" if self.directions_of(i) == 2 else cell
-            width = self.output_width(i)
-            count = sum(p.numel() for p in lstm.parameters())
-            keras = count  # GRU with reset_after=True: Keras keeps both biases too
-            if self.cells[i] == "lstm":
-                keras -= 4 * self.layer_sizes[i] * self.directions_of(i)  # one bias, not two
-            elif not self.reset_after[i]:
-                keras -= 3 * self.layer_sizes[i] * self.directions_of(i)
-            rows.append((f"{self.cells[i]}_{i} ({kind})", f"(None, None, {width})", count, keras))
-        for j, module in enumerate(self.hidden):
-            count = sum(p.numel() for p in module.parameters())
-            if isinstance(module, Affine):  # folded into buffers; Keras keeps 4 arrays
-                rows.append(
-                    (f"batch_norm_{j} (BatchNormalization)", "", 0, 4 * module.scale.numel())
-                )
-            elif isinstance(module, nn.Linear):
-                rows.append((f"dense_{j} (Dense)", f"(None, {module.out_features})", count, count))
-            elif count:
-                rows.append((f"norm_{j} ({type(module).__name__})", "", count, count))
-        head = sum(p.numel() for p in self.head.parameters())
-        rows.append(("dense (Dense)", f"(None, {self.output_size})", head, head))
-        total = sum(r[2] for r in rows)
-        keras_total = sum(r[3] for r in rows)
-        lines = [f"{'Layer (type)':<30}{'Output Shape':<22}{'Param #':>10}{'Keras #':>10}"]
-        lines += ["=" * 72]
-        lines += [
-            f"{name:<30}{shape:<22}{count:>10,}{keras:>10,}" for name, shape, count, keras in rows
-        ]
-        lines += [
-            "=" * 72,
-            f"Keras-equivalent params: {keras_total:,} (Keras keeps one LSTM bias vector, "
-            "PyTorch two; a GRU with reset_after=True keeps two in both)",
-            f"Total params: {total:,}",
-            f"(per-timestep head: (None, None, {self.output_size}) with the same dense weights)",
-        ]
-        return "\n".join(lines)
+        """A Keras-style table: layer, output shape, parameters, and the total
+        (``models.summary``)."""
+        return keras_style_summary(self)

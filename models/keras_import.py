@@ -34,7 +34,8 @@ from models.keras.files import KerasFile, read
 from models.keras.graph import UnsupportedModel
 from models.keras.layers import KerasModelSpec
 from models.keras.spec import parse
-from models.train import REPOSITORY, next_version
+from models.train import next_version
+from models.train_args import REPOSITORY
 from service.core.contract import (
     METADATA_FILENAME,
     DataProvenance,

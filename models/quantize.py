@@ -355,7 +355,7 @@ def tolerance_of(args: argparse.Namespace) -> Tolerance:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from models.train import REPOSITORY
+    from models.train_args import REPOSITORY
 
     p = argparse.ArgumentParser(prog="lstm-quantize", description=__doc__.split("\n\n")[0])
     p.add_argument("model", help="NAME or NAME/VERSION (default: the newest fp32 version)")

@@ -3,7 +3,8 @@
 The whole path in one read: load and split the data (``data.py``), fit the
 standardisation on the training split, train with Adam and gradient clipping,
 stop early on validation loss (restoring the best weights), report on the test
-split, export to ONNX with a parity check (``export.py``).
+split, export to ONNX with a parity check (``export.py``). The flags and their
+per-layer lists are ``train_args.py``'s.
 
     lstm-train --preset basic_motions          # the shipped default model
     lstm-train --data my.npz --name my_model --layers 64,32 --epochs 100
@@ -26,11 +27,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from models import quantize
-from models.architecture import CELLS, DIRECTIONS, MERGE_MODES, StackedLSTM
+from models.architecture import StackedLSTM
 from models.data import Dataset, Splits, load, standardization, valid_mask
 from models.examples import write_examples
 from models.export import export_model
-from models.presets import PRESETS, Preset
+from models.presets import PRESETS
+from models.train_args import parse_args
 from service.core.contract import (
     METADATA_FILENAME,
     DataProvenance,
@@ -38,118 +40,6 @@ from service.core.contract import (
     TrainingInfo,
     file_sha256,
 )
-
-REPOSITORY = Path(__file__).resolve().parent / "repository"
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="lstm-train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", choices=sorted(PRESETS), help="a shipped dataset and its settings")
-    p.add_argument("--data", type=Path, help=".npz or .csv (see models/data.py for the layout)")
-    p.add_argument("--name", help="model name in the repository")
-    p.add_argument("--layers", default="64,32", help="units per recurrent layer, e.g. 64,32")
-    cells = p.add_mutually_exclusive_group()
-    cells.add_argument("--cell", choices=CELLS, help="the cell of every layer (default: lstm)")
-    cells.add_argument("--cells", help="one cell per layer, e.g. lstm,gru")
-    p.add_argument(
-        "--bidirectional", action="store_true", help="every layer bidirectional (--directions)"
-    )
-    p.add_argument(
-        "--directions",
-        help="one direction per layer (forward, bidirectional, backward), or one for all; "
-        "backward is Keras's go_backwards",
-    )
-    p.add_argument(
-        "--merge-modes",
-        help="how bidirectional layers join their halves (concat, sum, ave, mul): "
-        "one per layer or one for all (default: concat)",
-    )
-    p.add_argument("--dropout", type=float, default=0.2)
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--clip", type=float, default=1.0, help="gradient norm clip")
-    p.add_argument("--patience", type=int, default=30, help="epochs without improvement")
-    p.add_argument(
-        "--target",
-        choices=["final", "sequence"],
-        help="train on the final output or every timestep (default: what y's shape implies)",
-    )
-    p.add_argument(
-        "--validation-split",
-        type=float,
-        default=0.2,
-        help="held out for early stopping; 0 stops on the training loss instead",
-    )
-    p.add_argument("--test-split", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--restarts",
-        type=int,
-        default=1,
-        help="train this many seeds (seed, seed+1, ...) and keep the best on validation loss",
-    )
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest here)")
-    p.add_argument("--repository", type=Path, default=REPOSITORY)
-    p.add_argument("--version", type=int, help="default: the next free integer")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--quantize",
-        action="store_true",
-        help="also publish an int8 version, certified on the test split (lstm-quantize)",
-    )
-    quantize.add_arguments(p, data=False)
-    args = p.parse_args(argv)
-    if args.preset:
-        preset: Preset = PRESETS[args.preset]
-        p.set_defaults(data=preset.data, name=preset.name, **preset.hyperparameters)
-        args = p.parse_args(argv)  # explicit flags still win over the preset
-    if args.data is None or args.name is None:
-        p.error("give --preset, or --data and --name")
-    try:
-        args.layers, args.cells, args.directions, args.merge_modes = stack_of(args)
-    except ValueError as error:  # one line, not argparse's usage block
-        print(f"lstm-train: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
-    return args
-
-
-def _per_layer(
-    flag: str, value: str | None, count: int, known: tuple[str, ...], default: str
-) -> list[str]:
-    """A comma list with one entry per layer; one entry stands for every layer."""
-    if value is None:
-        return [default] * count
-    items = [item.strip() for item in str(value).split(",")]
-    unknown = [item for item in items if item not in known]
-    if unknown:
-        raise ValueError(f"{flag}: {unknown[0]!r} is not one of {', '.join(known)}")
-    if len(items) == 1:
-        return items * count
-    if len(items) != count:
-        raise ValueError(
-            f"{flag} gives {len(items)} entries for {count} layers (--layers): "
-            "give one per layer, or one for all"
-        )
-    return items
-
-
-def stack_of(args: argparse.Namespace) -> tuple[list[int], list[str], list[str], list[str]]:
-    """(units, cells, directions, merge modes) per layer from the flags; ValueError if not."""
-    try:
-        layers = [int(u) for u in str(args.layers).split(",")]
-    except ValueError:
-        raise ValueError(f"--layers: {args.layers!r} is not a comma list of units") from None
-    if not layers or min(layers) < 1:
-        raise ValueError(f"--layers: {args.layers!r} needs positive units")
-    n = len(layers)
-    if args.bidirectional and args.directions is not None:
-        raise ValueError("give --bidirectional or --directions, not both")
-    direction = "bidirectional" if args.bidirectional else "forward"
-    cells = _per_layer("--cells", args.cells or args.cell, n, CELLS, "lstm")
-    directions = _per_layer("--directions", args.directions, n, DIRECTIONS, direction)
-    merges = _per_layer("--merge-modes", args.merge_modes, n, MERGE_MODES, "concat")
-    return layers, cells, directions, merges
 
 
 def tensors(data: Dataset) -> tuple[Tensor, Tensor, Tensor]:

@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.architecture import Affine, StackedLSTM
+from models.architecture import StackedLSTM
+from models.head import Affine
 from models.keras.files import KerasFile
 from models.keras.graph import UnsupportedModel
 from models.keras.layers import KerasModelSpec, LSTMSpec, StackStep

@@ -18,7 +18,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from models import quantize, train
+from models import quantize, train, train_args
 from models.presets import DATA
 from models.testing import make_tiny_model
 from service.core.contract import MetricComparison, ModelMetadata, Tolerance
@@ -327,7 +327,7 @@ def test_the_shipped_models_test_splits_are_rebuilt_from_their_metadata(
 ) -> None:
     """No split is stored: the training file (found in models/data/ by its sha256), the
     preset's preparation, the seed and the fractions recorded rebuild it."""
-    meta = metadata(Path(train.REPOSITORY) / name / "1")
+    meta = metadata(Path(train_args.REPOSITORY) / name / "1")
     held = quantize.held_back(meta)
     assert len(held.data) == n_test and held.source.endswith("(test split)")
     if name == "basic_motions":
