@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing
 import os
 import shutil
 import socket
@@ -56,19 +55,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-import numpy as np
-import onnxruntime as ort
-
-from service.core.contract import ModelMetadata
 from service.loadtest import LoadSpec, run_load
 from service.loadtest.costly import report_costly, run_costly
 from service.loadtest.floor import floor_server
+from service.loadtest.limit import machine_limit, metadata_of, raw_baseline
 from service.loadtest.process import PeakRss, ServerProcess, free_port, tree_cpu_s
 from service.loadtest.streams import Mode, drive
 from service.loadtest.tables import (
@@ -104,42 +99,6 @@ OVERLOAD = (
     Point("overload: 3x that rate, open loop", "v2-binary", 32, 0, overload=3.0),
     Point("right after: 32 seq/request, 1 client", "v2-binary", 32, 1, warmup_s=0.0),
 )
-
-
-def raw_baseline(
-    version_dir: Path, batch: int, steps: int, seconds: float, threads: int = 1
-) -> dict[str, float]:
-    """Sequences/s and per-call latency of onnxruntime alone, back to back.
-
-    ``threads`` intra-op threads; 0 is onnxruntime's default (one per core).
-    """
-    meta = _metadata(version_dir)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(version_dir / "model.onnx"), so, ["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    feeds: dict[str, np.ndarray] = {
-        meta.tensors.x: rng.normal(size=(batch, steps, meta.num_features)).astype(np.float32),
-        meta.tensors.lengths: np.full(batch, steps, np.int64),
-    }
-    for i, names in enumerate(meta.tensors.initial_states):
-        feeds[names.h] = feeds[names.c] = np.zeros(meta.state_shape(i, batch), np.float32)
-    outputs = [meta.tensors.final_output]
-    for _ in range(20):
-        session.run(outputs, feeds)
-    latencies: list[float] = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        start = time.perf_counter()
-        session.run(outputs, feeds)
-        latencies.append(time.perf_counter() - start)
-    ms = np.array(latencies) * 1000
-    return {
-        "sequences_per_s": batch * len(ms) / (ms.sum() / 1000),
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
-    }
 
 
 def run_points(
@@ -202,7 +161,7 @@ def run_streams(
     }
     if state_url:
         env["LSTM_SERVE_STATE_URL"] = state_url
-    features = _metadata(repository / MODEL / "1").num_features
+    features = metadata_of(repository / MODEL / "1").num_features
     shared = bool(state_url) or env.get("LSTM_SERVE_WORKERS", "1") == "1"
     plan: list[tuple[dict[str, str], tuple[Mode, ...]]] = [
         (env, ("ws", "v1") if shared else ("ws",))
@@ -222,10 +181,6 @@ def run_streams(
             row.result["workers"] = int(server_env.get("LSTM_SERVE_WORKERS", "1"))
             row.result["store"] = "redis" if state_url else "in-process"
     return rows
-
-
-def _metadata(version_dir: Path) -> ModelMetadata:
-    return ModelMetadata.model_validate_json((version_dir / "metadata.json").read_bytes())
 
 
 def _measure_streams(
@@ -262,12 +217,11 @@ def run_floor(workers: int, steps: int, seconds: float) -> list[Row]:
         return _measure(target, steps, seconds, FLOOR_POINTS, features=6)  # type: ignore[arg-type]
 
 
-class _Target:
+class _Target(NamedTuple):
     """What ``_measure`` needs of a server: its URL and its process."""
 
-    def __init__(self, url: str, process: Any) -> None:
-        self.url = url
-        self.process = process
+    url: str
+    process: Any
 
 
 def _measure(
@@ -306,32 +260,6 @@ def _measure(
             rows.append(Row(point, result, memory.peak, per_request, cpu_s / result.elapsed_s))
             print(f"  {point.label}: {result.requests_per_s:.0f} req/s", file=sys.stderr)
         return rows
-
-
-def _one_process(args: tuple[Path, int, int, float]) -> dict[str, float]:
-    return raw_baseline(*args)
-
-
-def machine_limit(
-    version_dir: Path, batch: int, steps: int, seconds: float, processes: int
-) -> dict[str, Any]:
-    """What the machine's cores can compute, measured two ways, the larger taken.
-
-    ``processes`` one-thread sessions in as many processes at once (how the service
-    uses the cores: one worker process each), and one in-process session with
-    onnxruntime's default threads. Either can win depending on the machine.
-    """
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(processes, mp_context=context) as pool:
-        parts = list(pool.map(_one_process, [(version_dir, batch, steps, seconds)] * processes))
-    parallel = sum(part["sequences_per_s"] for part in parts)
-    default = raw_baseline(version_dir, batch, steps, seconds, threads=0)["sequences_per_s"]
-    return {
-        "sequences_per_s": max(parallel, default),
-        "processes_x_1_thread": parallel,
-        "default_threads": default,
-        "processes": processes,
-    }
 
 
 def plot(runs: dict[str, list[Row]], path: Path) -> None:

@@ -2,7 +2,7 @@
 ``python -m service.loadtest.grpc_bench``.
 
 One server (``python -m service``, ``--workers`` processes, gRPC on its own port)
-and, in the same run, the machine's limit (``benchmark.machine_limit``: plain
+and, in the same run, the machine's limit (``limit.machine_limit``: plain
 onnxruntime on every core, batches of 32). Each point is a closed loop of
 ``clients`` connections, each sending the next request when the last is answered:
 
@@ -38,7 +38,7 @@ import numpy as np
 from service.grpc.generated import grpc_service_pb2 as pb
 from service.grpc.generated import grpc_service_pb2_grpc as rpc
 from service.loadtest import LoadSpec, run_load
-from service.loadtest.benchmark import machine_limit
+from service.loadtest.limit import machine_limit
 from service.loadtest.process import ServerProcess, free_port, start_server, tree_cpu_s
 from service.settings import DEFAULT_REPOSITORY
 
