@@ -14,7 +14,7 @@ from service.core.server import Server
 from service.dataplane import DataPlane
 from service.grpc.server import STOP_GRACE_S, start_grpc
 from service.http import errors, health, metrics, openapi
-from service.http.asgi import HotRoutes
+from service.http.asgi import BudgetedApp, HotRoutes
 from service.http.body import BodyLimits
 from service.http.observer import RequestObserver
 from service.http.security import Security
@@ -97,4 +97,5 @@ def create_app(settings: Settings) -> ASGIApp:
     and metrics, and outside ``HotRoutes``, so no route escapes it.
     """
     hot = HotRoutes(build_fastapi(settings), HOT_ROUTERS)
-    return RequestObserver(Security(hot, settings))
+    observed = RequestObserver(Security(hot, settings))
+    return BudgetedApp(observed) if settings.cpu_budget else observed

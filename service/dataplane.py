@@ -29,6 +29,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Generic, Protocol, TypeVar
 
+from service.core import cpu_budget
 from service.core.errors import Overloaded
 from service.core.model import ServedModel
 from service.core.server import Server
@@ -159,8 +160,12 @@ class DataPlane:
         if resolved is not None:
             resolved(model)
         with model.holds.held():  # a rollout's drain waits for this request, body and all
-            decoded = await codec.decode(await read(), model)
+            cpu_budget.step("read body")
+            payload = await read()
+            cpu_budget.step("decode")
+            decoded = await codec.decode(payload, model)
             asked = decoded.options
+            cpu_budget.step("submit, wait, resume")
             if asked.stateful:
                 if owner:
                     asked = replace(asked, owner=owner)
@@ -169,4 +174,5 @@ class DataPlane:
                 )
             else:
                 result, steps = await model.batcher.submit(decoded.request), None
+            cpu_budget.step("encode")
             return codec.encode(Outcome(model, decoded, result, steps))

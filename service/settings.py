@@ -437,6 +437,14 @@ class Settings(BaseSettings):
         "DEADLINE_EXCEEDED (as websocket_idle_timeout_s closes an idle WebSocket)",
     )
 
+    # Measurement
+    cpu_budget: bool = Field(
+        default=False,
+        description="charge each worker's CPU to the steps of the request path, where each "
+        "runs (lstm_cpu_budget_seconds_total on /metrics; the benchmark's budget rows). "
+        "About a microsecond per request; off in production",
+    )
+
     # Logging
     log_level: LogLevel = Field(default="info", description="the lowest level logged")
     log_format: Literal["json", "text"] = Field(

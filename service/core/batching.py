@@ -52,7 +52,9 @@ from functools import partial
 
 import onnxruntime as ort
 
+from service.core import cpu_budget
 from service.core.calls import CostLimits, check_request, length_bucket, run_batch, runs_whole
+from service.core.cpu_budget import LOOP
 from service.core.errors import DeadlineExceeded, Overloaded
 from service.core.holds import Holds
 from service.core.runtime import ModelRuntime
@@ -313,8 +315,10 @@ class DynamicBatcher:
         self._dispatch()
 
     def _dispatch_soon(self) -> None:
+        budget = cpu_budget.section("batcher: form batches, hand to a thread", LOOP)
         self._soon = False
         self._dispatch()
+        cpu_budget.end(budget)
 
     def _dispatch(self) -> None:
         """Start batches while a slot is free and a batch is ready."""
@@ -337,6 +341,7 @@ class DynamicBatcher:
         self, batch: list[_Pending], done: Future[list[RunResult | Exception]]
     ) -> None:
         """On the worker thread: hand the outcomes to the event loop."""
+        budget = cpu_budget.section("hand-off to the event loop")
         try:
             outcomes = done.result()
         except Exception as exc:  # run_batch reports per request; this is the executor failing
@@ -344,8 +349,14 @@ class DynamicBatcher:
         assert self._loop is not None
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
             self._loop.call_soon_threadsafe(self._finish, batch, outcomes)
+        cpu_budget.end(budget)
 
     def _finish(self, batch: list[_Pending], outcomes: list[RunResult | Exception]) -> None:
+        budget = cpu_budget.section("batcher: results to requests, next batch", LOOP)
+        self._finished(batch, outcomes)
+        cpu_budget.end(budget)
+
+    def _finished(self, batch: list[_Pending], outcomes: list[RunResult | Exception]) -> None:
         self._free += 1
         if batch and batch[0].call is not None:
             batch[0].call.finished = True

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
+from service.core import cpu_budget
 from service.core.contract import ModelMetadata
 from service.core.errors import CostLimit, DeadlineExceeded
 from service.core.runtime import ModelRuntime
@@ -290,6 +291,7 @@ def run_batch(
 ) -> list[RunResult | Exception]:
     """Merge, run as bounded calls, split; on a worker thread. Requests past their
     deadline are skipped."""
+    budget = cpu_budget.section("metrics")
     start = time.monotonic()
     metrics = runtime.metrics
     expired = [start > r.deadline for r in requests]
@@ -298,8 +300,10 @@ def run_batch(
     if live:
         for r in live:
             metrics.queue_duration.observe(start - r.enqueued_at)
+        cpu_budget.step("merge")
         batch = merge(live, runtime)
         try:
+            cpu_budget.step("feeds, outputs (around session.run)")
             result = execute(
                 runtime,
                 batch.x,
@@ -309,6 +313,7 @@ def run_batch(
                 limits or CostLimits(),
                 run_options,
             )
+            cpu_budget.step("split")
             parts = list(split(result, live))
         except Exception as error:  # reach every caller; the batcher itself must survive
             exc: Exception = error
@@ -318,8 +323,10 @@ def run_batch(
             else:
                 log.exception("onnxruntime failed on a batch of %d sequences", batch.batch_size)
             parts = [exc] * len(live)
+        cpu_budget.step("metrics")
         metrics.compute_duration.observe(time.monotonic() - start)
         metrics.batch_sequences.observe(batch.batch_size)
+    cpu_budget.end(budget)
     answers = iter(parts)
     return [
         DeadlineExceeded("the request waited past its deadline before it could run")

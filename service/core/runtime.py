@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service.core import cpu_budget
 from service.core.contract import ModelMetadata
 from service.core.metrics import VersionMetrics
 from service.core.types import SEQUENCE, Outputs, RunResult, State
@@ -155,7 +156,10 @@ class ModelRuntime:
         if self._shrink:
             run_options = run_options or ort.RunOptions()
             run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-        values = dict(zip(names, self.session.run(names, feeds, run_options), strict=True))
+        cpu_budget.step("session.run")
+        ran = self.session.run(names, feeds, run_options)
+        cpu_budget.step("feeds, outputs (around session.run)")
+        values = dict(zip(names, ran, strict=True))
         result = RunResult(
             sequence_output=values.get(t.sequence_output),
             final_output=values.get(t.final_output),

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from service.core import cpu_budget
 from service.core.batching import BatchingOptions, DynamicBatcher
 from service.core.calls import CostLimits
 from service.core.memory import fix_malloc_thresholds
@@ -48,6 +49,7 @@ class Server:
         self.sequences = self._sequences()
         self._evictor: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._budget: asyncio.Task[None] | None = None
         self.live = True
         self._started = False
 
@@ -159,6 +161,9 @@ class Server:
 
     async def start(self) -> None:
         """Load and warm up every model before reporting ready."""
+        if self.settings.cpu_budget:
+            cpu_budget.enable()
+            self._budget = asyncio.create_task(cpu_budget.flush_forever())
         await self.repository.load_all()
         loaded = [f"{m.name}:{m.version}" for m in self.repository.all()]
         if not loaded:
@@ -193,7 +198,7 @@ class Server:
 
     async def stop(self) -> None:
         self._started = False
-        for task in (self._evictor, self._poller):
+        for task in (self._evictor, self._poller, self._budget):
             if task is not None:
                 task.cancel()
         await self.repository.close()  # closes every version's batcher and its threads

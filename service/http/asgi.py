@@ -29,8 +29,9 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from starlette.requests import ClientDisconnect, HTTPConnection, Request
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.core import cpu_budget
 from service.core.model import ServedModel
 from service.core.server import Server
 from service.http.errors import response_for
@@ -125,6 +126,7 @@ class HotRoutes:
             return  # nobody is left to answer; a queued inference was dropped with the task
         except Exception as exc:
             response = response_for(request, exc)
+        cpu_budget.step("http: respond (headers, uvicorn's write)")
         await response(scope, receive, send)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -147,3 +149,19 @@ class HotRoutes:
         if message["type"] == "lifespan.startup":
             await send({"type": "lifespan.startup.failed", "message": error})
         raise RuntimeError(error)
+
+
+class BudgetedApp:
+    """The outermost layer when ``LSTM_SERVE_CPU_BUDGET`` is on: each HTTP request's
+    handling on the event loop charged to the steps it passes (``core/cpu_budget.py``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await cpu_budget.timed(
+            self.app(scope, receive, send), "http: request id, security, routing"
+        )

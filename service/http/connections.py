@@ -51,6 +51,8 @@ from typing import Any, ClassVar
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.core import cpu_budget
+from service.core.cpu_budget import LOOP
 from service.http.paths import OBSERVABILITY_PATHS
 from service.settings import Settings
 
@@ -255,6 +257,13 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().handle_websocket_upgrade()
 
     def data_received(self, data: bytes) -> None:
+        budget = cpu_budget.section("http: parse (uvicorn, httptools), start the task", LOOP)
+        try:
+            self._received(data)
+        finally:
+            cpu_budget.end(budget)
+
+    def _received(self, data: bytes) -> None:
         if self._head_bytes is not None and not self._discarding:
             self._head_bytes += len(data)
         super().data_received(data)

@@ -18,6 +18,7 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.core import cpu_budget
 from service.http.metrics import (
     REQUEST_DURATION,
     REQUESTS,
@@ -134,6 +135,7 @@ class RequestObserver:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            cpu_budget.step("http: access log, metrics")
             self._record(scope, request_id, status, time.perf_counter() - start)
 
     def _record(self, scope: Scope, request_id: str, status: int, duration: float) -> None:
