@@ -30,6 +30,7 @@ at most every ``FLUSH_S``; the benchmark reads them around a load point.
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from collections import defaultdict
@@ -89,6 +90,27 @@ def enable() -> None:
     """Turn the budget on for this process (a worker, at startup)."""
     global _enabled
     _enabled = True
+    gc.callbacks.append(_collecting)
+
+
+_gc_started = threading.local()
+
+
+def _collecting(phase: str, info: dict[str, int]) -> None:
+    """Charge a garbage collection to its own step, not to the step it interrupted.
+
+    A collection runs when allocations cross a threshold, inside whatever step made
+    the last one; without this, its cost would land on an arbitrary step.
+    """
+    if phase == "start":
+        _gc_started.ns = thread_time_ns()
+        return
+    spent = thread_time_ns() - getattr(_gc_started, "ns", thread_time_ns())
+    meter = _meter.get()
+    if meter is not None:
+        meter.mark += spent  # the interrupted step resumes its charge after the collection
+    kind = LOOP if threading.current_thread() is threading.main_thread() else INFERENCE
+    _this_thread(kind).counts[f"garbage collection (generation {info['generation']})"] += spent
 
 
 def enabled() -> bool:

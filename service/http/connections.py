@@ -53,6 +53,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.core import cpu_budget
 from service.core.cpu_budget import LOOP
+from service.http.coalesce import HeadWithBody
 from service.http.paths import OBSERVABILITY_PATHS
 from service.settings import Settings
 
@@ -283,6 +284,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._disarm()
         self.app = self._admit()
         super().on_headers_complete()
+        self.cycle.transport = HeadWithBody(self.transport)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
