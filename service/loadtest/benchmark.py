@@ -25,7 +25,9 @@ apart on the same machine, because absolute numbers on a shared box mean little.
   row needs the shared store: ``--redis`` starts a loopback ``redis-server`` for it
   (no persistence, stopped after), ``--state-url`` names one; without either that
   row is measured with one worker (the in-process store) and says so.
-- **The CPU budget** of each point (``budget.py``) and **issue 19's targets**,
+- **The CPU budget** (``budget.py``): the single-sequence points at 1 and 16 clients
+  and the 32-sequence ones at 4, again on a server charging its CPU to each step of
+  the path (``LSTM_SERVE_CPU_BUDGET``); and **issue 19's targets**,
   each with the figure measured in this run (and 3x KServe's and MLServer's
   fractions of the same limit as issue 19 measured them, ``OTHERS``).
 
@@ -49,29 +51,30 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from service.loadtest import LoadSpec, run_load
+from service.loadtest.budget import budget_report, run_budget
 from service.loadtest.costly import report_costly, run_costly
 from service.loadtest.floor import floor_server
 from service.loadtest.limit import machine_limit, metadata_of, raw_baseline
-from service.loadtest.process import PeakRss, ServerProcess, free_port, tree_cpu_s
+from service.loadtest.process import (
+    PeakRss,
+    ServerProcess,
+    free_port,
+    loopback_redis,
+    tree_cpu_s,
+)
 from service.loadtest.streams import Mode, drive
 from service.loadtest.tables import (
     STREAMS,
     Point,
     Row,
     StreamRow,
-    budget_report,
     floor_report,
     report,
     streams_report,
@@ -110,31 +113,6 @@ def run_points(
         return _measure(server, steps, seconds, points)
     finally:
         server.stop(timeout=60.0)
-
-
-@contextmanager
-def loopback_redis() -> Iterator[str]:
-    """A ``redis-server`` on a free loopback port, no persistence, for the ``with``: its URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("--redis: no redis-server on PATH (or give --state-url)")
-    port = free_port()
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 10.0
-        while True:  # up once it accepts a connection
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("--redis: redis-server did not start") from None
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def run_streams(
@@ -207,6 +185,9 @@ def _measure_streams(
 
 
 FLOOR_POINTS = tuple(p for p in POINTS if p.batch == 1)
+BUDGET_POINTS = tuple(p for p in POINTS if p.concurrency in (1, 16) and p.batch == 1) + tuple(
+    p for p in POINTS if p.batch == 32 and p.concurrency == 4
+)
 
 
 def run_floor(workers: int, steps: int, seconds: float) -> list[Row]:
@@ -337,6 +318,8 @@ def main(argv: list[str] | None = None) -> None:
             args.repository,
             points,
         )
+    print("the CPU budget (LSTM_SERVE_CPU_BUDGET) ...", file=sys.stderr)
+    budgets = run_budget(env, args.repository, MODEL, args.timesteps, args.seconds, BUDGET_POINTS)
     streams: list[StreamRow] = []
     if args.streams:
         print("streams ...", file=sys.stderr)
@@ -360,8 +343,9 @@ def main(argv: list[str] | None = None) -> None:
     print(floor_report(on, floor))
     if streams:
         print("\n" + streams_report(streams, single))
-    print("\nCPU per request (batching on), and where it goes (µs):\n")
-    print(budget_report(on, version_dir, args.timesteps, args.workers))
+    print("\nWhere a request's CPU goes, as the server charged it (µs a request):\n")
+    plain = {row.point.label: row.cpu_us_per_request for row in on}
+    print(budget_report(budgets, plain, {row.point.label: row.cpu_us_per_request for row in floor}))
     targets, met = targets_report(on, streams, machine["sequences_per_s"])
     print("\nIssue 19's targets, as fractions of the all-core limit measured above:\n")
     print(targets)
@@ -389,6 +373,7 @@ def main(argv: list[str] | None = None) -> None:
             "streams": [{**s.result, "server_cpu_us_per_step": s.cpu_us_per_step,
                          "server_cores": s.cores} for s in streams],
             "targets": met,
+            "budget": [vars(b) for b in budgets],
             "costly": costly,
         }  # fmt: skip
         args.json.write_text(json.dumps(payload, indent=2, default=str))

@@ -8,6 +8,7 @@ process tree, stop it by its own PID" is written once.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +16,8 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -171,3 +174,28 @@ def start_server(
     server = ServerProcess(repository, env, log_path)
     server.wait_ready(wait_path, ready_timeout)
     return server
+
+
+@contextmanager
+def loopback_redis() -> Iterator[str]:
+    """A ``redis-server`` on a free loopback port, no persistence, for the ``with``: its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("--redis: no redis-server on PATH (or give --state-url)")
+    port = free_port()
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10.0
+        while True:  # up once it accepts a connection
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("--redis: redis-server did not start") from None
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

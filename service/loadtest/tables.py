@@ -1,18 +1,16 @@
 """The benchmark's tables: its points and rows, and every table it prints.
 
 ``benchmark.py`` measures; this module only formats what it measured: the load
-rows as fractions of the machine's limit, the streams, the CPU budget of each
-point (``budget.py``), and issue 19's targets against the figures of the run.
+rows as fractions of the machine's limit, the streams, and issue 19's targets
+against the figures of the run.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from service.loadtest import LoadResult
-from service.loadtest.budget import stage_costs
 
 
 @dataclass(frozen=True)
@@ -191,32 +189,3 @@ def targets_report(
             found.append({"target": f"{label} >= 3 x {other}", "measured": ours,
                           "goal": 3 * theirs, "at_least": True, "met": met})  # fmt: skip
     return "\n".join(lines), found
-
-
-def budget_report(rows: list[Row], version_dir: Path, steps: int, workers: int) -> str:
-    """Each closed-loop point's CPU per request, split into the steps of ``budget.py``.
-
-    The server's figure is measured (process tree CPU over the point / requests);
-    the steps are timed in this process for the same body; what is left is the
-    HTTP server, the event loop and the ASGI stack. ``merge_with`` (requests per
-    call) is estimated as the clients per worker, up to a full batch of 32.
-    """
-    steps_shown = ("decode", "merge", "session.run", "encode")
-    lines = [
-        f"{'load':<40}{'CPU µs':>8}"
-        + "".join(f"{name:>12}" for name in steps_shown)
-        + f"{'server, loop, ASGI':>20}"
-    ]
-    for row in rows:
-        point = row.point
-        if point.overload is not None or point.concurrency < 1:
-            continue
-        merge_with = max(1, min(point.concurrency // workers, 32 // point.batch))
-        costs = stage_costs(version_dir, point.protocol, point.batch, steps, merge_with)  # type: ignore[arg-type]
-        rest = row.cpu_us_per_request - sum(costs.values())
-        lines.append(
-            f"{point.label:<40}{row.cpu_us_per_request:>8.0f}"
-            + "".join(f"{costs[name]:>12.1f}" for name in steps_shown)
-            + f"{rest:>20.0f}"
-        )
-    return "\n".join(lines)

@@ -1,18 +1,71 @@
-"""The CPU budget's steps run the server's own codecs on the benchmark's bodies."""
+"""The CPU budget: a real server with ``LSTM_SERVE_CPU_BUDGET`` charges its CPU to the
+steps of the request path, and the charges add up against its own clocks."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
+import httpx
 
-from service.loadtest.budget import stage_costs
+from service.core.cpu_budget import INFERENCE, LOOP
+from service.loadtest.budget import PROCESS, measure_budget, scrape
+from service.loadtest.process import ServerProcess, tree_cpu_s
+from service.loadtest.tables import Point
 
-STEPS = {"decode", "merge", "session.run", "encode"}
+LOOP_STEPS = {
+    "http: parse (uvicorn, httptools), start the task",
+    "http: request id, security, routing",
+    "read body",
+    "decode",
+    "submit, wait, resume",
+    "encode",
+    "http: respond (headers, uvicorn's write)",
+    "http: access log, metrics",
+    "batcher: form batches, hand to a thread",
+    "batcher: results to requests, next batch",
+}
+INFERENCE_STEPS = {"session.run", "merge", "split", "metrics", "hand-off to the event loop"}
 
 
-@pytest.mark.parametrize("protocol", ["v1", "v2-json", "v2-binary"])
-def test_every_step_is_timed(tiny_repository: Path, protocol: str) -> None:
-    costs = stage_costs(tiny_repository / "tiny" / "1", protocol, 4, 10, merge_with=2)  # type: ignore[arg-type]
-    assert set(costs) == STEPS
-    assert all(value > 0 for value in costs.values()), costs
+def test_every_step_is_charged_and_the_charges_add_up(tiny_repository: Path) -> None:
+    server = ServerProcess(
+        tiny_repository, {"LSTM_SERVE_CPU_BUDGET": "true", "LSTM_SERVE_WORKERS": "2"}
+    )
+    try:
+        server.wait_ready(timeout=120.0)
+        cpu_before, charged_before = tree_cpu_s(server.process.pid), scrape(server.url)
+        points = (Point("v1", "v1", 1, 4, warmup_s=0.5), Point("v2", "v2-binary", 8, 2))
+        budgets = measure_budget(server, "tiny", 10, 1.5, points)
+        cpu_s = tree_cpu_s(server.process.pid) - cpu_before
+        charged = scrape(server.url)
+    finally:
+        server.stop()
+    for budget in budgets:
+        assert budget.requests > 50, budget
+        assert LOOP_STEPS <= set(budget.steps[LOOP]), budget.steps[LOOP]
+        assert INFERENCE_STEPS <= set(budget.steps[INFERENCE]), budget.steps[INFERENCE]
+        for kind in (LOOP, INFERENCE):
+            # The steps never claim more than the thread's own clock says it spent.
+            assert budget.unattributed(kind) >= -0.02 * budget.totals[kind], (kind, budget)
+        assert budget.totals[PROCESS] >= budget.totals[LOOP] + budget.totals[INFERENCE] * 0.98
+    # The process clocks the workers report agree with the kernel's count for them
+    # (the supervisor and the ready probes add a little to the kernel's).
+    process_s = sum(
+        s - charged_before.get((kind, step), 0.0)
+        for (kind, step), s in charged.items()
+        if step == PROCESS
+    )
+    assert 0.7 * cpu_s <= process_s <= 1.05 * cpu_s, (process_s, cpu_s)
+
+
+def test_off_by_default_nothing_is_charged(tiny_repository: Path) -> None:
+    server = ServerProcess(tiny_repository)
+    try:
+        server.wait_ready(timeout=120.0)
+        answer = httpx.post(
+            f"{server.url}/v1/models/tiny:predict", json={"instances": [[[0.0] * 3]]}, timeout=10
+        )
+        assert answer.status_code == 200
+        assert scrape(server.url) == {}
+    finally:
+        server.stop()
