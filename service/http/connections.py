@@ -283,8 +283,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         self.app = self._admit()
+        previous = self.cycle
         super().on_headers_complete()
-        self.cycle.transport = HeadWithBody(self.transport)  # type: ignore[assignment]
+        if self.cycle is not previous and self.cycle is not None:  # not for an upgrade
+            self.cycle.transport = HeadWithBody(self.transport)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

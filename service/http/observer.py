@@ -119,6 +119,7 @@ class RequestObserver:
             await self.app(scope, receive, send)
             return
         request_id = request_id_from(scope.get("headers", []))
+        rid = request_id.encode()
         start = time.perf_counter()
         status = 500
 
@@ -126,9 +127,9 @@ class RequestObserver:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
-                message = {**message, "headers": headers}
+                # The message is the sender's, made for this one send (as Starlette's own
+                # middleware does, it is completed in place rather than copied).
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid)]
             await send(message)
 
         scope.setdefault("state", {})["request_id"] = request_id

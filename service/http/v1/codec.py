@@ -76,6 +76,8 @@ class PredictRequest(BaseModel):
 
     def state_options(self) -> state.StateOptions:
         """The state asked for (the data plane adds who asks)."""
+        if self.model_fields_set <= _STATELESS_FIELDS:  # the usual request: nothing to parse
+            return _NO_STATE
         return state.StateOptions(
             sequence_id=state.parse_sequence_id(self.sequence_id),
             sequence_start=self.sequence_start,
@@ -84,6 +86,10 @@ class PredictRequest(BaseModel):
             initial_states=self.initial_states,
             return_states=self.return_states,
         )
+
+
+_STATELESS_FIELDS = frozenset({"instances", "return_sequences"})
+_NO_STATE = state.StateOptions()
 
 
 class V1Codec:
