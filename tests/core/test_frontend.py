@@ -48,19 +48,19 @@ layer = st.one_of(
         st.integers(1, 5),
         st.integers(1, 4),
         st.sampled_from(["causal", "valid", "same"]),
-    ),  # fmt: skip
+    ),
     st.builds(
         lambda size, strides, padding: _item("conv1d", size, strides, padding, 1),
         st.integers(1, 5),
         st.integers(2, 3),
         st.sampled_from(["causal", "valid"]),
-    ),  # fmt: skip
+    ),
     st.builds(
         lambda kind, size, strides: _item(kind, size, strides, "valid", 1),
         st.sampled_from(["max_pool", "avg_pool"]),
         st.integers(1, 4),
         st.integers(1, 4),
-    ),  # fmt: skip
+    ),
     st.builds(lambda size: _item("max_pool", size, 1, "same", 1), st.integers(1, 4)),
 )
 
