@@ -356,7 +356,8 @@ REFUSED: dict[str, tuple[Callable[[], keras.Model], str]] = {
             L.LSTM(4, name="rnn"),
             L.Dense(2),
         ),
-        "layer 'conv' (Conv1D): padding='same' with strides > 1 is not supported yet",
+        "layer 'conv' (Conv1D): padding='same' with strides=2 is not supported (its padding "
+        "depends on each sequence's length); use padding='valid' or 'causal', or strides=1",
     ),
 }
 
