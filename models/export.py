@@ -95,8 +95,8 @@ _EXPORTER_NOISE = (
 
 
 def _to_onnx(model: StackedLSTM, names: TensorNames) -> onnx.ModelProto:
-    batch, steps = 2, _min_steps(model, 5)  # parity is checked at other shapes, so nothing
-    # froze to these
+    # Parity is checked at other shapes, so nothing froze to these.
+    batch, steps = 2, _min_steps(model, 5)
     example = (
         torch.zeros(batch, steps, model.num_features),
         torch.full((batch,), steps, dtype=torch.int64),
@@ -134,22 +134,23 @@ def _min_steps(model: StackedLSTM, steps: int) -> int:
     return steps if model.front_end is None else max(steps, model.front_end.min_steps)
 
 
-def wire_sequence_lens(
-    graph_model: onnx.ModelProto, lengths_name: str, wire_nodes: bool = True
-) -> int:
-    """Feed the int64 ``lengths`` [batch] input, as int32, to every LSTM's and GRU's
-    sequence_lens (input 4 of both ops).
-
-    Returns how many recurrent nodes were wired, so the caller can insist on one per layer.
-    ``wire_nodes=False`` (a Conv1D/pooling front end, whose graph reads every step)
-    only keeps ``lengths`` as a graph input, unread.
-    """
+def keep_lengths_input(graph_model: onnx.ModelProto, lengths_name: str) -> None:
+    """Put the int64 ``lengths`` [batch] input back where the exporter dropped it (unused
+    while tracing): every served graph takes it, whether it reads it or not."""
     graph = graph_model.graph
     if lengths_name not in {i.name for i in graph.input}:
         lengths = helper.make_tensor_value_info(lengths_name, TensorProto.INT64, ["batch"])
         graph.input.insert(1, lengths)
-    if not wire_nodes:
-        return 0
+
+
+def wire_sequence_lens(graph_model: onnx.ModelProto, lengths_name: str) -> int:
+    """Feed the int64 ``lengths`` [batch] input, as int32, to every LSTM's and GRU's
+    sequence_lens (input 4 of both ops).
+
+    Returns how many recurrent nodes were wired, so the caller can insist on one per layer.
+    """
+    graph = graph_model.graph
+    keep_lengths_input(graph_model, lengths_name)
     cast_out = f"{lengths_name}_int32"
     cast = helper.make_node("Cast", [lengths_name], [cast_out], to=TensorProto.INT32)
     wired = 0
@@ -285,9 +286,9 @@ def export_model(
     model = model.eval()
     names = tensor_names(len(model.lstms), model.carries_state)
     graph = _to_onnx(model, names)
-    front = model.front_end is not None
-    wired = wire_sequence_lens(graph, names.lengths, wire_nodes=not front)
-    if wired != (0 if front else len(model.lstms)):
+    if model.front_end is not None:  # reads every step the front end hands on: no lengths
+        keep_lengths_input(graph, names.lengths)
+    elif wire_sequence_lens(graph, names.lengths) != len(model.lstms):
         raise RuntimeError("the exported graph does not hold one LSTM or GRU op per layer")
     set_reset_before(
         graph, [r for c, r in zip(model.cells, model.reset_after, strict=True) if c == "gru"]
