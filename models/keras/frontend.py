@@ -29,6 +29,8 @@ from models.head import activation_module
 from models.keras.graph import UnsupportedModel
 from models.keras.layers import DenseSpec, FrontEndSpec, LSTMSpec
 
+__all__ = ["FRONT_END", "FrontEndSpec", "check_chain", "front_end_layer", "refuse_after_front_end"]
+
 FRONT_END = ("Conv1D", "MaxPooling1D", "AveragePooling1D")
 PADDINGS = {"Conv1D": ("causal", "valid", "same"), "MaxPooling1D": ("valid", "same")}
 
@@ -61,16 +63,17 @@ def _activation(where: str, value: Any) -> str:
 
 
 def front_end_layer(
-    kind: str, name: str, cfg: dict[str, Any], after_recurrent: bool, after_masking: bool
+    kind: str, name: str, cfg: dict[str, Any], lstms: list[LSTMSpec], mask_value: float | None
 ) -> FrontEndSpec:
-    """One Conv1D or pooling layer, or ``UnsupportedModel`` naming the setting."""
+    """One Conv1D or pooling layer, or ``UnsupportedModel`` naming the setting; ``lstms``
+    and ``mask_value``: the recurrent layers and the Masking seen before it."""
     where = f"layer {name!r} ({kind})"
-    if after_recurrent:
+    if lstms:
         raise UnsupportedModel(
             f"{where} follows a recurrent layer; Conv1D and pooling layers are supported "
             "before the recurrent layers only"
         )
-    if after_masking:
+    if mask_value is not None:
         raise UnsupportedModel(
             f"{where} follows Masking; a Conv1D/pooling front end reads each sequence whole "
             "(the server takes equal-length sequences per request): remove the Masking layer"
@@ -126,8 +129,9 @@ def front_end_layer(
 
 
 def refuse_after_front_end(kind: str, name: str, front: list[FrontEndSpec]) -> None:
-    """Masking or Normalization after a Conv1D/pooling layer: refused (they go first)."""
-    if front:
+    """Masking or Normalization after a Conv1D/pooling layer: refused (they go first).
+    Other kinds pass: ``spec.py`` calls this for every layer."""
+    if front and kind in ("Masking", "Normalization"):
         raise UnsupportedModel(
             f"layer {name!r} ({kind}) follows layer {front[-1].name!r} "
             f"({KERAS_KINDS[front[-1].kind]}); put {kind} before the Conv1D/pooling layers"

@@ -18,11 +18,10 @@ import math
 from dataclasses import replace
 from typing import Any
 
-from models.keras.frontend import FRONT_END, check_chain, front_end_layer, refuse_after_front_end
+from models.keras import frontend
 from models.keras.graph import MASK_OPS, UnsupportedModel, input_shape, layer_list
 from models.keras.layers import (
     DenseSpec,
-    FrontEndSpec,
     KerasModelSpec,
     LSTMSpec,
     NormalizationSpec,
@@ -44,8 +43,7 @@ NO_OPS = frozenset(
 # itself becomes ``lengths``.
 SUPPORTED = (
     "InputLayer, Masking, Normalization, Conv1D, MaxPooling1D, AveragePooling1D, "
-    "LSTM and GRU (go_backwards too), "
-    "Bidirectional(LSTM or GRU), "
+    "LSTM and GRU (go_backwards too), Bidirectional(LSTM or GRU), "
     "then Dense, TimeDistributed(Dense), Activation, LayerNormalization, "
     "BatchNormalization, Dropout and its kin"
 )
@@ -270,7 +268,7 @@ def parse(model_config: dict[str, Any]) -> KerasModelSpec:
     mask_value: float | None = None
     norm: NormalizationSpec | None = None
     dropout = 0.0
-    front: list[FrontEndSpec] = []
+    front: list[frontend.FrontEndSpec] = []
     for layer in layers:
         kind, cfg = layer["class_name"], layer.get("config", {})
         name = cfg.get("name", layer.get("name", kind.lower()))
@@ -281,15 +279,14 @@ def parse(model_config: dict[str, Any]) -> KerasModelSpec:
         if kind in NO_OPS:
             dropout = max(dropout, float(cfg.get("rate", 0.0) or 0.0))
             continue
+        frontend.refuse_after_front_end(kind, name, front)  # Masking, Normalization
         if kind == "Masking":
-            refuse_after_front_end(kind, name, front)
             if lstms:
                 raise UnsupportedModel(f"layer {name!r} (Masking) must come before the LSTMs")
             mask_value = float(cfg.get("mask_value", 0.0))
-        elif kind in FRONT_END:
-            front.append(front_end_layer(kind, name, cfg, bool(lstms), mask_value is not None))
+        elif kind in frontend.FRONT_END:
+            front.append(frontend.front_end_layer(kind, name, cfg, lstms, mask_value))
         elif kind == "Normalization":
-            refuse_after_front_end(kind, name, front)
             if lstms:
                 raise UnsupportedModel(f"layer {name!r} (Normalization) must come before the LSTMs")
             axis = cfg.get("axis", -1)
@@ -343,7 +340,7 @@ def parse(model_config: dict[str, Any]) -> KerasModelSpec:
     if not lstms:
         raise UnsupportedModel("the model has no LSTM layer")
     hidden, head = _split_stack(steps, lstms[-1].name)
-    check_chain(front, lstms[0], head)
+    frontend.check_chain(front, lstms[0], head)
     stateful = {spec.stateful for spec in lstms}
     if len(stateful) > 1:
         raise UnsupportedModel(
