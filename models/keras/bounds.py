@@ -295,10 +295,10 @@ def expected_arrays(spec: KerasModelSpec) -> dict[str, Expected]:
     width = spec.num_features
     for conv in spec.front_end:  # Conv1D(f, k) over i inputs: kernel (k, i, f), bias (f,)
         if conv.kind == "conv1d":
-            arrays_: list[tuple[tuple[int, ...], str]] = [((conv.size, width, conv.filters), FLOAT)]
+            kernel: list[tuple[tuple[int, ...], str]] = [((conv.size, width, conv.filters), FLOAT)]
             if conv.use_bias:
-                arrays_.append(((conv.filters,), FLOAT))
-            out[conv.name] = Expected(conv.name, "Conv1D", tuple(arrays_))
+                kernel.append(((conv.filters,), FLOAT))
+            out[conv.name] = Expected(conv.name, "Conv1D", tuple(kernel))
             width = conv.filters
     for lstm in spec.lstms:
         u = lstm.units

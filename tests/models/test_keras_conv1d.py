@@ -37,6 +37,14 @@ from tests.models import keras_models
 TOLERANCE = 1e-5
 
 
+@pytest.fixture(scope="module", autouse=True)
+def fresh_keras_names() -> Iterator[None]:
+    """Keras numbers unnamed layers process-wide (lstm, lstm_1, ...): start the next
+    module's models from fresh names, as ``test_keras_import.py``'s summaries expect."""
+    yield
+    keras.backend.clear_session()
+
+
 def causal() -> keras.Model:
     """Dilated causal conv, then pooling that halves the steps: min length 2."""
     return keras.Sequential(
@@ -422,3 +430,36 @@ def test_the_import_records_the_front_end(tmp_path: Path) -> None:
     )
     assert not meta.tensors.initial_states and not meta.carries_state
     assert parity is not None and [c[1] for c in parity.cases] == [40, 40, 40]
+
+
+def test_the_bounds_expect_conv_arrays_and_refuse_a_wrong_one(tmp_path: Path) -> None:
+    """Conv1D(f, k) over i inputs: kernel (k, i, f), bias (f,); pooling: none. A kernel
+    whose declared shape differs is refused before any array is read."""
+    import h5py
+
+    from models.keras.bounds import FileRefused, expected_arrays
+    from models.keras.files import read
+    from models.keras.spec import parse
+
+    model = keras_models.randomize(strided(), 4)
+    path = tmp_path / "m.h5"
+    model.save(path)
+    expected = expected_arrays(parse(read(path).config))
+    assert [shape for shape, _ in expected["conv"].arrays] == [(5, 6, 8), (8,)]
+    assert expected["pool"].arrays == ()
+    with h5py.File(path, "r+") as f:
+        found: list[str] = []
+        f["model_weights/conv"].visititems(
+            lambda key, obj: (
+                found.append(obj.name)
+                if isinstance(obj, h5py.Dataset) and obj.shape == (5, 6, 8)
+                else None
+            )
+        )
+        (kernel,) = found
+        del f[kernel]
+        f.create_dataset(kernel, data=np.zeros((3, 6, 8), np.float32))
+    with pytest.raises(FileRefused) as error:
+        keras_import.import_keras(path, tmp_path / "repository", "m")
+    assert "layer 'conv' (Conv1D): array 0" in str(error.value)
+    assert "the architecture expects (5, 6, 8) float" in str(error.value)
