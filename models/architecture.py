@@ -32,7 +32,10 @@ any GRU layer carries no state: ``forward`` takes and returns no state tensors.
 
 Between the last recurrent layer and the head, an optional dense stack
 (``hidden``, built by ``head.py``); the Keras-style table of layers and
-parameter counts is ``summary.py``'s.
+parameter counts is ``summary.py``'s. Before the first recurrent layer, an
+optional Conv1D/pooling front end (``front_end``, ``frontend.py``): it reads
+the whole time axis, so such a model runs equal-length sequences only and
+carries no state (no state tensors, as with GRU layers).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from models.frontend import FrontEnd
 from models.head import activation_module, hidden_stack
 from models.summary import keras_style_summary
 
@@ -138,6 +142,7 @@ class StackedLSTM(nn.Module):
         out_activation: str = "linear",
         cells: Sequence[str] | None = None,
         reset_after: Sequence[bool] | None = None,
+        front_end: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         if not layers:
@@ -164,7 +169,9 @@ class StackedLSTM(nn.Module):
         self.bidirectional = any(d == "bidirectional" for d in self.layer_directions)
         self.hidden_config = [dict(item) for item in hidden or []]
         self.out_activation = out_activation
-        widths = [num_features] + [self.output_width(i) for i in range(len(layers))]
+        self.front_end = FrontEnd(num_features, front_end or []) if front_end else None
+        first = self.front_end.width if self.front_end is not None else num_features
+        widths = [first] + [self.output_width(i) for i in range(len(layers))]
         self.lstms = nn.ModuleList(
             (nn.GRU if self.cells[i] == "gru" else nn.LSTM)(
                 widths[i],
@@ -186,8 +193,9 @@ class StackedLSTM(nn.Module):
 
     @property
     def carries_state(self) -> bool:
-        """False with any GRU layer: such a model takes and returns no state tensors."""
-        return "gru" not in self.cells
+        """False with any GRU layer or a front end: such a model takes and returns no
+        state tensors (a front end's windows cannot be resumed from an LSTM state)."""
+        return "gru" not in self.cells and self.front_end is None
 
     def directions_of(self, layer: int) -> int:
         """State directions of one layer: 2 for bidirectional, else 1."""
@@ -217,6 +225,8 @@ class StackedLSTM(nn.Module):
         if "gru" in self.cells:
             config["cells"] = self.cells
             config["reset_after"] = self.reset_after
+        if self.front_end is not None:
+            config["front_end"] = self.front_end.config
         if self.hidden_config or self.out_activation != "linear":
             config["hidden"] = self.hidden_config
             config["out_activation"] = self.out_activation
@@ -305,6 +315,12 @@ class StackedLSTM(nn.Module):
         """
         states = list(states) if states else self.zero_states(x.shape[0])
         out = (x - self.x_mean) / self.x_std
+        if self.front_end is not None:
+            # The front end reads the whole time axis: every sequence is as long as the
+            # batch (the server sends such a model equal-length sequences only), and
+            # its steps are the front end's, so the input's lengths no longer apply.
+            out = self.front_end(out)
+            lengths = None
         finals: list[Tensor] = []
         hn = out  # replaced by the first layer
         for i in range(len(self.lstms)):

@@ -36,6 +36,7 @@ import torch
 from onnx import TensorProto, helper
 
 from models.architecture import StackedLSTM
+from models.frontend import front_end_metadata
 from service.core.contract import (
     METADATA_FILENAME,
     MODEL_FILENAME,
@@ -94,14 +95,17 @@ _EXPORTER_NOISE = (
 
 
 def _to_onnx(model: StackedLSTM, names: TensorNames) -> onnx.ModelProto:
-    batch, steps = 2, 5  # parity is checked at other shapes, so nothing froze to these
+    # Parity is checked at other shapes, so nothing froze to these.
+    batch, steps = 2, _min_steps(model, 5)
     example = (
         torch.zeros(batch, steps, model.num_features),
         torch.full((batch,), steps, dtype=torch.int64),
         *model.zero_states(batch),
     )
     state_in, state_out = _flat(names.initial_states), _flat(names.final_states)
-    dynamic = {names.x: {0: "batch", 1: "time"}, names.sequence_output: {0: "batch", 1: "time"}}
+    # A Conv1D/pooling front end changes the time axis: the outputs have their own.
+    out_time = "time" if model.front_end is None else "front_end_time"
+    dynamic = {names.x: {0: "batch", 1: "time"}, names.sequence_output: {0: "batch", 1: out_time}}
     dynamic[names.final_output] = {0: "batch"}
     if model.reads_backwards:  # go_backwards layers gather by lengths: the graph keeps it
         dynamic[names.lengths] = {0: "batch"}
@@ -125,6 +129,20 @@ def _to_onnx(model: StackedLSTM, names: TensorNames) -> onnx.ModelProto:
     return onnx.load_from_string(buffer.getvalue())
 
 
+def _min_steps(model: StackedLSTM, steps: int) -> int:
+    """``steps``, or more where a front end needs more to hand the recurrent layers one step."""
+    return steps if model.front_end is None else max(steps, model.front_end.min_steps)
+
+
+def keep_lengths_input(graph_model: onnx.ModelProto, lengths_name: str) -> None:
+    """Put the int64 ``lengths`` [batch] input back where the exporter dropped it (unused
+    while tracing): every served graph takes it, whether it reads it or not."""
+    graph = graph_model.graph
+    if lengths_name not in {i.name for i in graph.input}:
+        lengths = helper.make_tensor_value_info(lengths_name, TensorProto.INT64, ["batch"])
+        graph.input.insert(1, lengths)
+
+
 def wire_sequence_lens(graph_model: onnx.ModelProto, lengths_name: str) -> int:
     """Feed the int64 ``lengths`` [batch] input, as int32, to every LSTM's and GRU's
     sequence_lens (input 4 of both ops).
@@ -132,9 +150,7 @@ def wire_sequence_lens(graph_model: onnx.ModelProto, lengths_name: str) -> int:
     Returns how many recurrent nodes were wired, so the caller can insist on one per layer.
     """
     graph = graph_model.graph
-    if lengths_name not in {i.name for i in graph.input}:
-        lengths = helper.make_tensor_value_info(lengths_name, TensorProto.INT64, ["batch"])
-        graph.input.insert(1, lengths)
+    keep_lengths_input(graph_model, lengths_name)
     cast_out = f"{lengths_name}_int32"
     cast = helper.make_node("Cast", [lengths_name], [cast_out], to=TensorProto.INT32)
     wired = 0
@@ -203,11 +219,14 @@ def check_parity(model: StackedLSTM, onnx_path: Path, names: TensorNames, seed: 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
     cases: list[ParityCase] = []
-    for batch, steps in PARITY_SHAPES:
+    for batch, shape_steps in PARITY_SHAPES:
+        steps = _min_steps(model, shape_steps)
         x = rng.normal(size=(batch, steps, model.num_features)).astype(np.float32)
         x = x * model.x_std.numpy() + model.x_mean.numpy()  # realistic raw scale
         lengths = rng.integers(1, steps + 1, size=batch).astype(np.int64)
         lengths[0] = steps
+        if model.front_end is not None:  # it reads whole, equal-length sequences
+            lengths[:] = steps
         states = [
             rng.normal(scale=0.1, size=s.shape).astype(np.float32) for s in model.zero_states(batch)
         ]
@@ -215,7 +234,8 @@ def check_parity(model: StackedLSTM, onnx_path: Path, names: TensorNames, seed: 
         feeds = {names.x: x, names.lengths: lengths}
         feeds.update(dict(zip(_flat(names.initial_states), states, strict=True)))
         got = dict(zip(want, session.run(list(want), feeds), strict=True))
-        valid = np.arange(steps)[None, :] < lengths[:, None]
+        out_steps = want["sequence_output"].shape[1]
+        valid = np.arange(out_steps)[None, :] < np.minimum(lengths, out_steps)[:, None]
         gap = max(
             scaled_gap(
                 got[k][valid] if k == "sequence_output" else got[k],
@@ -266,7 +286,9 @@ def export_model(
     model = model.eval()
     names = tensor_names(len(model.lstms), model.carries_state)
     graph = _to_onnx(model, names)
-    if wire_sequence_lens(graph, names.lengths) != len(model.lstms):
+    if model.front_end is not None:  # reads every step the front end hands on: no lengths
+        keep_lengths_input(graph, names.lengths)
+    elif wire_sequence_lens(graph, names.lengths) != len(model.lstms):
         raise RuntimeError("the exported graph does not hold one LSTM or GRU op per layer")
     set_reset_before(
         graph, [r for c, r in zip(model.cells, model.reset_after, strict=True) if c == "gru"]
@@ -307,6 +329,7 @@ def export_model(
                 )
             ],
             default_return_sequences=default_return_sequences,
+            front_end=front_end_metadata(model.front_end),
             dropout=dropout,
             normalization=Normalization(
                 mean=model.x_mean.tolist(), std=model.x_std.tolist(), in_graph=True

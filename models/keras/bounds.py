@@ -287,11 +287,19 @@ def expected_arrays(spec: KerasModelSpec) -> dict[str, Expected]:
     the head; LayerNormalization/BatchNormalization over w: gamma, beta (w,) as configured,
     BatchNormalization's moving mean and variance (w,);
     Normalization over F features: mean (F,), variance (F,), count ();
+    Conv1D(f, k) over i inputs: kernel (k, i, f), bias (f,); pooling layers: none;
     every other layer the spec keeps (InputLayer, Masking, Dropout, Activation):
     none. A layer kind added to the spec needs its shapes here.
     """
     out: dict[str, Expected] = {name: Expected(name, kind, ()) for name, kind in spec.layers}
     width = spec.num_features
+    for conv in spec.front_end:  # Conv1D(f, k) over i inputs: kernel (k, i, f), bias (f,)
+        if conv.kind == "conv1d":
+            kernel: list[tuple[tuple[int, ...], str]] = [((conv.size, width, conv.filters), FLOAT)]
+            if conv.use_bias:
+                kernel.append(((conv.filters,), FLOAT))
+            out[conv.name] = Expected(conv.name, "Conv1D", tuple(kernel))
+            width = conv.filters
     for lstm in spec.lstms:
         u = lstm.units
         kind = lstm.kind

@@ -35,10 +35,11 @@ import numpy as np
 import torch
 
 from models.architecture import StackedLSTM
+from models.frontend import out_steps
 from models.head import Affine
 from models.keras.files import KerasFile
 from models.keras.graph import UnsupportedModel
-from models.keras.layers import KerasModelSpec, LSTMSpec, StackStep
+from models.keras.layers import FrontEndSpec, KerasModelSpec, LSTMSpec, StackStep
 
 KERAS_EPSILON = 1e-7  # keras.config.epsilon(), Normalization's floor on the std
 
@@ -119,6 +120,19 @@ def _set_gru(gru: torch.nn.Module, spec: LSTMSpec, file: KerasFile) -> None:
                 b_ih = bias[0]
         getattr(gru, f"bias_ih_l0{suffix}").copy_(torch.from_numpy(_gates_zrh_to_rzn(b_ih, u)))
         getattr(gru, f"bias_hh_l0{suffix}").copy_(torch.from_numpy(_gates_zrh_to_rzn(b_hh, u)))
+
+
+def _set_conv(conv: torch.nn.Conv1d, spec: FrontEndSpec, file: KerasFile) -> None:
+    """Keras's Conv1D kernel (kernel_size, in, out) is torch's weight (out, in, kernel_size)."""
+    kernel, *bias = _arrays(file, spec.name, 2 if spec.use_bias else 1)
+    weight = torch.from_numpy(kernel.transpose(2, 1, 0).copy())
+    if weight.shape != conv.weight.shape:
+        raise UnsupportedModel(
+            f"layer {spec.name!r} (Conv1D): kernel {kernel.shape} does not fit its input"
+        )
+    conv.weight.copy_(weight)
+    if conv.bias is not None:
+        conv.bias.copy_(torch.from_numpy(bias[0]))
 
 
 def _hidden_config(steps: list[StackStep]) -> list[dict[str, Any]]:
@@ -206,8 +220,14 @@ def convert(spec: KerasModelSpec, file: KerasFile, classes: list[str] | None) ->
         out_activation="linear" if task == "classification" else head.activation,
         cells=[layer.cell for layer in spec.lstms],
         reset_after=[layer.reset_after for layer in spec.lstms],
+        front_end=[layer.config() for layer in spec.front_end] or None,
     )
     with torch.no_grad():
+        if model.front_end is not None:
+            for conv, module in zip(spec.front_end, model.front_end.layers, strict=True):
+                if conv.kind == "conv1d":
+                    assert isinstance(module, torch.nn.Conv1d)
+                    _set_conv(module, conv, file)
         for layer, lstm in zip(spec.lstms, model.lstms, strict=True):
             (_set_gru if layer.cell == "gru" else _set_lstm)(lstm, layer, file)
         modules = iter(model.hidden)
@@ -267,10 +287,16 @@ def keras_summary(spec: KerasModelSpec, file: KerasFile) -> str:
     dense = {step.dense.name: step.dense.units for step in spec.hidden if step.dense is not None}
     dense[spec.head.name] = spec.head.units
     width, sequence = spec.num_features, True
+    front = {layer.name: i for i, layer in enumerate(spec.front_end)}
+    configs = [layer.config() for layer in spec.front_end]
     rows: list[tuple[str, str, int]] = []
     for name, kind in spec.layers:
         if kind == "InputLayer":
             continue
+        if name in front:  # a Conv1D sets the width; any of them may shorten the steps
+            width = spec.front_end[front[name]].filters or width
+            if spec.timesteps is not None:
+                steps = str(out_steps(configs[: front[name] + 1], spec.timesteps))
         if name in lstms:
             width, sequence = lstms[name].output_width, lstms[name].return_sequences
         elif name in dense:

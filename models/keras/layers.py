@@ -9,6 +9,7 @@ or its parser.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,37 @@ class LSTMSpec:
     def output_width(self) -> int:
         """What the next layer reads: both directions side by side only for concat."""
         return self.units * (2 if self.bidirectional and self.merge_mode == "concat" else 1)
+
+
+@dataclass(frozen=True)
+class FrontEndSpec:
+    """A Conv1D or pooling layer before the recurrent ones (``kind``: ``conv1d``,
+    ``max_pool`` or ``avg_pool``; ``padding``: ``causal``, ``valid`` or ``same``),
+    parsed by ``frontend.py``."""
+
+    name: str
+    kind: str
+    size: int  # kernel_size or pool_size
+    strides: int
+    padding: str
+    filters: int = 0
+    dilation: int = 1
+    activation: str = "linear"
+    use_bias: bool = True
+
+    def config(self) -> dict[str, Any]:
+        """The layer as ``models/frontend.py`` builds it (and a checkpoint stores it)."""
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "size": self.size,
+            "strides": self.strides,
+            "padding": self.padding,
+            "filters": self.filters,
+            "dilation": self.dilation,
+            "activation": self.activation,
+            "bias": self.use_bias,
+        }
 
 
 @dataclass(frozen=True)
@@ -112,6 +144,8 @@ class KerasModelSpec:
     layers: list[tuple[str, str]] = field(default_factory=list)
     # Dense layers, activations and normalisations between the last LSTM and the head
     hidden: list[StackStep] = field(default_factory=list)
+    # Conv1D and pooling layers before the recurrent ones
+    front_end: list[FrontEndSpec] = field(default_factory=list)
 
     @property
     def stateful(self) -> bool:

@@ -24,6 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from models.export import scaled_gap
+from models.frontend import min_steps
 from models.keras.convert import Converted
 from models.keras.layers import KerasModelSpec
 from service.core.contract import METADATA_FILENAME, MODEL_FILENAME, ModelMetadata
@@ -154,7 +155,10 @@ def check(
         return x, lengths
 
     cases: list[tuple[int, int, list[int], float]] = []
-    shapes = [(spec.batch_size or 1, t) for _, t in SHAPES] if spec.stateful else SHAPES
+    shapes = [(spec.batch_size or 1, t) for _, t in SHAPES] if spec.stateful else list(SHAPES)
+    if spec.front_end:  # the model's own length, or from the shortest it takes up
+        least = min_steps([layer.config() for layer in spec.front_end])
+        shapes = [(b, spec.timesteps or least + t - 1) for b, t in shapes]
     for batch, steps in shapes:
         x, lengths = inputs(batch, steps, ragged=not spec.stateful)
         reset()

@@ -18,6 +18,7 @@ import math
 from dataclasses import replace
 from typing import Any
 
+from models.keras import frontend
 from models.keras.graph import MASK_OPS, UnsupportedModel, input_shape, layer_list
 from models.keras.layers import (
     DenseSpec,
@@ -41,8 +42,8 @@ NO_OPS = frozenset(
 # Functional graphs record a Masking layer's mask as these op layers; the mask
 # itself becomes ``lengths``.
 SUPPORTED = (
-    "InputLayer, Masking, Normalization, LSTM and GRU (go_backwards too), "
-    "Bidirectional(LSTM or GRU), "
+    "InputLayer, Masking, Normalization, Conv1D, MaxPooling1D, AveragePooling1D, "
+    "LSTM and GRU (go_backwards too), Bidirectional(LSTM or GRU), "
     "then Dense, TimeDistributed(Dense), Activation, LayerNormalization, "
     "BatchNormalization, Dropout and its kin"
 )
@@ -67,10 +68,6 @@ NOT_YET = {
     "RepeatVector": (
         "encoder-decoder forecasters (RepeatVector) are not supported yet; a stack whose "
         "last LSTM has return_sequences=True with a TimeDistributed(Dense) head imports"
-    ),
-    "Conv1D": (
-        "Conv1D front ends are not supported yet; the recurrent layers must read the input "
-        "(after Masking/Normalization)"
     ),
     "Lambda": "a Lambda layer holds Python code, which the importer never runs",
     "Attention": "attention layers are not supported; only a chain of recurrent and dense layers",
@@ -271,6 +268,7 @@ def parse(model_config: dict[str, Any]) -> KerasModelSpec:
     mask_value: float | None = None
     norm: NormalizationSpec | None = None
     dropout = 0.0
+    front: list[frontend.FrontEndSpec] = []
     for layer in layers:
         kind, cfg = layer["class_name"], layer.get("config", {})
         name = cfg.get("name", layer.get("name", kind.lower()))
@@ -281,10 +279,13 @@ def parse(model_config: dict[str, Any]) -> KerasModelSpec:
         if kind in NO_OPS:
             dropout = max(dropout, float(cfg.get("rate", 0.0) or 0.0))
             continue
+        frontend.refuse_after_front_end(kind, name, front)  # Masking, Normalization
         if kind == "Masking":
             if lstms:
                 raise UnsupportedModel(f"layer {name!r} (Masking) must come before the LSTMs")
             mask_value = float(cfg.get("mask_value", 0.0))
+        elif kind in frontend.FRONT_END:
+            front.append(frontend.front_end_layer(kind, name, cfg, lstms, mask_value))
         elif kind == "Normalization":
             if lstms:
                 raise UnsupportedModel(f"layer {name!r} (Normalization) must come before the LSTMs")
@@ -339,6 +340,7 @@ def parse(model_config: dict[str, Any]) -> KerasModelSpec:
     if not lstms:
         raise UnsupportedModel("the model has no LSTM layer")
     hidden, head = _split_stack(steps, lstms[-1].name)
+    frontend.check_chain(front, lstms[0], head)
     stateful = {spec.stateful for spec in lstms}
     if len(stateful) > 1:
         raise UnsupportedModel(
@@ -371,6 +373,7 @@ def parse(model_config: dict[str, Any]) -> KerasModelSpec:
         dropout=dropout,
         layers=[_row(layer) for layer in layers if layer["class_name"] not in MASK_OPS],
         hidden=hidden,
+        front_end=front,
     )
 
 

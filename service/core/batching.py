@@ -19,7 +19,9 @@ Three rules keep it fair and bounded:
 - **Length buckets.** Requests are queued by the bucket of their padded length
   (geometric, ratio ``bucket_ratio``), and a batch takes requests from one bucket
   only, so a 500-step sequence never makes thirty 20-step ones pay for 480 steps
-  of padding. The bucket whose oldest request is oldest goes first.
+  of padding. The bucket whose oldest request is oldest goes first. A model with a
+  Conv1D/pooling front end has one queue per exact length instead (``core/frontend.py``):
+  its graph reads the padding, so its merged requests must need none.
 - **Natural batching.** A batch forms at the end of the event-loop iteration in
   which requests arrived, or when an inference slot (one of ``slots`` concurrent
   onnxruntime calls) frees up. While every slot is busy, requests accumulate, so
@@ -56,6 +58,7 @@ from service.core import cpu_budget
 from service.core.calls import CostLimits, check_request, length_bucket, run_batch, runs_whole
 from service.core.cpu_budget import LOOP
 from service.core.errors import DeadlineExceeded, Overloaded
+from service.core.frontend import bucket_key, check_front_end
 from service.core.holds import Holds
 from service.core.runtime import ModelRuntime
 from service.core.types import InferenceRequest, RunResult
@@ -218,8 +221,12 @@ class DynamicBatcher:
         if (self._waiting if self._options.dynamic else self._in_flight - 1) >= limit:
             raise Overloaded(f"the model's queue is full ({limit} requests waiting); retry later")
         check_request(request.lengths, self._limits, self._whole)
+        check_front_end(self._runtime.metadata, request)  # one length, long enough
+        steps = int(request.x.shape[1])
+        bucket = bucket_key(self._runtime.metadata, steps)
+        if bucket is None:
+            bucket = length_bucket(steps, self._options.bucket_ratio)
         loop = self._loop = asyncio.get_running_loop()
-        bucket = length_bucket(int(request.x.shape[1]), self._options.bucket_ratio)
         pending = _Pending(request, loop.create_future(), bucket)
         queue = self._buckets.get(bucket)
         if queue is None:

@@ -43,6 +43,7 @@ import onnxruntime as ort
 from service.core import cpu_budget
 from service.core.contract import ModelMetadata
 from service.core.errors import CostLimit, DeadlineExceeded
+from service.core.frontend import runs_whole_reason
 from service.core.runtime import ModelRuntime
 from service.core.types import InferenceRequest, Outputs, RunResult, State, stack_states
 
@@ -71,6 +72,8 @@ def runs_whole(metadata: ModelMetadata) -> str:
         return "reads backwards (go_backwards)"
     if metadata.has_gru:
         return "has GRU layers (their state is not carried between calls)"
+    if metadata.front_end is not None:
+        return runs_whole_reason(metadata)
     return ""
 
 

@@ -342,6 +342,28 @@ class Quantization(_Frozen):
         return self
 
 
+class FrontEndLayer(_Frozen):
+    """One Conv1D or pooling layer before the recurrent ones, as Keras names it."""
+
+    kind: Literal["Conv1D", "MaxPooling1D", "AveragePooling1D"]
+    name: str
+
+
+class FrontEnd(_Frozen):
+    """Conv1D/pooling layers before the recurrent ones (``models/frontend.py``).
+
+    The graph reads each request's whole time axis and takes no lengths past it, so
+    the server runs such a model on equal-length sequences of at least ``min_length``
+    steps, never in time chunks, and it carries no state. ``reshapes_time`` says which
+    layer and setting make the recurrent layers' steps differ from the input's ("" when
+    they match one to one); per-timestep outputs are served only when they match.
+    """
+
+    layers: list[FrontEndLayer] = Field(min_length=1)
+    min_length: int = Field(ge=1)
+    reshapes_time: str = ""
+
+
 class ModelMetadata(_Frozen):
     """Everything the server needs to know about one exported model version."""
 
@@ -358,6 +380,8 @@ class ModelMetadata(_Frozen):
     # What /v1 answers when a request does not say return_sequences: true for a
     # model whose own output is per timestep (Keras's return_sequences=True head).
     default_return_sequences: bool = False
+    # Conv1D/pooling layers before the recurrent ones, if the model was imported so.
+    front_end: FrontEnd | None = None
     dropout: float = 0.0
     normalization: Normalization
     tensors: TensorNames
@@ -387,9 +411,13 @@ class ModelMetadata(_Frozen):
         if self.quantization and self.quantization.source_version >= self.version:
             raise ValueError("an int8 version must come after its fp32 source version")
         n = len(self.layers)
-        if self.has_gru:
+        if self.has_gru or self.front_end is not None:
             if self.tensors.initial_states or self.tensors.final_states:
-                raise ValueError("a model with GRU layers carries no state: it names no states")
+                raise ValueError(
+                    "a model with GRU layers or a front end carries no state: it names no states"
+                )
+            if self.front_end and self.front_end.reshapes_time and self.default_return_sequences:
+                raise ValueError("per-timestep outputs need a front end that keeps the time axis")
         elif len(self.tensors.initial_states) != n or len(self.tensors.final_states) != n:
             raise ValueError("tensors must name the initial and final states of every layer")
         return self
@@ -413,8 +441,8 @@ class ModelMetadata(_Frozen):
     @property
     def carries_state(self) -> bool:
         """Whether the model can run a sequence in pieces, state carried between them:
-        no backward reading and no GRU layer. Otherwise each sequence runs whole."""
-        return not self.bidirectional and not self.has_gru
+        no backward reading, no GRU layer, no front end. Otherwise each runs whole."""
+        return not self.bidirectional and not self.has_gru and self.front_end is None
 
     def state_shape(self, layer: int, batch: int) -> tuple[int, int, int]:
         spec = self.layers[layer]

@@ -105,9 +105,16 @@ class ServedModel:
 
 
 def warm_up(runtime: ModelRuntime) -> None:
-    """Run the graph a few times so the first real request does not pay for setup."""
+    """Run the graph a few times so the first real request does not pay for setup.
+
+    Every run is one a client could send: at least a front end's minimum length (a
+    shorter input has no step for the recurrent layers, and the graph fails on it).
+    """
     features = runtime.metadata.num_features
-    for batch, steps in WARMUP_SHAPES:
+    front = runtime.metadata.front_end
+    least = front.min_length if front is not None else 1
+    for batch, shape_steps in WARMUP_SHAPES:
+        steps = max(shape_steps, least)
         x = np.zeros((batch, steps, features), dtype=np.float32)
         runtime.run(x, np.full(batch, steps, dtype=np.int64), None, _WARMUP_OUTPUTS)
 

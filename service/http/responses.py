@@ -71,6 +71,12 @@ class ModelDescription(BaseModel):
         default=False,
         description="what :predict answers when a request does not say return_sequences",
     )
+    front_end: dict[str, Any] | None = Field(
+        default=None,
+        description="Conv1D/pooling layers before the recurrent ones (layers, min_length, "
+        "reshapes_time): such a model takes sequences of one length per request",
+    )
+    min_length: int = Field(default=1, description="the fewest timesteps a sequence may have")
     metrics: dict[str, Any]
     parity_max_abs_diff: float | None
     dtype: str = Field(default="float32", description="the weights': float32, or int8")

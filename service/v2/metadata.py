@@ -79,6 +79,9 @@ def model_metadata(model: ServedModel, versions: list[int]) -> dict[str, Any]:
 def _parameters(model: ServedModel) -> dict[str, Any]:
     meta = model.metadata
     out: dict[str, Any] = {"dtype": meta.dtype}
+    if meta.front_end is not None:  # equal lengths per request, each at least min_length
+        out["min_length"] = meta.front_end.min_length
+        out["front_end"] = meta.front_end.model_dump(mode="json")
     if meta.quantization is not None:
         out["quantization"] = meta.quantization.model_dump(mode="json")
     return out

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from service.core.contract import ModelMetadata
 from service.core.errors import BadRequest
+from service.core.frontend import no_steps
 from service.core.state import StateOptions, parse_sequence_id, parse_sequence_offset
 from service.core.types import RunResult
 
@@ -159,13 +160,13 @@ def input_specs(meta: ModelMetadata) -> list[TensorSpec]:
 
 
 def output_specs(meta: ModelMetadata) -> list[OutputSpec]:
-    """Every output, in the order a request without ``outputs`` gets them."""
+    """Every output, in the order a request without ``outputs`` gets them (no
+    ``sequence_output`` where a front end shortens the time axis: ``core/frontend.py``)."""
     t = meta.tensors
     k = meta.output_size
-    specs = [
-        OutputSpec(TensorSpec(t.sequence_output, "FP32", (-1, -1, k)), "sequence"),
-        OutputSpec(TensorSpec(t.final_output, "FP32", (-1, k)), "final"),
-    ]
+    specs = [OutputSpec(TensorSpec(t.final_output, "FP32", (-1, k)), "final")]
+    if not no_steps(meta):
+        specs.insert(0, OutputSpec(TensorSpec(t.sequence_output, "FP32", (-1, -1, k)), "sequence"))
     for i, names in enumerate(t.final_states):  # none for a model that carries no state
         layer = meta.layers[i]
         shape = (-1, layer.directions, layer.units)

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from service.core.contract import ModelMetadata
-from service.core.errors import BadRequest, CostLimit
+from service.core.errors import BadRequest, CostLimit, InvalidInput
+from service.core.frontend import no_steps
 from service.core.types import Outputs, RunResult, first_boolean, first_non_finite
 from service.v2.schema import InputTensor, OutputSpec, RequestedOutput, output_specs
 
@@ -238,6 +239,8 @@ def select_outputs(
     selected: list[Selected] = []
     seen: set[str] = set()
     for output in requested:
+        if output.name == meta.tensors.sequence_output and no_steps(meta):
+            raise InvalidInput(no_steps(meta))
         if output.name not in by_name:
             raise BadRequest(
                 f"unknown output {output.name!r}; model {meta.name!r} has outputs "

@@ -20,7 +20,8 @@ from keras import layers as L
 
 
 def randomize(model: keras.Model, seed: int) -> keras.Model:
-    """Random weights in every recurrent and dense layer; Normalization keeps its statistics."""
+    """Random weights in every recurrent, dense and Conv1D layer; Normalization keeps its
+    statistics."""
     rng = np.random.default_rng(seed)
     for layer in model.layers:
         if isinstance(layer, L.LayerNormalization | L.BatchNormalization):
@@ -31,7 +32,9 @@ def randomize(model: keras.Model, seed: int) -> keras.Model:
             if isinstance(layer, L.BatchNormalization):
                 weights[-1] = rng.uniform(0.5, 2.0, size=weights[-1].shape).astype("float32")
             layer.set_weights(weights)
-        if isinstance(layer, L.LSTM | L.GRU | L.Bidirectional | L.Dense | L.TimeDistributed):
+        if isinstance(
+            layer, L.LSTM | L.GRU | L.Bidirectional | L.Dense | L.TimeDistributed | L.Conv1D
+        ):
             # Kernels scaled by their fan-in, as trained ones are: larger random
             # recurrent weights make the dynamics chaotic, and then float32
             # rounding alone grows past any tolerance over a hundred steps.

@@ -351,9 +351,13 @@ REFUSED: dict[str, tuple[Callable[[], keras.Model], str]] = {
         "return_sequences=True with a TimeDistributed(Dense) head imports",
     ),
     "conv1d": (
-        lambda: _lstm_stack(L.Conv1D(4, 3, name="conv"), L.LSTM(4, name="rnn"), L.Dense(2)),
-        "layer 'conv' (Conv1D) is not supported; Conv1D front ends are not supported yet; "
-        "the recurrent layers must read the input (after Masking/Normalization)",
+        lambda: _lstm_stack(
+            L.Conv1D(4, 3, strides=2, padding="same", name="conv"),
+            L.LSTM(4, name="rnn"),
+            L.Dense(2),
+        ),
+        "layer 'conv' (Conv1D): padding='same' with strides=2 is not supported (its padding "
+        "depends on each sequence's length); use padding='valid' or 'causal', or strides=1",
     ),
 }
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.core.errors import InvalidInput
+from service.core.frontend import describe
 from service.core.model import ServedModel
 
 SequenceId = str | int
@@ -112,7 +113,15 @@ def check_options(options: StateOptions, batch: int) -> None:
 
 def check_stateful(model: ServedModel) -> None:
     """Only unidirectional LSTM models can carry state: a backward direction needs it
-    all, and a GRU layer's state is not carried yet."""
+    all, a GRU layer's state is not carried yet, and a front end reads each sequence whole."""
+    front = model.metadata.front_end
+    if front is not None:
+        raise InvalidInput(
+            f"model {model.name!r} has a Conv1D/pooling front end ({describe(front)}): its "
+            "windows cannot resume from a carried state, so it cannot carry state across "
+            "requests; send each sequence whole (without sequence_id, initial_states or "
+            "return_states)"
+        )
     if model.metadata.has_gru:
         raise InvalidInput(
             f"model {model.name!r} has GRU layers: GRU state is not carried yet, so it "

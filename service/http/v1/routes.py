@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from service.core.frontend import no_steps
 from service.core.model import ServedModel
 from service.core.repository import parse_version
 from service.core.server import Server
@@ -86,13 +87,18 @@ def describe(model: ServedModel) -> dict[str, Any]:
         },
         "outputs": {
             "final": {"shape": [-1, meta.output_size]},
-            "sequence": {"shape": [-1, -1, meta.output_size]},
+            # none per timestep where a front end shortens the time axis
+            **({} if no_steps(meta) else {"sequence": {"shape": [-1, -1, meta.output_size]}}),
         },
         "classes": meta.classes,
         "layers": [layer.model_dump() for layer in meta.layers],
         "bidirectional": meta.bidirectional,
         "stateful": meta.carries_state,
         "default_return_sequences": meta.default_return_sequences,
+        # Conv1D/pooling layers before the recurrent ones: equal lengths per request, at
+        # least min_length steps each, per-timestep outputs only if it keeps the time axis
+        "front_end": meta.front_end.model_dump() if meta.front_end else None,
+        "min_length": meta.front_end.min_length if meta.front_end else 1,
         "metrics": training.metrics if training else {},
         "parity_max_abs_diff": meta.parity.max_abs_diff,
         "dtype": meta.dtype,
