@@ -288,10 +288,15 @@ class DynamicBatcher:
     def _oldest(self) -> _Bucket | None:
         best: _Bucket | None = None
         oldest = math.inf
-        for queue in self._buckets.values():
+        emptied: list[int] = []
+        for key, queue in self._buckets.items():
             head = queue.head()
-            if head is not None and head.request.enqueued_at < oldest:
+            if head is None and key < 0:  # an exact-length queue (front ends): clients name
+                emptied.append(key)  # the lengths, so an empty one is not kept
+            elif head is not None and head.request.enqueued_at < oldest:
                 best, oldest = queue, head.request.enqueued_at
+        for key in emptied:
+            del self._buckets[key]
         return best
 
     def _take(self) -> list[_Pending] | None:

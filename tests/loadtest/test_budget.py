@@ -42,8 +42,8 @@ def test_every_step_is_charged_and_the_charges_add_up(tiny_repository: Path) -> 
         server.stop()
     for budget in budgets:
         assert budget.requests > 50, budget
-        assert LOOP_STEPS <= set(budget.steps[LOOP]), budget.steps[LOOP]
-        assert INFERENCE_STEPS <= set(budget.steps[INFERENCE]), budget.steps[INFERENCE]
+        assert set(budget.steps[LOOP]) >= LOOP_STEPS, budget.steps[LOOP]
+        assert set(budget.steps[INFERENCE]) >= INFERENCE_STEPS, budget.steps[INFERENCE]
         for kind in (LOOP, INFERENCE):
             # The steps never claim more than the thread's own clock says it spent.
             assert budget.unattributed(kind) >= -0.02 * budget.totals[kind], (kind, budget)
