@@ -167,6 +167,7 @@ class DynamicBatcher:
         self._soon = False
         self._idle: asyncio.Event | None = None
         self._in_flight = 0
+        self._running = 0  # requests in calls handed to the threads
         self.holds = Holds()  # an unload drains these (core/holds.py); submissions count
         self._closed = asyncio.Event()  # set by close(): streams on this version end then
         self._depth = runtime.metrics.queue_depth
@@ -193,13 +194,11 @@ class DynamicBatcher:
     async def submit(self, request: InferenceRequest) -> RunResult:
         """The request's result, or ``Overloaded``/``DeadlineExceeded`` when it cannot be run."""
         self._in_flight += 1
-        self._depth.inc()
         self.holds.enter()
         try:
             return await self._submit(request)
         finally:
             self._in_flight -= 1
-            self._depth.dec()
             self.holds.leave()
 
     @property
@@ -249,6 +248,7 @@ class DynamicBatcher:
             if pending.queued:  # cancelled by its caller: its work is no longer wanted
                 self.stats.dropped += 1
                 self._dequeue(pending)
+                self._show_depth()
             elif pending.call is not None:  # running: stop it if nobody else waits for it
                 pending.call.abandon_if_unwanted()
 
@@ -281,6 +281,7 @@ class DynamicBatcher:
             if pending.queued:
                 self.stats.dropped += 1
             self._dequeue(pending)
+            self._show_depth()
             pending.future.set_exception(
                 DeadlineExceeded("the request did not finish before its deadline")
             )
@@ -336,6 +337,7 @@ class DynamicBatcher:
         """Start batches while a slot is free and a batch is ready."""
         while self._free > 0 and not self._closing and (batch := self._take()) is not None:
             self._free -= 1
+            self._running += len(batch)
             requests = [p.request for p in batch]
             call = _Call(batch, ort.RunOptions())
             for pending in batch:
@@ -348,6 +350,13 @@ class DynamicBatcher:
                 self._finish(batch, [exc] * len(batch))
                 continue
             done.add_done_callback(partial(self._from_thread, batch))
+        self._show_depth()
+
+    def _show_depth(self) -> None:
+        """The queue-depth gauge: requests queued or in a call, set when a batch starts or
+        ends (or one leaves the queue early), not twice per request: each set is a write
+        to the metrics' shared file."""
+        self._depth.set(self._waiting + self._running)
 
     def _from_thread(
         self, batch: list[_Pending], done: Future[list[RunResult | Exception]]
@@ -370,6 +379,7 @@ class DynamicBatcher:
 
     def _finished(self, batch: list[_Pending], outcomes: list[RunResult | Exception]) -> None:
         self._free += 1
+        self._running -= len(batch)
         if batch and batch[0].call is not None:
             batch[0].call.finished = True
         ran = [

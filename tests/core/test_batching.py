@@ -221,12 +221,15 @@ def test_a_full_queue_refuses_at_once(uni: ModelRuntime, gate: Gate) -> None:
         ]
         await asyncio.sleep(0.01)
         assert batcher.queue_depth == 2
+        # The gauge counts the two queued and the one in its call, set per batch event.
+        assert uni.metrics.queue_depth._value.get() == 3
         refused = await asyncio.gather(
             *(batcher.submit(make_request(rng, uni, [4])) for _ in range(3)),
             return_exceptions=True,
         )
         gate.open()
         done = await asyncio.gather(busy, *queued, return_exceptions=True)
+        assert uni.metrics.queue_depth._value.get() == 0
         await batcher.close()
         return list(refused) + list(done)
 
