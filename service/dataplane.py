@@ -159,7 +159,7 @@ class DataPlane:
         model = self._server.repository.resolve(name, version)
         if resolved is not None:
             resolved(model)
-        with model.holds.held():  # a rollout's drain waits for this request, body and all
+        with model.holds:  # a rollout's drain waits for this request, body and all
             cpu_budget.step("read body")
             payload = await read()
             cpu_budget.step("decode")

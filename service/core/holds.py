@@ -10,8 +10,6 @@ to finish, within its time, then closes the batcher.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Iterator
 
 
 class Holds:
@@ -35,14 +33,13 @@ class Holds:
         if self._count == 0:
             self._drained.set()
 
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        """Hold the version for the ``with`` block."""
+    def __enter__(self) -> None:
+        """``with holds:`` holds the version for the block (a plain method pair, not a
+        generator-based context manager: it runs once per request)."""
         self.enter()
-        try:
-            yield
-        finally:
-            self.leave()
+
+    def __exit__(self, *_: object) -> None:
+        self.leave()
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait until nothing holds the version; False if the wait ran out."""

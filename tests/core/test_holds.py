@@ -21,7 +21,7 @@ def test_a_held_version_drains_only_once_its_holders_answered(tiny_repository: P
         await server.repository.load_all()
         model = server.repository.get("tiny")
         request = InferenceRequest(x=np.zeros((1, 2, 3), np.float32), lengths=np.array([2]))
-        with model.holds.held():
+        with model.holds:
             assert model.holds.count == 1
             assert await model.drain(0.05) is False
             running = asyncio.ensure_future(model.batcher.submit(request))
