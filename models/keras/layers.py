@@ -112,6 +112,10 @@ class KerasModelSpec:
     layers: list[tuple[str, str]] = field(default_factory=list)
     # Dense layers, activations and normalisations between the last LSTM and the head
     hidden: list[StackStep] = field(default_factory=list)
+    # An encoder-decoder forecaster (RepeatVector, ``forecast.py``): the future steps, and
+    # how many of ``lstms`` are the encoder (the rest are the decoder)
+    horizon: int | None = None
+    encoder_layers: int = 0
 
     @property
     def stateful(self) -> bool:

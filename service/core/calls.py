@@ -70,6 +70,8 @@ def runs_whole(metadata: ModelMetadata) -> str:
         return "reads backwards (go_backwards)"
     if metadata.has_gru:
         return "has GRU layers (their state is not carried between calls)"
+    if metadata.forecast is not None:
+        return "is a forecaster (its encoder's state is not carried between calls)"
     return ""
 
 
@@ -138,8 +140,8 @@ class _Result:
         if outputs.sequence:
             self.sequence = np.empty((batch, steps, k), np.float32)
             self.sequence[...] = runtime.padding_output
-        if outputs.final:
-            self.final = np.empty((batch, k), np.float32)
+        if outputs.final:  # [batch, K], or a forecaster's [batch, horizon, K]
+            self.final = np.empty((batch, *runtime.final_shape), np.float32)
         self.states: list[State] = []
         if outputs.states:
             zeros = runtime.zero_states(batch)

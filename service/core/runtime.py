@@ -93,7 +93,7 @@ class ModelRuntime:
         """Refuse a graph whose tensors do not match its metadata, at load, not per request."""
         t = self.metadata.tensors
         want_in = {t.x, t.lengths} | {n for s in t.initial_states for n in (s.h, s.c)}
-        want_out = {t.sequence_output, t.final_output} | {
+        want_out = {n for n in (t.sequence_output, t.final_output) if n is not None} | {
             n for s in t.final_states for n in (s.h, s.c)
         }
         have_in = {i.name for i in self.session.get_inputs()}
@@ -108,12 +108,21 @@ class ModelRuntime:
     def _padding_output(self) -> np.ndarray:
         """``sequence_output`` at a padded step, float32 [K]: the head applied to the LSTM's
         zero output there. Work split into several calls (``core/cost.py``) writes it at
-        the padded steps it did not run, so a client sees what one whole call returns."""
-
+        the padded steps it did not run, so a client sees what one whole call returns.
+        A forecaster has no per-timestep output: zeros, never written."""
+        if self.metadata.tensors.sequence_output is None:
+            return np.zeros(self.metadata.output_size, np.float32)
         x = np.zeros((2, 2, self.metadata.num_features), np.float32)
         out = self.run(x, np.array([2, 1], np.int64), None, SEQUENCE).sequence_output
         assert out is not None
         return np.array(out[1, 1], dtype=np.float32)
+
+    @property
+    def final_shape(self) -> tuple[int, ...]:
+        """One sequence's ``final_output``: [K], or a forecaster's [horizon, K]."""
+        k = self.metadata.output_size
+        horizon = self.metadata.horizon
+        return (k,) if horizon is None else (horizon, k)
 
     def zero_states(self, batch: int) -> list[State]:
         # A model that carries no state (GRU layers) has no state tensors: none to feed.
@@ -146,7 +155,7 @@ class ModelRuntime:
             feeds[h_name] = h
             feeds[c_name] = c
         names: list[str] = []
-        if outputs.sequence:
+        if outputs.sequence and t.sequence_output is not None:  # a forecaster has none
             names.append(t.sequence_output)
         if outputs.final:
             names.append(t.final_output)
@@ -157,7 +166,7 @@ class ModelRuntime:
             run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         values = dict(zip(names, self.session.run(names, feeds, run_options), strict=True))
         result = RunResult(
-            sequence_output=values.get(t.sequence_output),
+            sequence_output=values.get(t.sequence_output or ""),
             final_output=values.get(t.final_output),
         )
         if outputs.states:

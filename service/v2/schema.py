@@ -162,6 +162,9 @@ def output_specs(meta: ModelMetadata) -> list[OutputSpec]:
     """Every output, in the order a request without ``outputs`` gets them."""
     t = meta.tensors
     k = meta.output_size
+    if t.sequence_output is None:  # a forecaster: one output, [B, horizon, K]
+        forecast = TensorSpec(t.final_output, "FP32", (-1, meta.horizon or 1, k))
+        return [OutputSpec(forecast, "final")]
     specs = [
         OutputSpec(TensorSpec(t.sequence_output, "FP32", (-1, -1, k)), "sequence"),
         OutputSpec(TensorSpec(t.final_output, "FP32", (-1, k)), "final"),

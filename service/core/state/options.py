@@ -112,7 +112,14 @@ def check_options(options: StateOptions, batch: int) -> None:
 
 def check_stateful(model: ServedModel) -> None:
     """Only unidirectional LSTM models can carry state: a backward direction needs it
-    all, and a GRU layer's state is not carried yet."""
+    all, and a GRU layer's or a forecaster's state is not carried yet."""
+    if model.metadata.forecast is not None:
+        raise InvalidInput(
+            f"model {model.name!r} is a forecaster: each answer is its next "
+            f"{model.metadata.forecast.horizon} steps from the whole input, and its state is "
+            "not carried across requests; send each sequence whole (without sequence_id, "
+            "initial_states or return_states)"
+        )
     if model.metadata.has_gru:
         raise InvalidInput(
             f"model {model.name!r} has GRU layers: GRU state is not carried yet, so it "
