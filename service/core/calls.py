@@ -141,7 +141,9 @@ class _Result:
             self.sequence = np.empty((batch, steps, k), np.float32)
             self.sequence[...] = runtime.padding_output
         if outputs.final:  # [batch, K], or a forecaster's [batch, horizon, K]
-            self.final = np.empty((batch, *runtime.final_shape), np.float32)
+            horizon = runtime.metadata.horizon
+            shape = (k,) if horizon is None else (horizon, k)
+            self.final = np.empty((batch, *shape), np.float32)
         self.states: list[State] = []
         if outputs.states:
             zeros = runtime.zero_states(batch)

@@ -117,13 +117,6 @@ class ModelRuntime:
         assert out is not None
         return np.array(out[1, 1], dtype=np.float32)
 
-    @property
-    def final_shape(self) -> tuple[int, ...]:
-        """One sequence's ``final_output``: [K], or a forecaster's [horizon, K]."""
-        k = self.metadata.output_size
-        horizon = self.metadata.horizon
-        return (k,) if horizon is None else (horizon, k)
-
     def zero_states(self, batch: int) -> list[State]:
         # A model that carries no state (GRU layers) has no state tensors: none to feed.
         count = len(self.metadata.tensors.initial_states)
