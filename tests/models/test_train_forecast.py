@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from models import train
+from models import quantize, train
 from models.data import load
 from models.forecaster import Forecaster
 from models.presets import DATA
@@ -92,6 +92,12 @@ def test_sequences_with_their_own_future_steps_train(tmp_path: Path) -> None:
     assert meta.forecast.encoder_layers == 1 and len(meta.layers) == 3
     with pytest.raises(ValueError, match=r"--horizon 4, but the targets hold 3 steps"):
         load(tmp_path / "seq.npz", horizon=4)
+    with pytest.raises(ValueError) as refused:
+        quantize.quantize_version(tmp_path / "repo", "f", 1, data=tmp_path / "seq.npz")
+    assert str(refused.value) == (
+        "f/1 is a forecaster (horizon 3): int8 versions of forecasters are not supported yet; "
+        "serve the fp32 version"
+    )
 
 
 @pytest.mark.parametrize(
