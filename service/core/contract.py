@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from service.core.forecast import Forecast
+from service.core.forecast import Forecast, forecast_problems
 
 SCHEMA_VERSION = 1
 MODEL_FILENAME = "model.onnx"
@@ -393,17 +393,11 @@ class ModelMetadata(_Frozen):
         if self.quantization and self.quantization.source_version >= self.version:
             raise ValueError("an int8 version must come after its fp32 source version")
         n = len(self.layers)
-        if (self.target == "forecast") != (self.forecast is not None):
-            raise ValueError("target 'forecast' and the forecast block go together")
-        if self.forecast is not None:
-            found = self.forecast.problems(
-                n, self.tensors.sequence_output, bool(self.tensors.initial_states)
-            )
-            if found:
-                raise ValueError("; ".join(found))
-        elif self.tensors.sequence_output is None:
-            raise ValueError("tensors.sequence_output is null only for a forecaster")
-        elif self.has_gru:
+        t = self.tensors
+        states = bool(t.initial_states or t.final_states)
+        if found := forecast_problems(self.target, self.forecast, n, t.sequence_output, states):
+            raise ValueError("; ".join(found))
+        if self.has_gru or self.forecast is not None:
             if self.tensors.initial_states or self.tensors.final_states:
                 raise ValueError("a model with GRU layers carries no state: it names no states")
         elif len(self.tensors.initial_states) != n or len(self.tensors.final_states) != n:

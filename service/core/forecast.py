@@ -31,16 +31,24 @@ class Forecast(BaseModel):
     horizon: int = Field(gt=0)
     encoder_layers: int = Field(gt=0)
 
-    def problems(self, layers: int, sequence_output: str | None, states: bool) -> list[str]:
-        """What contradicts a forecaster in the rest of the metadata (empty: consistent)."""
-        found = []
-        if self.encoder_layers >= layers:
-            found.append(
-                f"forecast.encoder_layers is {self.encoder_layers} of {layers} layers: "
-                "a forecaster needs at least one decoder layer after its encoder"
-            )
-        if sequence_output is not None:
-            found.append("a forecaster has no per-timestep output: tensors.sequence_output is null")
-        if states:
-            found.append("a forecaster carries no state: it names no states")
-        return found
+
+def forecast_problems(
+    target: str, forecast: Forecast | None, layers: int, sequence_output: str | None, states: bool
+) -> list[str]:
+    """What contradicts the ``forecast`` block (or its absence) in the rest of the metadata;
+    empty when consistent. ``states``: whether the tensors name any state."""
+    if (target == "forecast") != (forecast is not None):
+        return ["target 'forecast' and the forecast block go together"]
+    if forecast is None:
+        return [] if sequence_output else ["tensors.sequence_output is null only for a forecaster"]
+    found = []
+    if forecast.encoder_layers >= layers:
+        found.append(
+            f"forecast.encoder_layers is {forecast.encoder_layers} of {layers} layers: "
+            "a forecaster needs at least one decoder layer after its encoder"
+        )
+    if sequence_output is not None:
+        found.append("a forecaster has no per-timestep output: tensors.sequence_output is null")
+    if states:
+        found.append("a forecaster carries no state: it names no states")
+    return found
