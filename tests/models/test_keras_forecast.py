@@ -11,7 +11,7 @@ batches included. Placements that cannot mean a forecaster are refused by name.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,15 @@ from tests.models import keras_models
 TOLERANCE = 1e-5
 FORMATS = ("keras", "h5")
 CLASSES = ["low", "mid", "high"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fresh_keras_names() -> Iterator[None]:
+    """Keras numbers its default layer names per process (lstm, lstm_1, ...): start from
+    scratch, and leave it so, so that the tests reading those names pass in any order."""
+    keras.backend.clear_session()
+    yield
+    keras.backend.clear_session()
 
 
 @pytest.fixture(scope="module")
