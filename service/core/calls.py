@@ -74,6 +74,8 @@ def runs_whole(metadata: ModelMetadata) -> str:
         return "has GRU layers (their state is not carried between calls)"
     if metadata.front_end is not None:
         return runs_whole_reason(metadata)
+    if metadata.forecast is not None:
+        return "is a forecaster (its encoder's state is not carried between calls)"
     return ""
 
 
@@ -142,8 +144,10 @@ class _Result:
         if outputs.sequence:
             self.sequence = np.empty((batch, steps, k), np.float32)
             self.sequence[...] = runtime.padding_output
-        if outputs.final:
-            self.final = np.empty((batch, k), np.float32)
+        if outputs.final:  # [batch, K], or a forecaster's [batch, horizon, K]
+            horizon = runtime.metadata.horizon
+            shape = (k,) if horizon is None else (horizon, k)
+            self.final = np.empty((batch, *shape), np.float32)
         self.states: list[State] = []
         if outputs.states:
             zeros = runtime.zero_states(batch)

@@ -30,12 +30,14 @@ from pydantic import (
     model_validator,
 )
 
+from service.core.forecast import Forecast, forecast_problems
+
 SCHEMA_VERSION = 1
 MODEL_FILENAME = "model.onnx"
 METADATA_FILENAME = "metadata.json"
 
 Task = Literal["classification", "regression"]
-Target = Literal["final", "sequence"]
+Target = Literal["final", "sequence", "forecast"]
 
 
 def file_sha256(path: Path) -> str:
@@ -131,12 +133,14 @@ class TensorNames(_Frozen):
     ``sequence_output`` float32 [batch, time, outputs];
     ``final_output`` float32 [batch, outputs].
     The state lists are empty for a model that carries no state (GRU layers).
+    A forecaster (``forecast.py``) has no ``sequence_output`` (None) and its
+    ``final_output`` is float32 [batch, horizon, outputs].
     """
 
     x: str = "x"
     lengths: str = "lengths"
     initial_states: list[StateNames]
-    sequence_output: str = "sequence_output"
+    sequence_output: str | None = "sequence_output"
     final_output: str = "final_output"
     final_states: list[StateNames]
 
@@ -389,6 +393,8 @@ class ModelMetadata(_Frozen):
     parity: Parity
     training: TrainingInfo | None = None
     quantization: Quantization | None = None
+    # An encoder-decoder forecaster's horizon (target "forecast"): see forecast.py
+    forecast: Forecast | None = None
     created_at: datetime
     library_versions: dict[str, str] = Field(default_factory=dict)
 
@@ -411,16 +417,35 @@ class ModelMetadata(_Frozen):
         if self.quantization and self.quantization.source_version >= self.version:
             raise ValueError("an int8 version must come after its fp32 source version")
         n = len(self.layers)
-        if self.has_gru or self.front_end is not None:
+        t = self.tensors
+        states = bool(t.initial_states or t.final_states)
+        if found := forecast_problems(self.target, self.forecast, n, t.sequence_output, states):
+            raise ValueError("; ".join(found))
+        if self.has_gru or self.front_end is not None or self.forecast is not None:
             if self.tensors.initial_states or self.tensors.final_states:
                 raise ValueError(
-                    "a model with GRU layers or a front end carries no state: it names no states"
+                    "a model with GRU layers, a front end or a forecast carries no state: it names "
+                    "no states"
                 )
             if self.front_end and self.front_end.reshapes_time and self.default_return_sequences:
                 raise ValueError("per-timestep outputs need a front end that keeps the time axis")
         elif len(self.tensors.initial_states) != n or len(self.tensors.final_states) != n:
             raise ValueError("tensors must name the initial and final states of every layer")
         return self
+
+    @model_serializer(mode="wrap")
+    def _as_before_forecasts(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """No ``forecast`` key unless there is one: other models' metadata stays as it was,
+        readable by servers that predate forecasters (which refuse a forecaster's block)."""
+        data: dict[str, Any] = handler(self)
+        if self.forecast is None:
+            data.pop("forecast", None)
+        return data
+
+    @property
+    def horizon(self) -> int | None:
+        """Future steps per answer of a forecaster; None for any other model."""
+        return self.forecast.horizon if self.forecast else None
 
     @property
     def dtype(self) -> str:
@@ -441,8 +466,14 @@ class ModelMetadata(_Frozen):
     @property
     def carries_state(self) -> bool:
         """Whether the model can run a sequence in pieces, state carried between them:
-        no backward reading, no GRU layer, no front end. Otherwise each runs whole."""
-        return not self.bidirectional and not self.has_gru and self.front_end is None
+        no backward reading, no GRU layer, no front end, not a forecaster. Otherwise each
+        sequence runs whole."""
+        return (
+            not self.bidirectional
+            and not self.has_gru
+            and self.front_end is None
+            and self.forecast is None
+        )
 
     def state_shape(self, layer: int, batch: int) -> tuple[int, int, int]:
         spec = self.layers[layer]

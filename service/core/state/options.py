@@ -113,7 +113,8 @@ def check_options(options: StateOptions, batch: int) -> None:
 
 def check_stateful(model: ServedModel) -> None:
     """Only unidirectional LSTM models can carry state: a backward direction needs it
-    all, a GRU layer's state is not carried yet, and a front end reads each sequence whole."""
+    all, a GRU layer's or a forecaster's state is not carried yet, and a front end reads
+    each sequence whole."""
     front = model.metadata.front_end
     if front is not None:
         raise InvalidInput(
@@ -121,6 +122,13 @@ def check_stateful(model: ServedModel) -> None:
             "windows cannot resume from a carried state, so it cannot carry state across "
             "requests; send each sequence whole (without sequence_id, initial_states or "
             "return_states)"
+        )
+    if model.metadata.forecast is not None:
+        raise InvalidInput(
+            f"model {model.name!r} is a forecaster: each answer is its next "
+            f"{model.metadata.forecast.horizon} steps from the whole input, and its state is "
+            "not carried across requests; send each sequence whole (without sequence_id, "
+            "initial_states or return_states)"
         )
     if model.metadata.has_gru:
         raise InvalidInput(
