@@ -20,11 +20,11 @@ import onnxruntime as ort
 
 from models.data import Dataset
 from models.heldback import HeldBack
-from service.core.contract import (
+from service.core.contract import ModelMetadata
+from service.core.quantization import (
     Certificate,
     Drift,
     MetricComparison,
-    ModelMetadata,
     OutputDifference,
     Speed,
 )

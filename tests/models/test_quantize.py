@@ -21,8 +21,9 @@ import pytest
 from models import quantize, train, train_args
 from models.presets import DATA
 from models.testing import make_tiny_model
-from service.core.contract import MetricComparison, ModelMetadata, Tolerance
+from service.core.contract import ModelMetadata
 from service.core.model import read_metadata
+from service.core.quantization import MetricComparison, Tolerance
 
 FAST: dict[str, Any] = {"speed_seconds": 0.01, "allow_slower": True}
 
