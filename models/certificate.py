@@ -20,14 +20,8 @@ import onnxruntime as ort
 
 from models.data import Dataset
 from models.heldback import HeldBack
-from service.core.contract import (
-    Certificate,
-    Drift,
-    MetricComparison,
-    ModelMetadata,
-    OutputDifference,
-    Speed,
-)
+from service.core.contract import ModelMetadata
+from service.core.int8_contract import Certificate, Drift, MetricComparison, OutputDifference, Speed
 
 DRIFT_FACTOR = 10
 DRIFT_STREAMS = 8

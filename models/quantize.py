@@ -56,11 +56,9 @@ from service.core.contract import (
     MODEL_FILENAME,
     ModelMetadata,
     OnnxInfo,
-    Quantization,
-    QuantizationCandidate,
-    Tolerance,
     file_sha256,
 )
+from service.core.int8_contract import Quantization, QuantizationCandidate, Tolerance
 
 DEFAULT_MAX_ABS_DIFF = 0.01
 """Largest |int8 - fp32| of any output (relative above magnitude 1), held-back and drift."""

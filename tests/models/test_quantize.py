@@ -21,7 +21,8 @@ import pytest
 from models import quantize, train, train_args
 from models.presets import DATA
 from models.testing import make_tiny_model
-from service.core.contract import MetricComparison, ModelMetadata, Tolerance
+from service.core.contract import ModelMetadata
+from service.core.int8_contract import MetricComparison, Tolerance
 from service.core.model import read_metadata
 
 FAST: dict[str, Any] = {"speed_seconds": 0.01, "allow_slower": True}
