@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from service.core.int8_contract import Quantization
+from service.core.state_names import STATE_TENSORS, StateNames, state_problems
 
 SCHEMA_VERSION = 1
 MODEL_FILENAME = "model.onnx"
@@ -56,9 +57,10 @@ class _Frozen(BaseModel):
 class LayerSpec(_Frozen):
     """One recurrent layer: its cell, its units per direction, and which way it reads.
 
-    ``cell`` is ``lstm`` (state (h, c)) or ``gru`` (Keras's GRU; ``reset_after``
-    false is the ONNX GRU's ``linear_before_reset=0``). A model with any GRU
-    layer is exported without state inputs and outputs: it cannot carry state.
+    ``cell`` is ``lstm`` (state (h, c)) or ``gru`` (Keras's GRU, state h alone;
+    ``reset_after`` false is the ONNX GRU's ``linear_before_reset=0``). GRU
+    layers exported before GRU state was carried have no state tensors: such a
+    model runs each sequence whole.
 
     Each layer has its own direction: forward (the default), both ways
     (``bidirectional``: its states hold two directions), or backward only
@@ -96,6 +98,11 @@ class LayerSpec(_Frozen):
         return self.bidirectional or self.go_backwards
 
     @property
+    def state_tensors(self) -> tuple[str, ...]:
+        """The layer's state tensors in carried order: ("h", "c"), or ("h",) for a GRU."""
+        return STATE_TENSORS[self.cell]
+
+    @property
     def directions(self) -> int:
         return 2 if self.bidirectional else 1
 
@@ -117,22 +124,17 @@ class Normalization(_Frozen):
     in_graph: bool = True
 
 
-class StateNames(_Frozen):
-    """Graph tensor names of one layer's hidden and cell state."""
-
-    h: str
-    c: str
-
-
 class TensorNames(_Frozen):
     """Names of every graph input and output the server feeds or reads.
 
     Shapes, by convention of the exporter (and checked by the server at load):
     ``x`` float32 [batch, time, features]; ``lengths`` int64 [batch];
-    each state float32 [directions, batch, units];
+    each state float32 [directions, batch, units] (``state_names.py``: a GRU
+    layer has ``h`` only, an LSTM layer ``h`` and ``c``);
     ``sequence_output`` float32 [batch, time, outputs];
     ``final_output`` float32 [batch, outputs].
-    The state lists are empty for a model that carries no state (GRU layers).
+    The state lists are empty for a model with a front end, and for GRU models
+    exported before GRU state was carried.
     """
 
     x: str = "x"
@@ -258,16 +260,18 @@ class ModelMetadata(_Frozen):
                 raise ValueError(f"normalization.{label} needs {self.num_features} values")
         if self.quantization and self.quantization.source_version >= self.version:
             raise ValueError("an int8 version must come after its fp32 source version")
-        n = len(self.layers)
-        if self.has_gru or self.front_end is not None:
-            if self.tensors.initial_states or self.tensors.final_states:
-                raise ValueError(
-                    "a model with GRU layers or a front end carries no state: it names no states"
-                )
-            if self.front_end and self.front_end.reshapes_time and self.default_return_sequences:
+        t = self.tensors
+        states = bool(t.initial_states or t.final_states)
+        if self.front_end is not None:
+            if states:
+                raise ValueError("a model with a front end carries no state: it names no states")
+            if self.front_end.reshapes_time and self.default_return_sequences:
                 raise ValueError("per-timestep outputs need a front end that keeps the time axis")
-        elif len(self.tensors.initial_states) != n or len(self.tensors.final_states) != n:
-            raise ValueError("tensors must name the initial and final states of every layer")
+        # A GRU model may name none: it was exported before GRU state was carried.
+        elif states or not self.has_gru:
+            cells = [layer.cell for layer in self.layers]
+            if found := state_problems(cells, t.initial_states, t.final_states):
+                raise ValueError("; ".join(found))
         return self
 
     @property
@@ -283,14 +287,21 @@ class ModelMetadata(_Frozen):
 
     @property
     def has_gru(self) -> bool:
-        """True if any layer is a GRU: its state is not carried yet (no state tensors)."""
+        """True if any layer is a GRU (whose state is h alone)."""
         return any(layer.cell == "gru" for layer in self.layers)
+
+    @property
+    def has_state_tensors(self) -> bool:
+        """Whether the graph takes and returns states: not with a front end, nor for a
+        GRU model exported before GRU state was carried."""
+        return bool(self.tensors.initial_states)
 
     @property
     def carries_state(self) -> bool:
         """Whether the model can run a sequence in pieces, state carried between them:
-        no backward reading, no GRU layer, no front end. Otherwise each runs whole."""
-        return not self.bidirectional and not self.has_gru and self.front_end is None
+        state tensors (LSTM, GRU or both), no backward reading, no front end. Otherwise
+        each runs whole."""
+        return self.has_state_tensors and not self.bidirectional and self.front_end is None
 
     def state_shape(self, layer: int, batch: int) -> tuple[int, int, int]:
         spec = self.layers[layer]
