@@ -198,7 +198,10 @@ def test_cell_gru_trains_exports_with_parity_and_keras_counts(
     assert [(layer.cell, layer.units) for layer in meta.layers] == [("gru", 8), ("gru", 4)]
     assert meta.parity.max_abs_diff <= meta.parity.tolerance and meta.parity.cases
     session = ort.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == ["x", "lengths"]  # a GRU carries no state
+    # A GRU layer's state is h alone: h0_i in, hn_i out, no c0_i/cn_i.
+    assert [i.name for i in session.get_inputs()] == ["x", "lengths", "h0_0", "h0_1"]
+    assert [o.name for o in session.get_outputs()][2:] == ["hn_0", "hn_1"]
+    assert meta.carries_state
     assert meta.training is not None and meta.training.hyperparameters["cells"] == "gru,gru"
     keras = {}
     for line in out.splitlines():
