@@ -642,7 +642,7 @@ def test_gru_models_carry_state_and_say_so(
         )
         assert refused.status_code == 422, refused.text
         assert refused.json() == {
-            "error": "model 'bidirectional_gru_keras' has bidirectional layers: its backward "
+            "error": "model 'bidirectional_gru_keras' has go_backwards layers: its backward "
             "direction needs the whole sequence at once, so it cannot carry state across requests"
         }
 
