@@ -129,6 +129,8 @@ def test_v1_carried_state_equals_the_whole_and_holds_only_h_for_gru_layers(
     want = torch_whole(gru_repository, name)
     np.testing.assert_allclose(np.concatenate(got), want["sequence_output"][0], atol=TOLERANCE)
     assert state["tensors"] == TENSORS[name] and state["layers"] == [8, 4]
+    described = client.get(f"/v1/models/{name}").json()
+    assert described["stateful"] is True and described["state_tensors"] == TENSORS[name]
     carried = np.frombuffer(base64.b64decode(state["data"]), "<f4")
     names = [f"{k}n_{i}" for i, layer in enumerate(TENSORS[name]) for k in layer]
     exact = np.concatenate([want[n].ravel() for n in names])
@@ -308,4 +310,5 @@ def test_a_gru_exported_before_state_was_carried_is_served_whole_and_refuses_sta
         assert orjson.loads(ws.recv()) == {"error": STATELESS}
     outputs = [o["name"] for o in client.get("/v2/models/gru_stateless").json()["outputs"]]
     assert outputs == ["sequence_output", "final_output"]
-    assert client.get("/v1/models/gru_stateless").json()["stateful"] is False
+    described = client.get("/v1/models/gru_stateless").json()
+    assert described["stateful"] is False and described["state_tensors"] == []
