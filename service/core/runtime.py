@@ -81,9 +81,16 @@ class ModelRuntime:
         # Per layer, (h, c) or a GRU's (h,): fed and read as the states' tuples are.
         self._state_inputs = [s.names for s in names.initial_states]
         self._state_outputs = [name for s in names.final_states for name in s.names]
+        layers = metadata.layers
         self._state_shapes = [
-            (self.metadata.layers[i].directions, self.metadata.layers[i].units, len(s.names))
+            (layers[i].directions, layers[i].units, len(s.names))
             for i, s in enumerate(names.initial_states)
+        ]
+        # Every state input with its shape, flat: a stateless request's zeros, one loop.
+        self._zero_feeds = [
+            (name, layers[i].directions, layers[i].units)
+            for i, s in enumerate(names.initial_states)
+            for name in s.names
         ]
         norm = metadata.normalization
         self._mean = np.asarray(norm.mean, dtype=np.float32)
@@ -154,10 +161,13 @@ class ModelRuntime:
         if self._normalize:
             x = (x - self._mean) / self._std
         feeds: dict[str, np.ndarray] = {t.x: x, t.lengths: lengths}
-        for layer_names, layer in zip(
-            self._state_inputs, states or self.zero_states(x.shape[0]), strict=True
-        ):
-            feeds.update(zip(layer_names, layer, strict=True))
+        if not states:  # the hot path (stateless): zeros straight into the feeds
+            batch = x.shape[0]
+            for name, directions, units in self._zero_feeds:
+                feeds[name] = np.zeros((directions, batch, units), np.float32)
+        else:
+            for layer_names, layer in zip(self._state_inputs, states, strict=True):
+                feeds.update(zip(layer_names, layer, strict=True))
         names: list[str] = []
         if outputs.sequence:
             names.append(t.sequence_output)
