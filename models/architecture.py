@@ -37,7 +37,7 @@ Between the last recurrent layer and the head, an optional dense stack
 parameter counts is ``summary.py``'s. Before the first recurrent layer, an
 optional Conv1D/pooling front end (``front_end``, ``frontend.py``): it reads
 the whole time axis, so such a model runs equal-length sequences only and
-carries no state (no state tensors, as with GRU layers).
+carries no state (no state tensors).
 """
 
 from __future__ import annotations

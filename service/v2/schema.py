@@ -167,7 +167,7 @@ def output_specs(meta: ModelMetadata) -> list[OutputSpec]:
     specs = [OutputSpec(TensorSpec(t.final_output, "FP32", (-1, k)), "final")]
     if not no_steps(meta):
         specs.insert(0, OutputSpec(TensorSpec(t.sequence_output, "FP32", (-1, -1, k)), "sequence"))
-    for i, names in enumerate(t.final_states):  # none for a model that carries no state
+    for i, names in enumerate(t.final_states):  # none for a graph without state tensors
         layer = meta.layers[i]
         shape = (-1, layer.directions, layer.units)
         specs.append(OutputSpec(TensorSpec(names.h, "FP32", shape), "h", i))
