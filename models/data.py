@@ -12,6 +12,10 @@ floats (n,) or (n, k) -> regression of the final output; floats (n, T) or
 (n, T, k) -> per-timestep regression (Keras ``return_sequences=True``).
 ``lstm-train --target final`` trains per-step targets on each sequence's last
 real step instead (and reads a float (n, T) as T final outputs).
+``lstm-train --horizon n`` trains a forecaster (target ``forecast``): floats
+(n, n) or (n, n, k), the next ``n`` steps after each sequence; or a plain
+series (``value`` (N,) or (N, F), like ``data/sunspots.npz``), cut into
+windows by ``series.py``.
 
 CSV (long format, one row per timestep, rows of a sequence in time order)::
 
@@ -31,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.series import forecast_windows, is_series
 from service.core.contract import file_sha256
 
 
@@ -53,7 +58,7 @@ class Splits:
     validation: Dataset
     test: Dataset
     task: str  # "classification" | "regression"
-    target: str  # "final" | "sequence"
+    target: str  # "final" | "sequence" | "forecast"
     classes: list[str] | None
     feature_names: list[str] | None
     source: Path
@@ -76,8 +81,17 @@ def _task_of(y: np.ndarray, steps: int, wanted: str | None) -> tuple[str, str, n
     ``wanted`` ("final", "sequence" or None for automatic) settles the two cases
     the shape cannot: a float (n, T) array is T per-step values unless "final"
     asks for T outputs, and per-step targets (n, T, k) train on the last real
-    step only under "final" (``_dataset`` picks that step).
+    step only under "final" (``_dataset`` picks that step). "forecast" reads
+    floats (n, H[, k]) as the H future steps of each sequence.
     """
+    if wanted == "forecast":
+        if np.issubdtype(y.dtype, np.integer) or y.ndim not in (2, 3):
+            raise ValueError(
+                f"a forecaster's targets are floats (n, horizon) or (n, horizon, k): the steps "
+                f"after each sequence; y has shape {y.shape} ({y.dtype})"
+            )
+        y = y.astype(np.float32)
+        return "regression", "forecast", y[:, :, None] if y.ndim == 2 else y
     if np.issubdtype(y.dtype, np.integer):
         if y.ndim != 1:
             raise ValueError(f"integer labels must have shape (n,), got {y.shape}")
@@ -202,17 +216,34 @@ def load(
     test_split: float = 0.2,
     seed: int = 0,
     target: str | None = None,
+    horizon: int | None = None,
+    lookback: int | None = None,
 ) -> Splits:
     """Read an .npz or a long-format .csv and split it (seeded).
 
     ``target`` overrides what the targets' shape implies (see ``_task_of``).
+    ``horizon`` makes it a forecaster's data (target ``forecast``): a series is cut
+    into windows of ``lookback`` (default 4 x horizon) inputs and ``horizon``
+    targets (``series.py``); sequences must come with ``horizon`` target steps.
     """
     if path.suffix == ".csv":
         arrays = read_csv(path)
     else:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    return _splits(arrays, path, validation_split, test_split, seed, target)
+    if horizon is None:
+        return _splits(arrays, path, validation_split, test_split, seed, target)
+    if is_series(arrays):
+        arrays = forecast_windows(arrays, lookback or 4 * horizon, horizon, test_split)
+    elif lookback is not None:
+        raise ValueError(f"{path.name} holds sequences (X): --lookback is for a plain series")
+    splits = _splits(arrays, path, validation_split, test_split, seed, "forecast")
+    if splits.train.y.shape[1] != horizon:
+        raise ValueError(
+            f"--horizon {horizon}, but the targets hold {splits.train.y.shape[1]} steps per "
+            f"sequence (y {splits.train.y.shape})"
+        )
+    return splits
 
 
 def valid_mask(data: Dataset) -> np.ndarray:

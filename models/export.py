@@ -39,6 +39,7 @@ import torch
 from onnx import TensorProto, helper
 
 from models.architecture import StackedLSTM
+from models.forecaster import Forecaster, forecast_tensor_names, unwire_decoder
 from models.frontend import front_end_metadata
 from service.core.contract import (
     METADATA_FILENAME,
@@ -75,13 +76,21 @@ def tensor_names(cells: Sequence[str], carries_state: bool = True) -> TensorName
     )
 
 
+def names_of(model: StackedLSTM) -> TensorNames:
+    """The graph's tensor names for ``model``: a forecaster's (``forecaster.py``) or the stack's."""
+    if isinstance(model, Forecaster):
+        return forecast_tensor_names()
+    return tensor_names(model.cells, model.carries_state)
+
+
 def _flat(states: list[StateNames]) -> list[str]:
     return [name for state in states for name in state.names]
 
 
 def output_names(names: TensorNames) -> list[str]:
-    """Graph outputs in ``StackedLSTM.forward``'s order."""
-    return [names.sequence_output, names.final_output, *_flat(names.final_states)]
+    """Graph outputs in ``StackedLSTM.forward``'s order (a forecaster has no sequence output)."""
+    outputs = [names.sequence_output, names.final_output, *_flat(names.final_states)]
+    return [name for name in outputs if name is not None]
 
 
 # Warnings the TorchScript exporter raises on this model that say nothing about
@@ -107,10 +116,11 @@ def _to_onnx(model: StackedLSTM, names: TensorNames) -> onnx.ModelProto:
         *model.zero_states(batch),
     )
     state_in, state_out = _flat(names.initial_states), _flat(names.final_states)
-    # A Conv1D/pooling front end changes the time axis: the outputs have their own.
-    out_time = "time" if model.front_end is None else "front_end_time"
-    dynamic = {names.x: {0: "batch", 1: "time"}, names.sequence_output: {0: "batch", 1: out_time}}
-    dynamic[names.final_output] = {0: "batch"}
+    dynamic = {names.x: {0: "batch", 1: "time"}, names.final_output: {0: "batch"}}
+    if names.sequence_output is not None:
+        # A Conv1D/pooling front end changes the time axis: the outputs have their own.
+        out_time = "time" if model.front_end is None else "front_end_time"
+        dynamic[names.sequence_output] = {0: "batch", 1: out_time}
     if model.reads_backwards:  # go_backwards layers gather by lengths: the graph keeps it
         dynamic[names.lengths] = {0: "batch"}
     dynamic.update({n: {1: "batch"} for n in state_in + state_out})
@@ -205,7 +215,7 @@ def torch_reference(
     )
     with torch.no_grad():
         outputs = model.eval()(torch.from_numpy(x), torch.from_numpy(lengths), *state_tensors)
-    names = output_names(tensor_names(model.cells, model.carries_state))
+    names = output_names(names_of(model))
     return {name: out.numpy() for name, out in zip(names, outputs, strict=True)}
 
 
@@ -239,7 +249,7 @@ def check_parity(model: StackedLSTM, onnx_path: Path, names: TensorNames, seed: 
         feeds = {names.x: x, names.lengths: lengths}
         feeds.update(dict(zip(_flat(names.initial_states), states, strict=True)))
         got = dict(zip(want, session.run(list(want), feeds), strict=True))
-        out_steps = want["sequence_output"].shape[1]
+        out_steps = want["sequence_output"].shape[1] if "sequence_output" in want else steps
         valid = np.arange(out_steps)[None, :] < np.minimum(lengths, out_steps)[:, None]
         gap = max(
             scaled_gap(
@@ -289,12 +299,14 @@ def export_model(
     so a server scanning the repository never sees half a model.
     """
     model = model.eval()
-    names = tensor_names(model.cells, model.carries_state)
+    names = names_of(model)
     graph = _to_onnx(model, names)
     if model.front_end is not None:  # reads every step the front end hands on: no lengths
         keep_lengths_input(graph, names.lengths)
     elif wire_sequence_lens(graph, names.lengths) != len(model.lstms):
         raise RuntimeError("the exported graph does not hold one LSTM or GRU op per layer")
+    if isinstance(model, Forecaster):  # the decoder runs every horizon step
+        unwire_decoder(graph, model.encoder_layers)
     set_reset_before(
         graph, [r for c, r in zip(model.cells, model.reset_after, strict=True) if c == "gru"]
     )
@@ -312,7 +324,7 @@ def export_model(
             name=name,
             version=version,
             task=model.task,  # type: ignore[arg-type]  # validated by pydantic
-            target=target,  # type: ignore[arg-type]
+            target="forecast" if isinstance(model, Forecaster) else target,  # type: ignore[arg-type]
             num_features=model.num_features,
             feature_names=feature_names,
             classes=classes,
@@ -343,6 +355,7 @@ def export_model(
             onnx=OnnxInfo(opset=OPSET, sha256=file_sha256(onnx_path)),
             parity=parity,
             training=training,
+            forecast=model.contract() if isinstance(model, Forecaster) else None,
             created_at=datetime.now(UTC),
             library_versions=_library_versions(),
         )

@@ -90,6 +90,9 @@ def _training(
             f"model.predict: {len(parity.cases)} shapes, {len(parity.chunks)} streamed chunks"
         ),
     }
+    if spec.horizon is not None:  # an encoder-decoder forecaster (RepeatVector)
+        hyperparameters["horizon"] = spec.horizon
+        hyperparameters["encoder_layers"] = spec.encoder_layers
     metrics: dict[str, float | list[list[int]] | list[str]] = {}
     if parity is not None:
         metrics = {

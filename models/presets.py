@@ -1,7 +1,9 @@
 """Shipped datasets and the settings that train good models on them.
 
 ``basic_motions`` is the default model the server ships with; ``sunspots`` is a
-forecasting example with per-timestep outputs. Both data files are copies kept
+forecasting example with per-timestep outputs (with ``--horizon n``, the raw
+series trains an encoder-decoder forecaster of ``n`` years instead, named
+``sunspots_forecast_<n>``). Both data files are copies kept
 in ``models/data/`` (attribution in ``models/data/README.md``).
 """
 
@@ -28,6 +30,8 @@ class Preset:
     citation: str
     hyperparameters: dict[str, Any]
     prepare: Callable[[Path, Path], Path] | None = field(default=None)
+    # With --horizon: the series' input steps per window (None: data.load's default)
+    lookback: int | None = None
 
 
 def sunspot_windows(raw: Path, folder: Path) -> Path:
@@ -105,5 +109,6 @@ PRESETS: dict[str, Preset] = {
             "validation_split": 0.15,
         },
         prepare=sunspot_windows,
+        lookback=SUNSPOTS_LOOKBACK,
     ),
 }

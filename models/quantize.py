@@ -192,6 +192,11 @@ def quantize_version(
     meta = ModelMetadata.model_validate_json((src / METADATA_FILENAME).read_bytes())
     if meta.quantization is not None:
         raise ValueError(f"{name}/{meta.version} is already int8; quantize its fp32 source")
+    if meta.forecast is not None:  # the certificate compares per-step and streamed outputs
+        raise ValueError(
+            f"{name}/{meta.version} is a forecaster (horizon {meta.forecast.horizon}): int8 "
+            "versions of forecasters are not supported yet; serve the fp32 version"
+        )
     held = held or held_back(meta, data)
     src_model = src / meta.onnx.file
     if file_sha256(src_model) != meta.onnx.sha256:

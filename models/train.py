@@ -10,6 +10,11 @@ per-layer lists are ``train_args.py``'s.
     lstm-train --data my.npz --name my_model --layers 64,32 --epochs 100
     lstm-train --data my.npz --name my_gru --cell gru
     lstm-train --data my.npz --name mixed --cells lstm,gru --directions bidirectional,forward
+    lstm-train --preset sunspots --name sunspots_5y --horizon 5 --layers 64,64
+
+``--horizon n`` trains an encoder-decoder forecaster (``forecaster.py``): the
+last ``--decoder-layers`` of ``--layers`` decode ``n`` future steps from the
+encoder's final output, trained with MSE over all of them.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from models.architecture import StackedLSTM
 from models.data import Dataset, Splits, load, standardization, valid_mask
 from models.examples import write_examples
 from models.export import export_model
+from models.forecaster import Forecaster
 from models.presets import PRESETS
 from models.train_args import parse_args
 from service.core.contract import (
@@ -52,6 +58,8 @@ def loss_of(model: StackedLSTM, splits: Splits, x: Tensor, lengths: Tensor, y: T
     if splits.task == "classification":
         return nn.functional.cross_entropy(final, y)
     scaled = (y - model.y_mean) / model.y_std
+    if splits.target == "forecast":  # seq is the forecast [B, horizon, K]
+        return nn.functional.mse_loss(seq, scaled)
     if splits.target == "final":
         return nn.functional.mse_loss(final, scaled)
     mask = (torch.arange(x.shape[1])[None, :] < lengths[:, None]).unsqueeze(-1)
@@ -115,6 +123,8 @@ def report(model: StackedLSTM, splits: Splits) -> dict[str, Any]:
     test = splits.test
     if not len(test):
         return {}
+    if isinstance(model, Forecaster):
+        return forecast_report(model, test)
     with torch.no_grad():
         seq, final, *_ = model.eval()(*tensors(test)[:2])
         seq_out, final_out = seq.numpy(), final.numpy()
@@ -143,6 +153,19 @@ def report(model: StackedLSTM, splits: Splits) -> dict[str, Any]:
     }
 
 
+def forecast_report(model: Forecaster, test: Dataset) -> dict[str, Any]:
+    """A forecaster's test MSE/MAE over every future step, and at the first and the last."""
+    with torch.no_grad():
+        forecast = model.eval()(*tensors(test)[:2])[0].numpy()
+    err = forecast - test.y
+    return {
+        "test_mse": float((err**2).mean()),
+        "test_mae": float(np.abs(err).mean()),
+        "test_first_step_mse": float((err[:, 0] ** 2).mean()),
+        "test_last_step_mse": float((err[:, -1] ** 2).mean()),
+    }
+
+
 def print_report(metrics: dict[str, Any]) -> None:
     for key, value in metrics.items():
         if key == "confusion_matrix":
@@ -156,26 +179,47 @@ def print_report(metrics: dict[str, Any]) -> None:
 
 
 def build(splits: Splits, layers: list[int], args: argparse.Namespace) -> StackedLSTM:
-    """A fresh model with the training split's standardisation baked in."""
-    model = StackedLSTM(
-        splits.num_features,
-        layers,
-        splits.output_size,
-        task=splits.task,
-        dropout=args.dropout,
-        cells=args.cells,
-        directions=args.directions,
-        merge_modes=args.merge_modes,
-    )
+    """A fresh model (a ``Forecaster`` with ``--horizon``) with the training split's
+    standardisation baked in."""
+    options: dict[str, Any] = {
+        "task": splits.task,
+        "dropout": args.dropout,
+        "cells": args.cells,
+        "directions": args.directions,
+        "merge_modes": args.merge_modes,
+    }
+    if splits.target == "forecast":
+        model: StackedLSTM = Forecaster(
+            splits.num_features,
+            layers,
+            splits.output_size,
+            horizon=args.horizon,
+            encoder_layers=len(layers) - args.decoder_layers,
+            **options,
+        )
+    else:
+        model = StackedLSTM(splits.num_features, layers, splits.output_size, **options)
     train_mask = valid_mask(splits.train)
     x_mean, x_std = standardization(splits.train.x, train_mask)
     y_stats = None
     if splits.task == "regression":
-        y = splits.train.y if splits.target == "sequence" else splits.train.y[:, None]
-        y_mask = train_mask if splits.target == "sequence" else np.ones((len(y), 1), bool)
+        y = splits.train.y if splits.train.y.ndim == 3 else splits.train.y[:, None]
+        y_mask = train_mask if splits.target == "sequence" else np.ones(y.shape[:2], bool)
         y_stats = [torch.from_numpy(a) for a in standardization(y, y_mask)]
     model.set_normalization(torch.from_numpy(x_mean), torch.from_numpy(x_std), *(y_stats or []))
     return model
+
+
+def forecast_settings(args: argparse.Namespace, splits: Splits) -> dict[str, int]:
+    """A forecaster's own hyperparameters (none for any other model); ``lookback`` is the
+    input steps of its training windows (padded length for sequences of their own)."""
+    if args.horizon is None:
+        return {}
+    return {
+        "horizon": args.horizon,
+        "lookback": int(splits.train.x.shape[1]),
+        "decoder_layers": args.decoder_layers,
+    }
 
 
 def next_version(repository: Path, name: str) -> int:
@@ -192,8 +236,18 @@ def run(argv: list[str] | None = None) -> Path:
     torch.set_num_threads(args.threads)
     preset = PRESETS.get(args.preset) if args.preset else None
     with tempfile.TemporaryDirectory() as tmp:
-        data = preset.prepare(args.data, Path(tmp)) if preset and preset.prepare else args.data
-        splits = load(data, args.validation_split, args.test_split, args.seed, args.target)
+        # A forecaster windows the raw series itself (--lookback), not the preset's windows.
+        prepare = preset.prepare if preset and not args.horizon else None
+        data = prepare(args.data, Path(tmp)) if prepare else args.data
+        splits = load(
+            data,
+            args.validation_split,
+            args.test_split,
+            args.seed,
+            args.target,
+            horizon=args.horizon,
+            lookback=args.lookback,
+        )
     layers = args.layers
     best: tuple[float, int, int, StackedLSTM] | None = None
     for seed in range(args.seed, args.seed + args.restarts):
@@ -234,6 +288,7 @@ def run(argv: list[str] | None = None) -> Path:
             "target": splits.target,
             "validation_split": args.validation_split,
             "test_split": args.test_split,
+            **forecast_settings(args, splits),
         },
         epochs_run=epochs_run,
         metrics=metrics,

@@ -5,6 +5,8 @@ into the ``argparse.Namespace`` that ``train.run`` reads — a preset's settings
 under the explicit flags, and ``--layers``/``--cells``/``--directions``/
 ``--merge-modes`` checked and expanded into one entry per layer, with a
 one-line exit-2 error for a bad list instead of argparse's usage block.
+``--horizon`` (with ``--lookback`` and ``--decoder-layers``) makes the stack an
+encoder-decoder forecaster (``models/forecaster.py``).
 """
 
 from __future__ import annotations
@@ -56,6 +58,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="train on the final output or every timestep (default: what y's shape implies)",
     )
     p.add_argument(
+        "--horizon",
+        type=int,
+        help="train an encoder-decoder forecaster of this many future steps (Keras's "
+        "RepeatVector): on a series (value), or on sequences whose y holds those steps",
+    )
+    p.add_argument(
+        "--lookback",
+        type=int,
+        help="with --horizon on a series: input steps per window (default: 4 x horizon)",
+    )
+    p.add_argument(
+        "--decoder-layers",
+        type=int,
+        default=1,
+        help="with --horizon: how many of the last --layers are the decoder (default 1)",
+    )
+    p.add_argument(
         "--validation-split",
         type=float,
         default=0.2,
@@ -82,16 +101,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.preset:
         preset: Preset = PRESETS[args.preset]
-        p.set_defaults(data=preset.data, name=preset.name, **preset.hyperparameters)
+        name = preset.name
+        forecast: dict[str, object] = {}
+        if args.horizon is not None:  # a forecaster of the preset's series, not its model
+            name = f"{preset.name}_forecast_{args.horizon}"
+            forecast = {"lookback": preset.lookback} if preset.lookback else {}
+        p.set_defaults(data=preset.data, name=name, **preset.hyperparameters, **forecast)
         args = p.parse_args(argv)  # explicit flags still win over the preset
     if args.data is None or args.name is None:
         p.error("give --preset, or --data and --name")
     try:
         args.layers, args.cells, args.directions, args.merge_modes = stack_of(args)
+        check_forecaster(args)
     except ValueError as error:  # one line, not argparse's usage block
         print(f"lstm-train: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     return args
+
+
+def check_forecaster(args: argparse.Namespace) -> None:
+    """``--horizon`` and its companions make sense together, or ValueError saying why not."""
+    if args.horizon is None:
+        if args.lookback is not None:
+            raise ValueError("--lookback needs --horizon (it sizes a forecaster's windows)")
+        return
+    if args.horizon < 1:
+        raise ValueError(f"--horizon {args.horizon}: a forecaster needs at least 1 future step")
+    if args.target is not None:
+        raise ValueError(
+            f"--target {args.target} and --horizon: a forecaster's target is its horizon; "
+            "give one of them"
+        )
+    if not 1 <= args.decoder_layers < len(args.layers):
+        raise ValueError(
+            f"--decoder-layers {args.decoder_layers} of {len(args.layers)} layers (--layers): "
+            "a forecaster needs at least one encoder and one decoder layer, e.g. --layers 64,64"
+        )
 
 
 def _per_layer(

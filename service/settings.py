@@ -442,7 +442,7 @@ class Settings(BaseSettings):
         default=False,
         description="charge each worker's CPU to the steps of the request path, where each "
         "runs (lstm_cpu_budget_seconds_total on /metrics; the benchmark's budget rows). "
-        "About a microsecond per request; off in production",
+        "Costs 3-14 % of a request's CPU; off in production",
     )
 
     # Logging

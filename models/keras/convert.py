@@ -24,6 +24,8 @@ The conversions, each exact:
   served probabilities are (1 - p, p).
 - Normalization: its mean, and max(sqrt(variance), 1e-7) as the std, exactly
   as Keras divides, become the model's stored standardisation.
+- RepeatVector between an encoder and a decoder (``forecast.py``): the same
+  layers and head, rebuilt as a ``models.forecaster.Forecaster``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import numpy as np
 import torch
 
 from models.architecture import StackedLSTM
+from models.forecaster import Forecaster
 from models.frontend import out_steps
 from models.head import Affine
 from models.keras.files import KerasFile
@@ -49,7 +52,7 @@ class Converted:
     """The rebuilt model, and what the metadata needs to describe it."""
 
     model: StackedLSTM
-    target: str  # "final" or "sequence"
+    target: str  # "final", "sequence" or "forecast"
     classes: list[str] | None
     binary_sigmoid: bool
 
@@ -209,19 +212,28 @@ def convert(spec: KerasModelSpec, file: KerasFile, classes: list[str] | None) ->
             f"--classes is for classifiers; this model's head ({head.name!r}, "
             f"activation={head.activation!r}) is a regression"
         )
-    model = StackedLSTM(
-        spec.num_features,
-        [layer.units for layer in spec.lstms],
-        output_size,
-        task=task,
-        directions=spec.directions,
-        merge_modes=[layer.merge_mode for layer in spec.lstms],
-        hidden=_hidden_config(spec.hidden),
-        out_activation="linear" if task == "classification" else head.activation,
-        cells=[layer.cell for layer in spec.lstms],
-        reset_after=[layer.reset_after for layer in spec.lstms],
-        front_end=[layer.config() for layer in spec.front_end] or None,
-    )
+    units = [layer.units for layer in spec.lstms]
+    options: dict[str, Any] = {
+        "task": task,
+        "directions": spec.directions,
+        "merge_modes": [layer.merge_mode for layer in spec.lstms],
+        "hidden": _hidden_config(spec.hidden),
+        "out_activation": "linear" if task == "classification" else head.activation,
+        "cells": [layer.cell for layer in spec.lstms],
+        "reset_after": [layer.reset_after for layer in spec.lstms],
+        "front_end": [layer.config() for layer in spec.front_end] or None,
+    }
+    if spec.horizon is None:
+        model = StackedLSTM(spec.num_features, units, output_size, **options)
+    else:
+        model = Forecaster(
+            spec.num_features,
+            units,
+            output_size,
+            horizon=spec.horizon,
+            encoder_layers=spec.encoder_layers,
+            **options,
+        )
     with torch.no_grad():
         if model.front_end is not None:
             for conv, module in zip(spec.front_end, model.front_end.layers, strict=True):
@@ -251,7 +263,8 @@ def convert(spec: KerasModelSpec, file: KerasFile, classes: list[str] | None) ->
         if spec.normalization is not None:
             mean, std = normalization(spec, file)
             model.set_normalization(torch.from_numpy(mean), torch.from_numpy(std))
-    return Converted(model.eval(), "sequence" if head.per_timestep else "final", classes, binary)
+    target = "sequence" if head.per_timestep else "final"
+    return Converted(model.eval(), "forecast" if spec.horizon else target, classes, binary)
 
 
 def normalization(spec: KerasModelSpec, file: KerasFile) -> tuple[np.ndarray, np.ndarray]:
@@ -299,6 +312,8 @@ def keras_summary(spec: KerasModelSpec, file: KerasFile) -> str:
                 steps = str(out_steps(configs[: front[name] + 1], spec.timesteps))
         if name in lstms:
             width, sequence = lstms[name].output_width, lstms[name].return_sequences
+        elif kind == "RepeatVector":  # the steps from here on are the horizon's
+            sequence, steps = True, str(spec.horizon)
         elif name in dense:
             width = dense[name]
         shape = f"({batch}, {steps}, {width})" if sequence else f"({batch}, {width})"

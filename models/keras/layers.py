@@ -146,6 +146,10 @@ class KerasModelSpec:
     hidden: list[StackStep] = field(default_factory=list)
     # Conv1D and pooling layers before the recurrent ones
     front_end: list[FrontEndSpec] = field(default_factory=list)
+    # An encoder-decoder forecaster (RepeatVector, ``forecast.py``): the future steps, and
+    # how many of ``lstms`` are the encoder (the rest are the decoder)
+    horizon: int | None = None
+    encoder_layers: int = 0
 
     @property
     def stateful(self) -> bool:

@@ -18,7 +18,7 @@ import math
 from dataclasses import replace
 from typing import Any
 
-from models.keras import frontend
+from models.keras import forecast, frontend
 from models.keras.graph import MASK_OPS, UnsupportedModel, input_shape, layer_list
 from models.keras.layers import (
     DenseSpec,
@@ -44,6 +44,7 @@ NO_OPS = frozenset(
 SUPPORTED = (
     "InputLayer, Masking, Normalization, Conv1D, MaxPooling1D, AveragePooling1D, "
     "LSTM and GRU (go_backwards too), Bidirectional(LSTM or GRU), "
+    "RepeatVector between an encoder and a decoder, "
     "then Dense, TimeDistributed(Dense), Activation, LayerNormalization, "
     "BatchNormalization, Dropout and its kin"
 )
@@ -65,10 +66,6 @@ MERGE_MODES = ("concat", "sum", "ave", "mul")
 # Layers Keras users reach for next, and what to do instead, in the refusal.
 NOT_YET = {
     "SimpleRNN": "SimpleRNN layers are not supported; an LSTM stack imports",
-    "RepeatVector": (
-        "encoder-decoder forecasters (RepeatVector) are not supported yet; a stack whose "
-        "last LSTM has return_sequences=True with a TimeDistributed(Dense) head imports"
-    ),
     "Lambda": "a Lambda layer holds Python code, which the importer never runs",
     "Attention": "attention layers are not supported; only a chain of recurrent and dense layers",
     "MultiHeadAttention": (
@@ -264,12 +261,14 @@ def parse(model_config: dict[str, Any]) -> KerasModelSpec:
     norm: NormalizationSpec | None = None
     dropout = 0.0
     front: list[frontend.FrontEndSpec] = []
+    repeat = forecast.find_repeat(layers)  # an encoder-decoder forecaster's RepeatVector
+    forecast.refuse_front_end(layers, repeat)
     for layer in layers:
         kind, cfg = layer["class_name"], layer.get("config", {})
         name = cfg.get("name", layer.get("name", kind.lower()))
         if shape is None:
             shape = input_shape(cfg) or (layer.get("build_config") or {}).get("input_shape")
-        if kind == "InputLayer" or kind in MASK_OPS:
+        if kind in ("InputLayer", "RepeatVector") or kind in MASK_OPS:
             continue
         if kind in NO_OPS:
             dropout = max(dropout, float(cfg.get("rate", 0.0) or 0.0))
@@ -304,7 +303,7 @@ def parse(model_config: dict[str, Any]) -> KerasModelSpec:
                     "after Dense (or normalisation) layers are not supported: put the Dense "
                     "layers after the last recurrent layer"
                 )
-            if lstms and not lstms[-1].return_sequences:
+            if lstms and not (lstms[-1].return_sequences or forecast.decodes(repeat, len(lstms))):
                 raise UnsupportedModel(
                     f"layer {lstms[-1].name!r} ({lstms[-1].kind}): return_sequences=False before "
                     "another recurrent layer is not supported; set return_sequences=True on it"
@@ -356,7 +355,7 @@ def parse(model_config: dict[str, Any]) -> KerasModelSpec:
             f"the input shape {shape} is not (batch, timesteps, features) with known features"
         )
     batch, steps_, features = shape[0], shape[1], int(shape[2])
-    return KerasModelSpec(
+    parsed = KerasModelSpec(
         name=model_name,
         num_features=features,
         timesteps=steps_,
@@ -370,6 +369,7 @@ def parse(model_config: dict[str, Any]) -> KerasModelSpec:
         hidden=hidden,
         front_end=front,
     )
+    return forecast.complete(parsed, repeat)
 
 
 def _floats(value: Any) -> list[float] | None:

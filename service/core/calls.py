@@ -81,6 +81,8 @@ def runs_whole(metadata: ModelMetadata) -> str:
         return "reads backwards (go_backwards)"
     if metadata.front_end is not None:
         return runs_whole_reason(metadata)
+    if metadata.forecast is not None:
+        return "is a forecaster (its encoder's state is not carried between calls)"
     if not metadata.has_state_tensors:  # GRU layers exported before GRU state was carried
         return "has GRU layers exported without state tensors (re-export it to carry state)"
     return ""
@@ -156,8 +158,10 @@ class _Result:
         if outputs.sequence:
             self.sequence = np.empty((batch, steps, k), np.float32)
             self.sequence[...] = runtime.padding_output
-        if outputs.final:
-            self.final = np.empty((batch, k), np.float32)
+        if outputs.final:  # [batch, K], or a forecaster's [batch, horizon, K]
+            horizon = runtime.metadata.horizon
+            shape = (k,) if horizon is None else (horizon, k)
+            self.final = np.empty((batch, *shape), np.float32)
         self.states: list[State] = []
         if outputs.states:
             zeros = runtime.zero_states(batch)

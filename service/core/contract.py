@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from service.core.forecast import Forecast, forecast_problems
 from service.core.int8_contract import Quantization
 from service.core.state_names import STATE_TENSORS, StateNames, state_problems
 
@@ -38,7 +39,7 @@ MODEL_FILENAME = "model.onnx"
 METADATA_FILENAME = "metadata.json"
 
 Task = Literal["classification", "regression"]
-Target = Literal["final", "sequence"]
+Target = Literal["final", "sequence", "forecast"]
 
 
 def file_sha256(path: Path) -> str:
@@ -133,14 +134,16 @@ class TensorNames(_Frozen):
     layer has ``h`` only, an LSTM layer ``h`` and ``c``);
     ``sequence_output`` float32 [batch, time, outputs];
     ``final_output`` float32 [batch, outputs].
-    The state lists are empty for a model with a front end, and for GRU models
-    exported before GRU state was carried.
+    The state lists are empty for a model with a front end or a forecast, and for GRU
+    models exported before GRU state was carried.
+    A forecaster (``forecast.py``) has no ``sequence_output`` (None) and its
+    ``final_output`` is float32 [batch, horizon, outputs].
     """
 
     x: str = "x"
     lengths: str = "lengths"
     initial_states: list[StateNames]
-    sequence_output: str = "sequence_output"
+    sequence_output: str | None = "sequence_output"
     final_output: str = "final_output"
     final_states: list[StateNames]
 
@@ -239,6 +242,8 @@ class ModelMetadata(_Frozen):
     parity: Parity
     training: TrainingInfo | None = None
     quantization: Quantization | None = None
+    # An encoder-decoder forecaster's horizon (target "forecast"): see forecast.py
+    forecast: Forecast | None = None
     created_at: datetime
     library_versions: dict[str, str] = Field(default_factory=dict)
 
@@ -262,10 +267,15 @@ class ModelMetadata(_Frozen):
             raise ValueError("an int8 version must come after its fp32 source version")
         t = self.tensors
         states = bool(t.initial_states or t.final_states)
-        if self.front_end is not None:
+        n = len(self.layers)
+        if found := forecast_problems(self.target, self.forecast, n, t.sequence_output, states):
+            raise ValueError("; ".join(found))
+        if self.front_end is not None or self.forecast is not None:
             if states:
-                raise ValueError("a model with a front end carries no state: it names no states")
-            if self.front_end.reshapes_time and self.default_return_sequences:
+                raise ValueError(
+                    "a model with a front end or a forecast carries no state: it names no states"
+                )
+            if self.front_end and self.front_end.reshapes_time and self.default_return_sequences:
                 raise ValueError("per-timestep outputs need a front end that keeps the time axis")
         # A GRU model may name none: it was exported before GRU state was carried.
         elif states or not self.has_gru:
@@ -273,6 +283,20 @@ class ModelMetadata(_Frozen):
             if found := state_problems(cells, t.initial_states, t.final_states):
                 raise ValueError("; ".join(found))
         return self
+
+    @model_serializer(mode="wrap")
+    def _as_before_forecasts(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """No ``forecast`` key unless there is one: other models' metadata stays as it was,
+        readable by servers that predate forecasters (which refuse a forecaster's block)."""
+        data: dict[str, Any] = handler(self)
+        if self.forecast is None:
+            data.pop("forecast", None)
+        return data
+
+    @property
+    def horizon(self) -> int | None:
+        """Future steps per answer of a forecaster; None for any other model."""
+        return self.forecast.horizon if self.forecast else None
 
     @property
     def dtype(self) -> str:
@@ -299,9 +323,14 @@ class ModelMetadata(_Frozen):
     @property
     def carries_state(self) -> bool:
         """Whether the model can run a sequence in pieces, state carried between them:
-        state tensors (LSTM, GRU or both), no backward reading, no front end. Otherwise
-        each runs whole."""
-        return self.has_state_tensors and not self.bidirectional and self.front_end is None
+        state tensors (LSTM, GRU or both), no backward reading, no front end, not a
+        forecaster. Otherwise each sequence runs whole."""
+        return (
+            self.has_state_tensors
+            and not self.bidirectional
+            and self.front_end is None
+            and self.forecast is None
+        )
 
     def state_shape(self, layer: int, batch: int) -> tuple[int, int, int]:
         spec = self.layers[layer]

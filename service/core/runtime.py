@@ -106,7 +106,7 @@ class ModelRuntime:
         """Refuse a graph whose tensors do not match its metadata, at load, not per request."""
         t = self.metadata.tensors
         want_in = {t.x, t.lengths} | {n for s in t.initial_states for n in s.names}
-        want_out = {t.sequence_output, t.final_output} | {
+        want_out = {n for n in (t.sequence_output, t.final_output) if n is not None} | {
             n for s in t.final_states for n in s.names
         }
         have_in = {i.name for i in self.session.get_inputs()}
@@ -121,8 +121,10 @@ class ModelRuntime:
     def _padding_output(self) -> np.ndarray:
         """``sequence_output`` at a padded step, float32 [K]: the head applied to the LSTM's
         zero output there. Work split into several calls (``core/cost.py``) writes it at
-        the padded steps it did not run, so a client sees what one whole call returns."""
-
+        the padded steps it did not run, so a client sees what one whole call returns.
+        A forecaster has no per-timestep output: zeros, never written."""
+        if self.metadata.tensors.sequence_output is None:
+            return np.zeros(self.metadata.output_size, np.float32)
         front = self.metadata.front_end
         if front is not None:  # equal lengths only (core/frontend.py): no step is padded
             x = np.zeros((1, front.min_length, self.metadata.num_features), np.float32)
@@ -169,7 +171,7 @@ class ModelRuntime:
             for layer_names, layer in zip(self._state_inputs, states, strict=True):
                 feeds.update(zip(layer_names, layer, strict=True))
         names: list[str] = []
-        if outputs.sequence:
+        if outputs.sequence and t.sequence_output is not None:  # a forecaster has none
             names.append(t.sequence_output)
         if outputs.final:
             names.append(t.final_output)
@@ -183,7 +185,7 @@ class ModelRuntime:
         cpu_budget.step("feeds, outputs (around session.run)")
         values = dict(zip(names, ran, strict=True))
         result = RunResult(
-            sequence_output=values.get(t.sequence_output),
+            sequence_output=values.get(t.sequence_output or ""),
             final_output=values.get(t.final_output),
         )
         if outputs.states:

@@ -17,6 +17,10 @@ from service.core.errors import BadRequest, BodyTimeout, PayloadTooLarge
 from service.settings import Settings
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+BODY_COMPLETE = "lstm.body_complete"
+"""Set in the scope's ``extensions`` by the connection protocol (``connections.py``) when
+a request's whole body arrived before the app read any of it: ``read_raw`` then reads it
+without arming the upload clocks, which have nothing left to bound."""
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
@@ -94,6 +98,9 @@ async def read_raw(
     whole body before reading, and a server that closes mid-upload gives them a
     connection reset instead of the answer (nginx's lingering close).
     """
+    if request.scope.get("extensions", {}).get(BODY_COMPLETE):
+        # Arrived whole before the app began (the usual small body): nothing to time.
+        return await _read(request, limit, None)
     clock = _BodyClock(timeout_s, min_rate, grace_s)
     try:
         return await _read(request, limit, clock)
@@ -230,7 +237,7 @@ def declared_length(request: Request) -> int | None:
     return int(declared)
 
 
-async def _read(request: Request, limit: int, clock: _BodyClock) -> bytes:
+async def _read(request: Request, limit: int, clock: _BodyClock | None) -> bytes:
     """Reads the ASGI messages itself rather than through ``Request.stream()``: on the
     hot routes every microsecond is a fraction of the request."""
     declared = declared_length(request)
@@ -244,7 +251,8 @@ async def _read(request: Request, limit: int, clock: _BodyClock) -> bytes:
             raise ClientDisconnect()
         chunk: bytes = message.get("body", b"")
         size += len(chunk)
-        clock.received = size
+        if clock is not None:
+            clock.received = size
         if size > limit:
             raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
         chunks.append(chunk)

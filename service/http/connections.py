@@ -53,6 +53,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.core import cpu_budget
 from service.core.cpu_budget import LOOP
+from service.http.body import BODY_COMPLETE
 from service.http.coalesce import HeadWithBody
 from service.http.paths import OBSERVABILITY_PATHS
 from service.settings import Settings
@@ -290,6 +291,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
+        cycle = self.cycle
+        if cycle is not None and not cycle.more_body:  # the whole body is here, unread:
+            extensions: dict[str, Any] = cycle.scope.setdefault("extensions", {})
+            extensions[BODY_COMPLETE] = True  # no upload clock for it (http/body.py)
         if self._discarding:  # the unread body of an answered request is over
             self._discarding = False
             self._head_bytes = 0

@@ -38,8 +38,8 @@ class PredictResponse(BaseModel):
     version: str
     predictions: list[Any] = Field(
         description="one per sequence (or, with return_sequences, a list per sequence, one per "
-        "real timestep): classifiers {label, probabilities in the order of classes}, "
-        "regressors the output values"
+        "real timestep; a forecaster's, a list of its horizon future steps): classifiers "
+        "{label, probabilities in the order of classes}, regressors the output values"
     )
     sequence_id: int | str | None = Field(
         default=None, description="echoed when the request named one"
@@ -82,6 +82,14 @@ class ModelDescription(BaseModel):
         "reshapes_time): such a model takes sequences of one length per request",
     )
     min_length: int = Field(default=1, description="the fewest timesteps a sequence may have")
+    horizon: int | None = Field(
+        default=None,
+        description="forecasters: the future steps of every answer (outputs.forecast is "
+        "[-1, horizon, K]); null for other models",
+    )
+    forecast: dict[str, Any] | None = Field(
+        default=None, description="forecasters: {horizon, encoder_layers}; null otherwise"
+    )
     metrics: dict[str, Any]
     parity_max_abs_diff: float | None
     dtype: str = Field(default="float32", description="the weights': float32, or int8")

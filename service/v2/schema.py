@@ -164,8 +164,11 @@ def output_specs(meta: ModelMetadata) -> list[OutputSpec]:
     ``sequence_output`` where a front end shortens the time axis: ``core/frontend.py``)."""
     t = meta.tensors
     k = meta.output_size
+    if t.sequence_output is None:  # a forecaster: one output, [B, horizon, K]
+        forecast = TensorSpec(t.final_output, "FP32", (-1, meta.horizon or 1, k))
+        return [OutputSpec(forecast, "final")]
     specs = [OutputSpec(TensorSpec(t.final_output, "FP32", (-1, k)), "final")]
-    if not no_steps(meta):
+    if not no_steps(meta):  # none per timestep where a front end shortens the time axis
         specs.insert(0, OutputSpec(TensorSpec(t.sequence_output, "FP32", (-1, -1, k)), "sequence"))
     for i, names in enumerate(t.final_states):  # none for a graph without state tensors
         layer = meta.layers[i]

@@ -313,3 +313,55 @@ BUILDERS: dict[str, Callable[[], keras.Model]] = {
     "bidirectional_gru": bidirectional_gru,
     "gru_reset_before": gru_reset_before,
 }
+
+
+# -- encoder-decoder forecasters (RepeatVector), tests/models/test_keras_forecast.py ----------
+
+FORECAST_HORIZON = 5
+
+
+def forecaster_tutorial() -> keras.Model:
+    """The tutorial's forecaster: LSTM(64) -> RepeatVector(5) -> LSTM(64) -> TimeDistributed."""
+    return keras.Sequential(
+        [
+            keras.Input((None, 1)),
+            L.LSTM(64),
+            L.RepeatVector(FORECAST_HORIZON),
+            L.LSTM(64, return_sequences=True),
+            L.TimeDistributed(L.Dense(1)),
+        ]
+    )
+
+
+def forecaster_stacked() -> keras.Model:
+    """Masking (ragged batches), a two-layer encoder, a GRU-then-LSTM decoder, a Dense stack."""
+    return keras.Sequential(
+        [
+            keras.Input((None, 2)),
+            L.Masking(0.0),
+            L.LSTM(12, return_sequences=True),
+            L.LSTM(8),
+            L.RepeatVector(3),
+            L.Dropout(0.1),
+            L.GRU(6, return_sequences=True),
+            L.LSTM(5, return_sequences=True),
+            L.TimeDistributed(L.Dense(6, activation="relu")),
+            L.TimeDistributed(L.Dense(2)),
+        ]
+    )
+
+
+def forecaster_classes() -> keras.Model:
+    """Functional, a bidirectional GRU encoder, a per-step softmax (a class per future step)."""
+    inputs = keras.Input((None, 3))
+    h = L.Bidirectional(L.GRU(6))(inputs)
+    h = L.RepeatVector(4)(h)
+    h = L.LSTM(5, return_sequences=True)(h)
+    return keras.Model(inputs, L.Dense(3, activation="softmax")(h))
+
+
+FORECASTERS: dict[str, Callable[[], keras.Model]] = {
+    "tutorial": forecaster_tutorial,
+    "stacked": forecaster_stacked,
+    "classes": forecaster_classes,
+}

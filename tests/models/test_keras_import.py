@@ -338,17 +338,6 @@ REFUSED: dict[str, tuple[Callable[[], keras.Model], str]] = {
         "relu, tanh, sigmoid, elu, selu, gelu, softplus, softsign, swish, silu, leaky_relu, "
         "softmax",
     ),
-    "repeat_vector": (
-        lambda: _lstm_stack(
-            L.LSTM(4, name="enc"),
-            L.RepeatVector(3, name="repeat"),
-            L.LSTM(4, return_sequences=True, name="dec"),
-            L.TimeDistributed(L.Dense(1), name="out"),
-        ),
-        "layer 'repeat' (RepeatVector) is not supported; encoder-decoder forecasters "
-        "(RepeatVector) are not supported yet; a stack whose last LSTM has "
-        "return_sequences=True with a TimeDistributed(Dense) head imports",
-    ),
     "conv1d": (
         lambda: _lstm_stack(
             L.Conv1D(4, 3, strides=2, padding="same", name="conv"),

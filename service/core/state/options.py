@@ -114,8 +114,9 @@ def check_options(options: StateOptions, batch: int) -> None:
 
 def check_stateful(model: ServedModel) -> None:
     """Only unidirectional models with state tensors (LSTM, GRU or both) can carry state:
-    a backward direction needs it all, a front end reads each sequence whole, and a GRU
-    model exported before GRU state was carried has no state tensors to carry."""
+    a backward direction needs it all, a front end reads each sequence whole, a
+    forecaster's state is not carried yet, and a GRU model exported before GRU state
+    was carried has no state tensors to carry."""
     front = model.metadata.front_end
     if front is not None:
         raise InvalidInput(
@@ -123,6 +124,13 @@ def check_stateful(model: ServedModel) -> None:
             "windows cannot resume from a carried state, so it cannot carry state across "
             "requests; send each sequence whole (without sequence_id, initial_states or "
             "return_states)"
+        )
+    if model.metadata.forecast is not None:
+        raise InvalidInput(
+            f"model {model.name!r} is a forecaster: each answer is its next "
+            f"{model.metadata.forecast.horizon} steps from the whole input, and its state is "
+            "not carried across requests; send each sequence whole (without sequence_id, "
+            "initial_states or return_states)"
         )
     if model.metadata.bidirectional:
         backward = any(layer.go_backwards for layer in model.metadata.layers)

@@ -48,7 +48,8 @@ class PredictRequest(BaseModel):
         description="true: one prediction per timestep (Keras return_sequences=True); "
         "false: one per sequence, at its last timestep; absent: as the model's Keras "
         "output is (per timestep for a model imported with a per-timestep head, else one "
-        "per sequence)",
+        "per sequence). A forecaster answers its horizon of future steps per sequence and "
+        "refuses true",
     )
     # Server-held state (Keras stateful=True across requests), as Triton's sequence batcher.
     sequence_id: Annotated[Any, WithJsonSchema(SEQUENCE_ID_SCHEMA)] = Field(
@@ -69,7 +70,19 @@ class PredictRequest(BaseModel):
     return_states: StrictBool = False
 
     def per_timestep(self, meta: ModelMetadata) -> bool:
-        """``return_sequences`` as asked, or the model's own default when not asked."""
+        """``return_sequences`` as asked, or the model's own default when not asked.
+
+        A forecaster's answer is its horizon of future steps per sequence, never one per
+        input timestep: ``return_sequences: true`` is refused rather than answered with
+        something else (``false`` and absent both mean the forecast)."""
+        if meta.forecast is not None:
+            if self.return_sequences:
+                raise InvalidInput(
+                    f"model {meta.name!r} is a forecaster: it answers its next "
+                    f"{meta.forecast.horizon} steps per sequence, not one prediction per input "
+                    "timestep; leave out return_sequences (or set it to false)"
+                )
+            return False
         if self.return_sequences is None:
             return meta.default_return_sequences
         return self.return_sequences

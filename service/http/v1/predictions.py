@@ -3,6 +3,8 @@
 Classification: ``{"label": ..., "probabilities": [...]}`` (probabilities in the
 order of the model's ``classes``). Regression: the output values. With
 ``return_sequences`` each instance gets a list of those, one per real timestep.
+A forecaster's instance gets a list of its ``horizon`` future steps, each one of
+those (``final_output`` is [B, horizon, K] there).
 Arrays stay numpy: orjson writes them without building Python floats.
 """
 
@@ -42,4 +44,6 @@ def format_predictions(
     final = np.ascontiguousarray(result.final_output)
     if classes is None:
         return list(final)
+    if meta.forecast is not None:  # [B, horizon, K]: a labelled prediction per future step
+        return [_classify(classes, steps) for steps in final]
     return _classify(classes, final)

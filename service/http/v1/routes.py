@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from service.core.contract import ModelMetadata
 from service.core.frontend import no_steps
 from service.core.model import ServedModel
 from service.core.repository import parse_version
@@ -69,6 +70,16 @@ async def predict_version(request: Request, name: str, version: str) -> Response
     return await _predict(request, name, parse_version(version))
 
 
+def _outputs(meta: ModelMetadata) -> dict[str, Any]:
+    """The answer's shapes: a forecaster's one forecast, or the final and per-step outputs."""
+    k = meta.output_size
+    if meta.horizon is not None:
+        return {"forecast": {"shape": [-1, meta.horizon, k]}}
+    if no_steps(meta):  # none per timestep where a front end shortens the time axis
+        return {"final": {"shape": [-1, k]}}
+    return {"final": {"shape": [-1, k]}, "sequence": {"shape": [-1, -1, k]}}
+
+
 def describe(model: ServedModel) -> dict[str, Any]:
     """What a client needs to call the model, and what an operator needs to trust it."""
     meta = model.metadata
@@ -85,11 +96,7 @@ def describe(model: ServedModel) -> dict[str, Any]:
                 "features": meta.feature_names,
             }
         },
-        "outputs": {
-            "final": {"shape": [-1, meta.output_size]},
-            # none per timestep where a front end shortens the time axis
-            **({} if no_steps(meta) else {"sequence": {"shape": [-1, -1, meta.output_size]}}),
-        },
+        "outputs": _outputs(meta),
         "classes": meta.classes,
         "layers": [layer.model_dump() for layer in meta.layers],
         "bidirectional": meta.bidirectional,
@@ -103,6 +110,9 @@ def describe(model: ServedModel) -> dict[str, Any]:
         # least min_length steps each, per-timestep outputs only if it keeps the time axis
         "front_end": meta.front_end.model_dump() if meta.front_end else None,
         "min_length": meta.front_end.min_length if meta.front_end else 1,
+        # forecasters: the future steps of every answer, and where the decoder starts
+        "horizon": meta.horizon,
+        "forecast": meta.forecast.model_dump() if meta.forecast else None,
         "metrics": training.metrics if training else {},
         "parity_max_abs_diff": meta.parity.max_abs_diff,
         "dtype": meta.dtype,

@@ -4,6 +4,7 @@
 //   GET  /v1/models, /v1/models/{m}, /v1/models/{m}/versions/{v}
 //   GET  /ui/models/{m}/versions/{v}/examples       (the page's own: shipped examples)
 //   POST /v1/models/{m}/versions/{v}:predict        {"instances": [seq], "return_sequences": b}
+//                                                   (a forecaster: its next `horizon` steps)
 //   WS   /v1/models/{m}/versions/{v}/stream         {"timesteps": [...]} -> {"predictions", "steps"}
 // The API key lives only in the `apiKey` variable below: never in storage or cookies.
 
@@ -116,20 +117,29 @@ function features(info) {
   return info.inputs.instances.shape[2];
 }
 
+// Outputs per step: the last dimension of the final (or a forecaster's forecast) output.
+function outputWidth(info) {
+  const shape = (info.outputs.final || info.outputs.forecast).shape;
+  return shape[shape.length - 1];
+}
+
 function showModelInfo(info) {
   const fmt = (v) => (typeof v === "number" ? Number(v.toPrecision(4)).toString() : String(v));
   const metrics = Object.entries(info.metrics || {})
     .filter(([, v]) => typeof v === "number").map(([k, v]) => `${k} ${fmt(v)}`).join(", ");
-  const layers = info.layers.map((l) => `LSTM ${l.units}${l.bidirectional ? " (bidirectional)" : ""}`)
-    .concat([`dense ${info.outputs.final.shape[1]}`]).join(" → ");
+  const layers = info.layers.map((l) => `${(l.cell || "lstm").toUpperCase()} ${l.units}${l.bidirectional ? " (bidirectional)" : ""}`);
+  if (info.forecast) layers.splice(info.forecast.encoder_layers, 0, `repeat ×${info.horizon}`);
+  layers.push(`dense ${outputWidth(info)}`);
+  const target = info.horizon ? `forecast of the next ${info.horizon} steps`
+    : info.target === "sequence" ? "per-timestep targets" : "final target";
   const rows = [
-    ["task", `${info.task} (${info.target === "sequence" ? "per-timestep targets" : "final target"})`],
+    ["task", `${info.task} (${target})`],
     ["features", `${features(info)}${info.inputs.instances.features ? `: ${info.inputs.instances.features.join(", ")}` : ""}`],
     ["classes", info.classes ? info.classes.join(", ") : "— (regression)"],
-    ["layers", layers],
+    ["layers", layers.join(" → ")],
     ["training metrics", metrics || "—"],
     ["parity (onnxruntime vs torch)", `max |diff| ${info.parity_max_abs_diff.toExponential(2)}`],
-    ["stateful streaming", info.stateful ? "yes" : "no (bidirectional)"],
+    ["stateful streaming", info.stateful ? "yes" : info.horizon ? "no (a forecaster)" : "no (bidirectional)"],
     ["providers", (info.providers || []).join(", ")],
     ["created", info.created_at],
   ];
@@ -264,7 +274,8 @@ async function predict() {
   const m = state.model;
   const s = state.sequence;
   if (!m || !s) return;
-  const returnSequences = mode() === "sequence";
+  // A forecaster answers its horizon whatever the mode: it refuses return_sequences: true.
+  const returnSequences = !m.info.horizon && mode() === "sequence";
   const path = `${versionPath(m)}:predict`;
   const body = instancesBody(returnSequences);
   showSnippets({ kind: "predict", path, body, returnSequences });
@@ -287,6 +298,7 @@ async function predict() {
 }
 
 function drawAnswer(prediction, returnSequences, info, s) {
+  if (info.horizon) return drawForecast(prediction, info, s);
   const chart = $("output-chart");
   const classes = info.classes;
   $("true-label-wrap").hidden = !s.label;
@@ -321,6 +333,27 @@ function drawAnswer(prediction, returnSequences, info, s) {
   $("final-probability-wrap").hidden = true;
   $("final-result").hidden = false;
   plot("output-chart", lineChart(chart, [...outputs, ...inputs]));
+}
+
+// A forecaster's answer: its `horizon` future steps plotted right after the input, on one
+// time axis (the input dashed, the forecast from timestep T on).
+function drawForecast(prediction, info, s) {
+  const classes = info.classes;
+  const n = isSequence(s.value) ? s.value.length : 0;
+  const gap = Array(n).fill(NaN);
+  const inputs = isSequence(s.value) ? channels(s.value).map((c, i) => ({ ...c, name: `input: ${c.name}`, dashed: true, color: color(i + 4) })) : [];
+  const rows = classes ? prediction.map((p) => p.probabilities) : prediction;
+  const names = classes || rows[0].map((_, j) => (rows[0].length > 1 ? `forecast ${j}` : "forecast"));
+  const outputs = names.map((name, j) => ({ name, values: [...gap, ...rows.map((row) => row[j])] }));
+  $("true-label-wrap").hidden = !s.label;
+  $("true-label").textContent = s.label || "";
+  $("final-label").textContent = classes
+    ? `next ${info.horizon} steps: ${prediction.map((p) => p.label).join(", ")}`
+    : `next ${info.horizon} steps: ${rows.map((row) => row.map((v) => v.toPrecision(5)).join(" ")).join(", ")}`;
+  $("final-probability-wrap").hidden = true;
+  $("final-result").hidden = false;
+  const series = classes ? outputs : [...outputs, ...inputs];
+  plot("output-chart", lineChart($("output-chart"), series, { yRange: classes ? [0, 1] : null }));
 }
 
 function plot(id, plotted) {
@@ -506,7 +539,8 @@ function showSnippets(what) {
       + `  -d '{"instances": [[FIRST_TIMESTEPS]], "return_sequences": true, "sequence_id": "demo", "sequence_start": true}'\n`
       + `# ... then "sequence_id": "demo" alone for the next pieces, and "sequence_end": true on the last`;
   }
-  const output = what.kind === "stream" || what.returnSequences ? "sequence_output" : "final_output";
+  const output = m.info.horizon ? "forecast"
+    : what.kind === "stream" || what.returnSequences ? "sequence_output" : "final_output";
   const sequenceArgs = what.kind === "stream" ? ",\n                     sequence_id=17, sequence_start=True, sequence_end=True" : "";
   $("python-snippet").textContent = `${apiKey ? "import os\n\n" : ""}import numpy as np
 import tritonclient.http as triton
@@ -517,7 +551,7 @@ inp = triton.InferInput("x", list(x.shape), "FP32")
 inp.set_data_from_numpy(x)
 out = client.infer(${JSON.stringify(m.name)}, [inp], model_version=${JSON.stringify(m.version)},
                    outputs=[triton.InferRequestedOutput("${output}")]${sequenceArgs}${pyAuth})
-print(out.as_numpy("${output}")[0])  # ${m.info.classes ? `probabilities of ${JSON.stringify(m.info.classes)}` : "output values"}`;
+print(out.as_numpy("${output}")[0])  # ${m.info.horizon ? `the next ${m.info.horizon} steps: ` : ""}${m.info.classes ? `probabilities of ${JSON.stringify(m.info.classes)}` : "output values"}`;
 }
 
 // ---------- wiring ----------
@@ -527,6 +561,8 @@ function updateButtons() {
   const streamable = have && isSequence(state.sequence.value) && state.model.info.stateful;
   const st = state.stream;
   $("predict").disabled = !have;
+  // A forecaster has one answer, its horizon: the per-timestep/final choice does not apply.
+  document.querySelectorAll("input[name=mode]").forEach((r) => { r.disabled = !!state.model?.info.horizon; });
   $("stream-start").disabled = !streamable || (st && st.running);
   $("stream-stop").disabled = !(st && st.running);
   $("stream-reset").disabled = !st;
