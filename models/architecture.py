@@ -27,15 +27,17 @@ Each layer has its own cell (``cells``): ``lstm`` or ``gru``. A GRU layer is an
 ``reset_after=False`` (older tf.keras models) the eager pass computes the
 reset-before form step by step (``gru_reset_before``) from the same weights,
 and ``export.py`` sets the exported GRU node's ``linear_before_reset`` to 0
-(``bias_hh`` is zero for such layers, so nothing else changes). A model with
-any GRU layer carries no state: ``forward`` takes and returns no state tensors.
+(``bias_hh`` is zero for such layers, so nothing else changes). A GRU layer's
+state is h alone: ``forward`` takes and returns (h, c) for an LSTM layer and h for
+a GRU layer, in layer order (``zero_states``), so a mixed stack carries its state
+as an all-LSTM one does.
 
 Between the last recurrent layer and the head, an optional dense stack
 (``hidden``, built by ``head.py``); the Keras-style table of layers and
 parameter counts is ``summary.py``'s. Before the first recurrent layer, an
 optional Conv1D/pooling front end (``front_end``, ``frontend.py``): it reads
 the whole time axis, so such a model runs equal-length sequences only and
-carries no state (no state tensors, as with GRU layers).
+carries no state (no state tensors).
 """
 
 from __future__ import annotations
@@ -67,13 +69,16 @@ def reverse_valid(x: Tensor, lengths: Tensor | None) -> Tensor:
     return torch.gather(x, 1, index.unsqueeze(2).expand(-1, -1, x.shape[2]))
 
 
-def gru_reset_before(gru: nn.GRU, x: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+def gru_reset_before(
+    gru: nn.GRU, x: Tensor, lengths: Tensor | None, h0: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """``gru``'s weights run as Keras's ``reset_after=False`` (ONNX ``linear_before_reset=0``).
 
     The candidate reads ``(r * h) @ W_hn^T`` instead of ``r * (h @ W_hn^T + b_hn)``.
     Steps past each sequence's length leave h as it is and output zeros, as packing
     does; a bidirectional layer's backward half reads each sequence from its end.
-    Returns ``nn.GRU``'s (output [B, T, D*u], h_n [D, B, u]) from zero initial state.
+    Returns ``nn.GRU``'s (output [B, T, D*u], h_n [D, B, u]) from ``h0`` [D, B, u]
+    (zeros when None), as ``nn.GRU`` takes it.
     """
     batch, steps = x.shape[0], x.shape[1]
     units = gru.hidden_size
@@ -83,12 +88,12 @@ def gru_reset_before(gru: nn.GRU, x: Tensor, lengths: Tensor | None) -> tuple[Te
         else torch.arange(steps, device=x.device)[None, :] < lengths.to(x.device)[:, None]
     )
     outs, finals = [], []
-    for suffix in ["", "_reverse"][: 2 if gru.bidirectional else 1]:
+    for direction, suffix in enumerate(["", "_reverse"][: 2 if gru.bidirectional else 1]):
         w_ih, w_hh = getattr(gru, f"weight_ih_l0{suffix}"), getattr(gru, f"weight_hh_l0{suffix}")
         b_ih, b_hh = getattr(gru, f"bias_ih_l0{suffix}"), getattr(gru, f"bias_hh_l0{suffix}")
         seq = reverse_valid(x, lengths) if suffix else x
         gates_x = seq @ w_ih.T + b_ih
-        h = x.new_zeros(batch, units)
+        h = x.new_zeros(batch, units) if h0 is None else h0[direction]
         steps_out = []
         for t in range(steps):
             gx = gates_x[:, t]
@@ -193,9 +198,18 @@ class StackedLSTM(nn.Module):
 
     @property
     def carries_state(self) -> bool:
-        """False with any GRU layer or a front end: such a model takes and returns no
-        state tensors (a front end's windows cannot be resumed from an LSTM state)."""
-        return "gru" not in self.cells and self.front_end is None
+        """Whether the graph takes and returns state tensors: not with a front end (its
+        windows cannot be resumed from a recurrent state). LSTM and GRU layers alike."""
+        return self.front_end is None
+
+    def state_count(self, layer: int) -> int:
+        """State tensors of one layer: 2 for an LSTM (h, c), 1 for a GRU (h)."""
+        return 1 if self.cells[layer] == "gru" else 2
+
+    def _state_slice(self, layer: int) -> slice:
+        """Where one layer's tensors sit in the flat state list (``zero_states``)."""
+        start = sum(self.state_count(i) for i in range(layer))
+        return slice(start, start + self.state_count(layer))
 
     def directions_of(self, layer: int) -> int:
         """State directions of one layer: 2 for bidirectional, else 1."""
@@ -259,26 +273,30 @@ class StackedLSTM(nn.Module):
             self.y_std.copy_(y_std)
 
     def zero_states(self, batch: int) -> list[Tensor]:
-        """h0, c0 for every layer, flattened: [h0_0, c0_0, h0_1, c0_1, ...]; none with GRUs."""
+        """Every layer's initial state, flattened in layer order: h0 and c0 for an LSTM
+        layer, h0 alone for a GRU (``[h0_0, c0_0, h0_1]`` for LSTM then GRU); none with
+        a front end."""
         if not self.carries_state:
             return []
         return [
             torch.zeros(self.directions_of(i), batch, units)
             for i, units in enumerate(self.layer_sizes)
-            for _ in ("h", "c")
+            for _ in range(self.state_count(i))
         ]
 
     def _run_layer(
         self, i: int, x: Tensor, lengths: Tensor | None, states: list[Tensor], pack: bool
     ) -> tuple[Tensor, list[Tensor]]:
-        """One layer over ``x``: (its output sequence, its final [h] or [h, c])."""
+        """One layer over ``x`` from its initial state in ``states`` (zeros when there are
+        none): (its output sequence, its final [h] or [h, c])."""
         rnn = self.lstms[i]
         gru = self.cells[i] == "gru"
+        mine = states[self._state_slice(i)] if states else []
         if gru and not self.reset_after[i] and not torch.onnx.is_in_onnx_export():
             assert isinstance(rnn, nn.GRU)
-            out, hn = gru_reset_before(rnn, x, lengths if pack else None)
+            out, hn = gru_reset_before(rnn, x, lengths if pack else None, *mine)
             return out, [hn]
-        hx = (states[2 * i], states[2 * i + 1]) if self.carries_state else None
+        hx = (mine[0] if gru else tuple(mine)) if mine else None
         if lengths is None or not pack:
             out, final = rnn(x, hx)
         else:

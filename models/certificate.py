@@ -52,17 +52,19 @@ def run(
     lengths: np.ndarray,
     states: list[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """(sequence_output, final_output, final states h0, c0, h1, ...); zero states if None."""
+    """(sequence_output, final_output, final states hn_0, cn_0, hn_1, ... as the graph names
+    them: no c for a GRU layer); zero states if None."""
     t = meta.tensors
     feeds = {t.x: x.astype(np.float32), t.lengths: lengths.astype(np.int64)}
-    names_in = [n for s in t.initial_states for n in (s.h, s.c)]
+    names_in = [n for s in t.initial_states for n in s.names]
     if states is None:
-        states = []
-        for i in range(len(meta.layers)):
-            zero = np.zeros(meta.state_shape(i, len(x)), np.float32)
-            states += [zero, zero]
+        states = [
+            np.zeros(meta.state_shape(i, len(x)), np.float32)
+            for i, s in enumerate(t.initial_states)
+            for _ in s.names
+        ]
     feeds.update(dict(zip(names_in, states, strict=True)))
-    names_out = [n for s in t.final_states for n in (s.h, s.c)]
+    names_out = [n for s in t.final_states for n in s.names]
     seq, final, *out = sess.run([t.sequence_output, t.final_output, *names_out], feeds)
     return seq, final, out
 

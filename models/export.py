@@ -13,8 +13,10 @@ The recipe (each point measured with torch 2.13 and onnxruntime 1.31, and held b
   Keras's ``reset_after=True``), wired the same way. A layer imported with
   ``reset_after=False`` has its node's ``linear_before_reset`` set to 0: its
   ``bias_hh`` is zero, so the node then computes Keras's reset-before GRU, which
-  the parity check compares with the eager step-by-step pass. A model with GRU
-  layers is exported without state inputs and outputs.
+  the parity check compares with the eager step-by-step pass. A GRU layer's
+  state is one tensor: its node takes ``h0_i`` (``initial_h``) and returns
+  ``hn_i`` (``Y_h``, at each sequence's last valid step through ``sequence_lens``
+  as for an LSTM), with no ``c0_i``/``cn_i``; an LSTM layer keeps both.
 - Parity against the packed torch path is checked at batch sizes and lengths the
   export never saw; the export fails, writing nothing, if the gap exceeds 1e-4.
 """
@@ -26,6 +28,7 @@ import platform
 import shutil
 import tempfile
 import warnings
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -47,11 +50,11 @@ from service.core.contract import (
     OnnxInfo,
     Parity,
     ParityCase,
-    StateNames,
     TensorNames,
     TrainingInfo,
     file_sha256,
 )
+from service.core.state_names import StateNames, state_names
 
 CHECKPOINT_FILENAME = "checkpoint.pt"
 OPSET = 17
@@ -63,12 +66,13 @@ class ParityError(RuntimeError):
     """onnxruntime and torch disagree: the exported graph cannot be trusted."""
 
 
-def tensor_names(layers: int, carries_state: bool = True) -> TensorNames:
-    """The graph's tensor names; no state names for a model that carries no state."""
-    count = layers if carries_state else 0
+def tensor_names(cells: Sequence[str], carries_state: bool = True) -> TensorNames:
+    """The graph's tensor names, one layer per cell (``h0_i``/``c0_i`` in, ``hn_i``/``cn_i``
+    out, no ``c`` for a GRU layer); no state names for a model that carries no state."""
+    kept = list(cells) if carries_state else []
     return TensorNames(
-        initial_states=[StateNames(h=f"h0_{i}", c=f"c0_{i}") for i in range(count)],
-        final_states=[StateNames(h=f"hn_{i}", c=f"cn_{i}") for i in range(count)],
+        initial_states=state_names(kept, "h0_", "c0_"),
+        final_states=state_names(kept, "hn_", "cn_"),
     )
 
 
@@ -76,11 +80,11 @@ def names_of(model: StackedLSTM) -> TensorNames:
     """The graph's tensor names for ``model``: a forecaster's (``forecaster.py``) or the stack's."""
     if isinstance(model, Forecaster):
         return forecast_tensor_names()
-    return tensor_names(len(model.lstms), model.carries_state)
+    return tensor_names(model.cells, model.carries_state)
 
 
 def _flat(states: list[StateNames]) -> list[str]:
-    return [name for state in states for name in (state.h, state.c)]
+    return [name for state in states for name in state.names]
 
 
 def output_names(names: TensorNames) -> list[str]:
@@ -200,7 +204,8 @@ def torch_reference(
 ) -> dict[str, np.ndarray]:
     """What the exported graph must compute: eager ``forward``, packed by ``lengths``.
 
-    ``states`` are h0_0, c0_0, h0_1, ... (zeros when omitted). Keys are the
+    ``states`` are h0_0, c0_0, h0_1, ... as ``model.zero_states`` orders them (no c for a
+    GRU layer; zeros when omitted). Keys are the
     graph's output names.
     """
     if not (lengths.min() >= 1 and lengths.max() <= x.shape[1]):

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
 
-from models.testing import make_tiny_model
+from models.testing import make_stateless_gru, make_tiny_model
 from service.app import create_app
 from service.core.contract import ModelMetadata
 from service.loadtest.process import ROOT, ServerProcess, start_server
@@ -55,6 +55,27 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def gru_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """GRU state models: a GRU stack (``gru``), an LSTM into a GRU (``mixed``, regression),
+    and a GRU stack exported as before GRU state was carried (``gru_stateless``)."""
+    root = tmp_path_factory.mktemp("gru-repository")
+    make_tiny_model(root, "gru", 1, features=3, layers=(8, 4), cells=("gru", "gru"), seed=4)
+    make_tiny_model(
+        root,
+        "mixed",
+        1,
+        features=3,
+        layers=(8, 4),
+        cells=("lstm", "gru"),
+        task="regression",
+        output_size=2,
+        seed=5,
+    )
+    make_stateless_gru(root, "gru_stateless")
+    return root
+
+
 def reference(version_dir: Path, x: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
     """In-process onnxruntime on the model file, zero initial states: the numbers to match."""
     meta = ModelMetadata.model_validate_json((version_dir / "metadata.json").read_bytes())
@@ -66,9 +87,8 @@ def reference(version_dir: Path, x: np.ndarray, lengths: np.ndarray) -> dict[str
         meta.tensors.lengths: lengths,
     }
     for i, names in enumerate(meta.tensors.initial_states):
-        shape = meta.state_shape(i, x.shape[0])
-        feeds[names.h] = np.zeros(shape, np.float32)
-        feeds[names.c] = np.zeros(shape, np.float32)
+        shape = meta.state_shape(i, x.shape[0])  # h and c, or a GRU layer's h alone
+        feeds.update(dict.fromkeys(names.names, np.zeros(shape, np.float32)))
     outputs = [o.name for o in session.get_outputs()]
     return dict(zip(outputs, session.run(outputs, feeds), strict=True))
 

@@ -83,10 +83,10 @@ class _Onnx:
         self.converted = converted
 
     def zero_states(self, batch: int) -> list[np.ndarray]:
-        return [
+        return [  # per layer h and c, or a GRU layer's h alone
             np.zeros(self.meta.state_shape(i, batch), np.float32)
-            for i in range(len(self.meta.tensors.initial_states))  # none with GRU layers
-            for _ in ("h", "c")
+            for i, names in enumerate(self.meta.tensors.initial_states)
+            for _ in names.names
         ]
 
     def run(
@@ -95,12 +95,12 @@ class _Onnx:
         """(what Keras's predict returns, the final states to carry on)."""
         names = self.meta.tensors
         feeds: dict[str, np.ndarray] = {names.x: x, names.lengths: lengths}
-        flat = [n for s in names.initial_states for n in (s.h, s.c)]
+        flat = [n for s in names.initial_states for n in s.names]
         feeds.update(zip(flat, states, strict=True))
         served = (
             names.sequence_output if self.converted.target == "sequence" else names.final_output
         )
-        outs = [served] + [n for s in names.final_states for n in (s.h, s.c)]
+        outs = [served] + [n for s in names.final_states for n in s.names]
         result = self.session.run(outs, feeds)
         value = result[0][..., 1:2] if self.converted.binary_sigmoid else result[0]
         return value, list(result[1:])

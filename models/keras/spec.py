@@ -90,11 +90,6 @@ def _check_lstm(name: str, cfg: dict[str, Any], kind: str = "LSTM") -> None:
     for flag in ("return_state", "time_major"):
         if cfg.get(flag):
             raise UnsupportedModel(f"{where}: {flag}=True is not supported")
-    if kind == "GRU" and cfg.get("stateful"):
-        raise UnsupportedModel(
-            f"{where}: stateful=True is not supported on GRU layers: GRU state is not carried "
-            "across requests yet; drop stateful=True (each request's sequences then run whole)"
-        )
     if cfg.get("go_backwards") and kind in ("LSTM", "GRU") and cfg.get("stateful"):
         raise UnsupportedModel(
             f"{where}: stateful=True with go_backwards=True cannot be served: a backward pass "

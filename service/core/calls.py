@@ -16,9 +16,10 @@ row; a long batch would need all its steps at once. So ``execute`` plans:
 - **Row groups**: a group whose rows x length exceeds ``max_call_cells`` runs as
   several calls.
 - **Time chunks** (unidirectional models): a row group still too large runs in
-  chunks of time, each call starting from the (h, c) the previous one returned,
-  which is exact. A bidirectional sequence needs its whole length in one call;
-  ``check_request`` refuses one longer than ``max_call_cells``.
+  chunks of time, each call starting from the states the previous one returned
+  (each layer's (h, c), or h for a GRU layer), which is exact. A bidirectional
+  sequence needs its whole length in one call; ``check_request`` refuses one longer
+  than ``max_call_cells``.
 
 Results are scattered back into the batch's own layout; padded steps that no
 call ran get ``runtime.padding_output``, what one whole call returns there.
@@ -45,7 +46,15 @@ from service.core.contract import ModelMetadata
 from service.core.errors import CostLimit, DeadlineExceeded
 from service.core.frontend import runs_whole_reason
 from service.core.runtime import ModelRuntime
-from service.core.types import InferenceRequest, Outputs, RunResult, State, stack_states
+from service.core.types import (
+    InferenceRequest,
+    Outputs,
+    RunResult,
+    State,
+    copy_states,
+    select_states,
+    stack_states,
+)
 
 
 def length_bucket(steps: int, ratio: float) -> int:
@@ -70,12 +79,12 @@ def runs_whole(metadata: ModelMetadata) -> str:
         return "is bidirectional"
     if any(layer.go_backwards for layer in metadata.layers):
         return "reads backwards (go_backwards)"
-    if metadata.has_gru:
-        return "has GRU layers (their state is not carried between calls)"
     if metadata.front_end is not None:
         return runs_whole_reason(metadata)
     if metadata.forecast is not None:
         return "is a forecaster (its encoder's state is not carried between calls)"
+    if not metadata.has_state_tensors:  # GRU layers exported before GRU state was carried
+        return "has GRU layers exported without state tensors (re-export it to carry state)"
     return ""
 
 
@@ -129,9 +138,14 @@ def _calls(rows: np.ndarray, steps: int, bidirectional: bool, cells: int) -> lis
 
 
 def _select(states: list[State] | None, rows: np.ndarray) -> list[State] | None:
-    if states is None:
-        return None
-    return [(h[:, rows], c[:, rows]) for h, c in states]
+    return None if states is None else select_states(states, rows)
+
+
+def _write(into: list[State], rows: np.ndarray, part: list[State]) -> None:
+    """``part``'s states into ``into``'s ``rows``, layer by layer, tensor by tensor."""
+    for held, new in zip(into, part, strict=True):
+        for array, values in zip(held, new, strict=True):
+            array[:, rows] = values
 
 
 class _Result:
@@ -163,9 +177,8 @@ class _Result:
                 self.final[rows] = part.final_output
             else:
                 self.final[rows[ends]] = part.final_output[ends]
-        for (h, c), (ph, pc) in zip(self.states, part.final_states, strict=False):
-            h[:, rows] = ph
-            c[:, rows] = pc
+        if self.states and part.final_states:
+            _write(self.states, rows, part.final_states)
 
     def result(self) -> RunResult:
         return RunResult(self.sequence, self.final, self.states)
@@ -182,8 +195,8 @@ def _run_chunked(
     into: _Result,
     rows: np.ndarray,
 ) -> None:
-    """A unidirectional group in time chunks, each call carrying (h, c) on."""
-    carried = [(h.copy(), c.copy()) for h, c in (states or runtime.zero_states(x.shape[0]))]
+    """A unidirectional group in time chunks, each call carrying the states on."""
+    carried = copy_states(states or runtime.zero_states(x.shape[0]))
     for start in range(0, int(lengths.max()), chunk):
         active = np.flatnonzero(lengths > start)
         part_lengths = np.minimum(lengths[active] - start, chunk)
@@ -197,9 +210,7 @@ def _run_chunked(
             wanted,
             run_options,
         )
-        for (h, c), (ph, pc) in zip(carried, part.final_states, strict=True):
-            h[:, active] = ph
-            c[:, active] = pc
+        _write(carried, active, part.final_states)
         if not outputs.states:
             part.final_states = []
         into.put(rows[active], start, part, ends)
@@ -283,9 +294,7 @@ def split(result: RunResult, requests: list[InferenceRequest]) -> list[RunResult
         if r.outputs.final and result.final_output is not None:
             part.final_output = result.final_output[rows]
         if r.outputs.states:
-            part.final_states = [
-                (h[:, rows].copy(), c[:, rows].copy()) for h, c in result.final_states
-            ]
+            part.final_states = copy_states(select_states(result.final_states, rows))
         parts.append(part)
     return parts
 

@@ -9,9 +9,9 @@ serving image can depend on it and the training side can too.
 
 Bump ``SCHEMA_VERSION`` on any change an older reader could misread; readers
 refuse versions they do not know rather than guess. The optional ``quantization``
-block (int8 versions, ``models/quantize.py``) did not bump it: fp32 metadata is
-unchanged, and an older reader refuses an int8 version's unknown block (extra
-fields are forbidden) rather than serving it as fp32.
+block (int8 versions, ``models/quantize.py``; its classes in ``quantization.py``)
+did not bump it: fp32 metadata is unchanged, and an older reader refuses an int8
+version's unknown block (extra fields are forbidden) rather than serving it as fp32.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from pydantic import (
 
 from service.core.forecast import Forecast, forecast_problems
 from service.core.quantization import Quantization
+from service.core.state_names import STATE_TENSORS, StateNames, state_problems
 
 SCHEMA_VERSION = 1
 MODEL_FILENAME = "model.onnx"
@@ -57,9 +58,10 @@ class _Frozen(BaseModel):
 class LayerSpec(_Frozen):
     """One recurrent layer: its cell, its units per direction, and which way it reads.
 
-    ``cell`` is ``lstm`` (state (h, c)) or ``gru`` (Keras's GRU; ``reset_after``
-    false is the ONNX GRU's ``linear_before_reset=0``). A model with any GRU
-    layer is exported without state inputs and outputs: it cannot carry state.
+    ``cell`` is ``lstm`` (state (h, c)) or ``gru`` (Keras's GRU, state h alone;
+    ``reset_after`` false is the ONNX GRU's ``linear_before_reset=0``). GRU
+    layers exported before GRU state was carried have no state tensors: such a
+    model runs each sequence whole.
 
     Each layer has its own direction: forward (the default), both ways
     (``bidirectional``: its states hold two directions), or backward only
@@ -97,6 +99,11 @@ class LayerSpec(_Frozen):
         return self.bidirectional or self.go_backwards
 
     @property
+    def state_tensors(self) -> tuple[str, ...]:
+        """The layer's state tensors in carried order: ("h", "c"), or ("h",) for a GRU."""
+        return STATE_TENSORS[self.cell]
+
+    @property
     def directions(self) -> int:
         return 2 if self.bidirectional else 1
 
@@ -118,22 +125,17 @@ class Normalization(_Frozen):
     in_graph: bool = True
 
 
-class StateNames(_Frozen):
-    """Graph tensor names of one layer's hidden and cell state."""
-
-    h: str
-    c: str
-
-
 class TensorNames(_Frozen):
     """Names of every graph input and output the server feeds or reads.
 
     Shapes, by convention of the exporter (and checked by the server at load):
     ``x`` float32 [batch, time, features]; ``lengths`` int64 [batch];
-    each state float32 [directions, batch, units];
+    each state float32 [directions, batch, units] (``state_names.py``: a GRU
+    layer has ``h`` only, an LSTM layer ``h`` and ``c``);
     ``sequence_output`` float32 [batch, time, outputs];
     ``final_output`` float32 [batch, outputs].
-    The state lists are empty for a model that carries no state (GRU layers).
+    The state lists are empty for a model with a front end or a forecast, and for GRU
+    models exported before GRU state was carried.
     A forecaster (``forecast.py``) has no ``sequence_output`` (None) and its
     ``final_output`` is float32 [batch, horizon, outputs].
     """
@@ -263,21 +265,23 @@ class ModelMetadata(_Frozen):
                 raise ValueError(f"normalization.{label} needs {self.num_features} values")
         if self.quantization and self.quantization.source_version >= self.version:
             raise ValueError("an int8 version must come after its fp32 source version")
-        n = len(self.layers)
         t = self.tensors
         states = bool(t.initial_states or t.final_states)
+        n = len(self.layers)
         if found := forecast_problems(self.target, self.forecast, n, t.sequence_output, states):
             raise ValueError("; ".join(found))
-        if self.has_gru or self.front_end is not None or self.forecast is not None:
-            if self.tensors.initial_states or self.tensors.final_states:
+        if self.front_end is not None or self.forecast is not None:
+            if states:
                 raise ValueError(
-                    "a model with GRU layers, a front end or a forecast carries no state: it names "
-                    "no states"
+                    "a model with a front end or a forecast carries no state: it names no states"
                 )
             if self.front_end and self.front_end.reshapes_time and self.default_return_sequences:
                 raise ValueError("per-timestep outputs need a front end that keeps the time axis")
-        elif len(self.tensors.initial_states) != n or len(self.tensors.final_states) != n:
-            raise ValueError("tensors must name the initial and final states of every layer")
+        # A GRU model may name none: it was exported before GRU state was carried.
+        elif states or not self.has_gru:
+            cells = [layer.cell for layer in self.layers]
+            if found := state_problems(cells, t.initial_states, t.final_states):
+                raise ValueError("; ".join(found))
         return self
 
     @model_serializer(mode="wrap")
@@ -307,17 +311,23 @@ class ModelMetadata(_Frozen):
 
     @property
     def has_gru(self) -> bool:
-        """True if any layer is a GRU: its state is not carried yet (no state tensors)."""
+        """True if any layer is a GRU (whose state is h alone)."""
         return any(layer.cell == "gru" for layer in self.layers)
+
+    @property
+    def has_state_tensors(self) -> bool:
+        """Whether the graph takes and returns states: not with a front end, nor for a
+        GRU model exported before GRU state was carried."""
+        return bool(self.tensors.initial_states)
 
     @property
     def carries_state(self) -> bool:
         """Whether the model can run a sequence in pieces, state carried between them:
-        no backward reading, no GRU layer, no front end, not a forecaster. Otherwise each
-        sequence runs whole."""
+        state tensors (LSTM, GRU or both), no backward reading, no front end, not a
+        forecaster. Otherwise each sequence runs whole."""
         return (
-            not self.bidirectional
-            and not self.has_gru
+            self.has_state_tensors
+            and not self.bidirectional
             and self.front_end is None
             and self.forecast is None
         )

@@ -78,8 +78,20 @@ class ModelRuntime:
         self.providers: list[str] = list(self.session.get_providers())
         self._check_graph()
         names = metadata.tensors
-        self._state_inputs = [(s.h, s.c) for s in names.initial_states]
-        self._state_outputs = [name for s in names.final_states for name in (s.h, s.c)]
+        # Per layer, (h, c) or a GRU's (h,): fed and read as the states' tuples are.
+        self._state_inputs = [s.names for s in names.initial_states]
+        self._state_outputs = [name for s in names.final_states for name in s.names]
+        layers = metadata.layers
+        self._state_shapes = [
+            (layers[i].directions, layers[i].units, len(s.names))
+            for i, s in enumerate(names.initial_states)
+        ]
+        # Every state input with its shape, flat: a stateless request's zeros, one loop.
+        self._zero_feeds = [
+            (name, layers[i].directions, layers[i].units)
+            for i, s in enumerate(names.initial_states)
+            for name in s.names
+        ]
         norm = metadata.normalization
         self._mean = np.asarray(norm.mean, dtype=np.float32)
         self._std = np.asarray(norm.std, dtype=np.float32)
@@ -93,9 +105,9 @@ class ModelRuntime:
     def _check_graph(self) -> None:
         """Refuse a graph whose tensors do not match its metadata, at load, not per request."""
         t = self.metadata.tensors
-        want_in = {t.x, t.lengths} | {n for s in t.initial_states for n in (s.h, s.c)}
+        want_in = {t.x, t.lengths} | {n for s in t.initial_states for n in s.names}
         want_out = {n for n in (t.sequence_output, t.final_output) if n is not None} | {
-            n for s in t.final_states for n in (s.h, s.c)
+            n for s in t.final_states for n in s.names
         }
         have_in = {i.name for i in self.session.get_inputs()}
         have_out = {o.name for o in self.session.get_outputs()}
@@ -125,10 +137,12 @@ class ModelRuntime:
         return np.array(out[1, 1], dtype=np.float32)
 
     def zero_states(self, batch: int) -> list[State]:
-        # A model that carries no state (GRU layers) has no state tensors: none to feed.
-        count = len(self.metadata.tensors.initial_states)
-        shapes = (self.metadata.state_shape(i, batch) for i in range(count))
-        return [(np.zeros(s, np.float32), np.zeros(s, np.float32)) for s in shapes]
+        """Every layer's zero state, (h, c) or a GRU's (h,); none for a graph without
+        state tensors (a front end, or GRU layers exported before their state was carried)."""
+        return [
+            tuple(np.zeros((directions, batch, units), np.float32) for _ in range(count))
+            for directions, units, count in self._state_shapes
+        ]
 
     def run(
         self,
@@ -149,11 +163,13 @@ class ModelRuntime:
         if self._normalize:
             x = (x - self._mean) / self._std
         feeds: dict[str, np.ndarray] = {t.x: x, t.lengths: lengths}
-        for (h_name, c_name), (h, c) in zip(
-            self._state_inputs, states or self.zero_states(x.shape[0]), strict=True
-        ):
-            feeds[h_name] = h
-            feeds[c_name] = c
+        if not states:  # the hot path (stateless): zeros straight into the feeds
+            batch = x.shape[0]
+            for name, directions, units in self._zero_feeds:
+                feeds[name] = np.zeros((directions, batch, units), np.float32)
+        else:
+            for layer_names, layer in zip(self._state_inputs, states, strict=True):
+                feeds.update(zip(layer_names, layer, strict=True))
         names: list[str] = []
         if outputs.sequence and t.sequence_output is not None:  # a forecaster has none
             names.append(t.sequence_output)
@@ -173,5 +189,5 @@ class ModelRuntime:
             final_output=values.get(t.final_output),
         )
         if outputs.states:
-            result.final_states = [(values[s.h], values[s.c]) for s in t.final_states]
+            result.final_states = [tuple(values[n] for n in s.names) for s in t.final_states]
         return result

@@ -20,8 +20,11 @@ from typing import Any
 
 import numpy as np
 
-State = tuple[np.ndarray, np.ndarray]
-"""One layer's (h, c), each float32 [directions, batch, units]."""
+State = tuple[np.ndarray, ...]
+"""One layer's state, each array float32 [directions, batch, units]: (h, c) for an LSTM
+layer, (h,) for a GRU layer (``contract.LayerSpec.state_tensors``). One tuple shape for
+both cells, so that batching, splitting and storing states never ask which cell a
+layer is: they map over the tuple."""
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,7 @@ class Outputs:
     """Which results one onnxruntime call must return.
 
     ``sequence``: the head at every timestep [B, T, K]; ``final``: the head at each
-    sequence's last valid step [B, K]; ``states``: every layer's final (h, c).
+    sequence's last valid step [B, K]; ``states``: every layer's final state.
     """
 
     sequence: bool = True
@@ -54,7 +57,7 @@ class InferenceRequest:
     """A right-padded batch of sequences for one model version.
 
     ``x`` float32 [B, T, F]; ``lengths`` int64 [B], each in 1..T. ``states`` are
-    the initial (h, c) of every layer, or None for zeros. ``deadline`` is a
+    the initial state of every layer, or None for zeros. ``deadline`` is a
     ``time.monotonic()`` instant after which the work is no longer wanted.
     """
 
@@ -93,14 +96,23 @@ class RunResult:
 
 def stack_states(per_sequence: list[list[State]]) -> list[State]:
     """Per-sequence states [directions, 1, units] -> batched [directions, B, units]."""
-    layers = len(per_sequence[0])
     return [
-        (
-            np.concatenate([seq[i][0] for seq in per_sequence], axis=1),
-            np.concatenate([seq[i][1] for seq in per_sequence], axis=1),
+        tuple(
+            np.concatenate([seq[i][k] for seq in per_sequence], axis=1) for k in range(len(layer))
         )
-        for i in range(layers)
+        for i, layer in enumerate(per_sequence[0])
     ]
+
+
+def select_states(states: list[State], rows: np.ndarray | slice) -> list[State]:
+    """The ``rows`` of batched states [directions, B, units] (views where numpy gives them)."""
+    return [tuple(array[:, rows] for array in layer) for layer in states]
+
+
+def copy_states(states: list[State]) -> list[State]:
+    """Copies: a batch's final states are views into the whole batch's arrays, which a
+    held state must not keep alive."""
+    return [tuple(array.copy() for array in layer) for layer in states]
 
 
 def first_boolean(array: np.ndarray, source: Any) -> tuple[int, ...] | None:

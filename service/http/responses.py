@@ -67,6 +67,11 @@ class ModelDescription(BaseModel):
     layers: list[dict[str, Any]]
     bidirectional: bool
     stateful: bool
+    state_tensors: list[list[str]] = Field(
+        default_factory=list,
+        description="per layer, what a carried state holds: ['h', 'c'] for an LSTM layer, "
+        "['h'] for a GRU layer; empty for a model that cannot carry state",
+    )
     default_return_sequences: bool = Field(
         default=False,
         description="what :predict answers when a request does not say return_sequences",

@@ -53,7 +53,7 @@ def feeds(meta: ModelMetadata, x: np.ndarray, lengths: np.ndarray) -> dict[str, 
     batch = x.shape[0]
     out = {meta.tensors.x: x, meta.tensors.lengths: lengths}
     for i, names in enumerate(meta.tensors.initial_states):
-        out[names.h] = out[names.c] = np.zeros(meta.state_shape(i, batch), np.float32)
+        out.update(dict.fromkeys(names.names, np.zeros(meta.state_shape(i, batch), np.float32)))
     return out
 
 

@@ -64,9 +64,7 @@ def _feeds(meta: ModelMetadata, batch: int, steps: int, seed: int) -> dict[str, 
     x = rng.normal(size=(batch, steps, meta.num_features)).astype(np.float32) * std + mean
     feeds = {meta.tensors.x: x, meta.tensors.lengths: np.full(batch, steps, np.int64)}
     for i, names in enumerate(meta.tensors.initial_states):
-        zero = np.zeros(meta.state_shape(i, batch), np.float32)
-        feeds[names.h] = zero
-        feeds[names.c] = zero
+        feeds.update(dict.fromkeys(names.names, np.zeros(meta.state_shape(i, batch), np.float32)))
     return feeds
 
 

@@ -35,7 +35,7 @@ def raw_baseline(
         meta.tensors.lengths: np.full(batch, steps, np.int64),
     }
     for i, names in enumerate(meta.tensors.initial_states):
-        feeds[names.h] = feeds[names.c] = np.zeros(meta.state_shape(i, batch), np.float32)
+        feeds.update(dict.fromkeys(names.names, np.zeros(meta.state_shape(i, batch), np.float32)))
     outputs = [meta.tensors.final_output]
     for _ in range(20):
         session.run(outputs, feeds)

@@ -147,8 +147,8 @@ class OutputSpec:
         if self.role == "final":
             assert result.final_output is not None
             return result.final_output
-        h, c = result.final_states[self.layer]
-        return (h if self.role == "h" else c).transpose(1, 0, 2)
+        state = result.final_states[self.layer]  # (h, c), or a GRU layer's (h,)
+        return state[0 if self.role == "h" else 1].transpose(1, 0, 2)
 
 
 def input_specs(meta: ModelMetadata) -> list[TensorSpec]:
@@ -170,9 +170,10 @@ def output_specs(meta: ModelMetadata) -> list[OutputSpec]:
     specs = [OutputSpec(TensorSpec(t.final_output, "FP32", (-1, k)), "final")]
     if not no_steps(meta):  # none per timestep where a front end shortens the time axis
         specs.insert(0, OutputSpec(TensorSpec(t.sequence_output, "FP32", (-1, -1, k)), "sequence"))
-    for i, names in enumerate(t.final_states):  # none for a model that carries no state
+    for i, names in enumerate(t.final_states):  # none for a graph without state tensors
         layer = meta.layers[i]
         shape = (-1, layer.directions, layer.units)
         specs.append(OutputSpec(TensorSpec(names.h, "FP32", shape), "h", i))
-        specs.append(OutputSpec(TensorSpec(names.c, "FP32", shape), "c", i))
+        if names.c is not None:  # a GRU layer's state is h alone: no cn_i
+            specs.append(OutputSpec(TensorSpec(names.c, "FP32", shape), "c", i))
     return specs

@@ -263,6 +263,38 @@ def gru_reset_before() -> keras.Model:
     )
 
 
+def stateful_gru() -> keras.Model:
+    """``GRU(stateful=True)`` on every layer, per-timestep outputs: its state carried."""
+    return keras.Sequential(
+        [
+            keras.Input(batch_shape=(STATEFUL_BATCH, None, 3)),
+            L.GRU(8, return_sequences=True, stateful=True),
+            L.GRU(4, return_sequences=True, stateful=True),
+            L.Dense(2),
+        ]
+    )
+
+
+def stateful_mixed() -> keras.Model:
+    """A stateful LSTM into a stateful reset-before GRU, a softmax head on the last step."""
+    return keras.Sequential(
+        [
+            keras.Input(batch_shape=(STATEFUL_BATCH, None, 3)),
+            L.LSTM(6, return_sequences=True, stateful=True),
+            L.GRU(5, stateful=True, reset_after=False),
+            L.Dense(3, activation="softmax"),
+        ]
+    )
+
+
+STATEFUL_GRU_BUILDERS: dict[str, Callable[[], keras.Model]] = {
+    "stateful_gru": stateful_gru,
+    "stateful_mixed": stateful_mixed,
+}
+"""GRU state carried (``tests/models/test_keras_gru_state.py``): stateful models, served
+in chunks, so they are kept out of ``BUILDERS``' batch-of-3 checks."""
+
+
 BUILDERS: dict[str, Callable[[], keras.Model]] = {
     "tutorial": tutorial,
     "bidirectional": bidirectional,

@@ -42,7 +42,7 @@ def _session(path: Path) -> tuple[ort.InferenceSession, list[str]]:
     """One session per exported model: hypothesis calls run_onnx hundreds of times."""
     meta = ModelMetadata.model_validate_json((path / "metadata.json").read_bytes())
     session = ort.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
-    return session, [n for s in meta.tensors.initial_states for n in (s.h, s.c)]
+    return session, [n for s in meta.tensors.initial_states for n in s.names]
 
 
 def run_onnx(

@@ -260,17 +260,16 @@ REFUSED: dict[str, tuple[Callable[[], keras.Model], str]] = {
         "layer 'rnn' (SimpleRNN) is not supported; SimpleRNN layers are not supported; "
         "an LSTM stack imports",
     ),
-    "gru_stateful": (
+    "gru_stateful_go_backwards": (
         lambda: keras.Sequential(
             [
                 keras.Input(batch_shape=(2, None, 2)),
-                L.GRU(4, stateful=True, name="rnn"),
+                L.GRU(4, go_backwards=True, stateful=True, name="rnn"),
                 L.Dense(2, name="out"),
             ]
         ),
-        "layer 'rnn' (GRU): stateful=True is not supported on GRU layers: GRU state is not "
-        "carried across requests yet; drop stateful=True (each request's sequences then run "
-        "whole)",
+        "layer 'rnn' (GRU): stateful=True with go_backwards=True cannot be served: a "
+        "backward pass needs the whole sequence; drop stateful=True",
     ),
     "no_head": (
         lambda: _lstm_stack(L.LSTM(4, name="rnn")),
@@ -556,19 +555,22 @@ def test_a_per_timestep_keras_model_answers_per_timestep_unless_asked_otherwise(
         assert info["default_return_sequences"] is True
 
 
-def test_gru_models_carry_no_state_and_say_so(
+def test_gru_models_carry_state_and_say_so(
     imported: dict[str, tuple[keras.Model, Path]],
 ) -> None:
-    """GRU layers in the metadata (cell, reset_after), no state tensors, Keras's summary
-    counts; served over /v1 and V2 equal to Keras; any stateful request refused by name."""
+    """GRU layers in the metadata (cell, reset_after), h alone as their state tensors,
+    Keras's summary counts; served over /v1 and V2 equal to Keras; a bidirectional GRU
+    refuses state by name as a bidirectional LSTM does."""
     from tests.conftest import make_client
 
     gru = metadata(imported["gru_keras"][1])
     assert [(layer.cell, layer.units) for layer in gru.layers] == [("gru", 16), ("gru", 8)]
-    assert gru.has_gru and not gru.carries_state
-    assert gru.tensors.initial_states == [] and gru.tensors.final_states == []
+    assert gru.has_gru and gru.carries_state
+    assert [s.names for s in gru.tensors.initial_states] == [("h0_0",), ("h0_1",)]
+    assert [s.names for s in gru.tensors.final_states] == [("hn_0",), ("hn_1",)]
     mixed = metadata(imported["masked_gru_h5"][1])
     assert [layer.cell for layer in mixed.layers] == ["lstm", "gru"]
+    assert [s.names for s in mixed.tensors.final_states] == [("hn_0", "cn_0"), ("hn_1",)]
     before = metadata(imported["gru_reset_before_h5"][1])
     assert [layer.reset_after for layer in before.layers] == [False, False]
     model, version_dir = imported["gru_keras"]
@@ -583,7 +585,12 @@ def test_gru_models_carry_no_state_and_say_so(
     rng = np.random.default_rng(5)
     with make_client(repository) as client:
         v2 = client.get("/v2/models/gru_keras").json()
-        assert [o["name"] for o in v2["outputs"]] == ["sequence_output", "final_output"]
+        assert [o["name"] for o in v2["outputs"]] == [
+            "sequence_output",
+            "final_output",
+            "hn_0",
+            "hn_1",
+        ]
         x = rng.normal(size=(3, 10, 3)).astype(np.float32)
         want = np.asarray(model.predict(x, verbose=0))
         v1 = client.post("/v1/models/gru_keras:predict", json={"instances": x.tolist()})
@@ -600,30 +607,33 @@ def test_gru_models_carry_no_state_and_say_so(
         )  # fmt: skip
         assert infer.status_code == 200, infer.text
         outputs = {o["name"]: o for o in infer.json()["outputs"]}
-        assert set(outputs) == {"sequence_output", "final_output"}
+        assert set(outputs) == {"sequence_output", "final_output", "hn_0", "hn_1"}
         final = outputs["final_output"]
         got = np.array(final["data"], np.float32).reshape(final["shape"])
         np.testing.assert_allclose(got, want, atol=TOLERANCE)
-        message = "has GRU layers: GRU state is not carried yet"
-        for body in (
-            {"instances": x[:1].tolist(), "return_states": True},
-            {"instances": x[:1].tolist(), "sequence_id": "s1", "sequence_start": True},
-        ):
-            refused = client.post("/v1/models/gru_keras:predict", json=body)
-            assert refused.status_code == 422, refused.text
-            assert message in refused.text
+        # A stateless Keras GRU still carries its state across requests, as an LSTM does:
+        # the sequence in two requests, the state carried, equals Keras on the whole.
+        first = client.post(
+            "/v1/models/gru_keras:predict",
+            json={"instances": x[:, :4].tolist(), "return_states": True},
+        )
+        assert first.status_code == 200, first.text
+        assert first.json()["states"][0]["tensors"] == [["h"], ["h"]]
+        second = client.post(
+            "/v1/models/gru_keras:predict",
+            json={"instances": x[:, 4:].tolist(), "initial_states": first.json()["states"]},
+        )
+        assert second.status_code == 200, second.text
+        np.testing.assert_allclose(_served(second.json()["predictions"]), want, atol=TOLERANCE)
         refused = client.post(
-            "/v2/models/gru_keras/infer",
-            json={
-                "inputs": [
-                    {"name": "x", "shape": [1, 10, 3], "datatype": "FP32",
-                     "data": x[0].ravel().tolist()},
-                ],
-                "parameters": {"sequence_id": 7, "sequence_start": True},
-            },
-        )  # fmt: skip
-        assert refused.status_code == 400 or refused.status_code == 422, refused.text
-        assert message in refused.text
+            "/v1/models/bidirectional_gru_keras:predict",
+            json={"instances": x[:1, :, :2].tolist(), "sequence_id": "s", "sequence_start": True},
+        )
+        assert refused.status_code == 422, refused.text
+        assert refused.json() == {
+            "error": "model 'bidirectional_gru_keras' has go_backwards layers: its backward "
+            "direction needs the whole sequence at once, so it cannot carry state across requests"
+        }
 
 
 def test_the_bounds_expect_gru_arrays_and_refuse_a_wrong_one(tmp_path: Path) -> None:

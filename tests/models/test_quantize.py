@@ -50,11 +50,15 @@ def outputs(
     meta = metadata(folder)
     t = meta.tensors
     feeds: dict[str, np.ndarray] = {t.x: x, t.lengths: lengths}
-    names = [n for s in t.initial_states for n in (s.h, s.c)]
+    names = [n for s in t.initial_states for n in s.names]
     if states is None:
-        states = [np.zeros(meta.state_shape(i // 2, len(x)), np.float32) for i in range(len(names))]
+        states = [
+            np.zeros(meta.state_shape(i, len(x)), np.float32)
+            for i, s in enumerate(t.initial_states)
+            for _ in s.names
+        ]
     feeds.update(zip(names, states, strict=True))
-    wanted = [t.sequence_output, t.final_output, *(n for s in t.final_states for n in (s.h, s.c))]
+    wanted = [t.sequence_output, t.final_output, *(n for s in t.final_states for n in s.names)]
     return list(plain(folder).run(wanted, feeds))
 
 

@@ -198,7 +198,10 @@ def test_cell_gru_trains_exports_with_parity_and_keras_counts(
     assert [(layer.cell, layer.units) for layer in meta.layers] == [("gru", 8), ("gru", 4)]
     assert meta.parity.max_abs_diff <= meta.parity.tolerance and meta.parity.cases
     session = ort.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == ["x", "lengths"]  # a GRU carries no state
+    # A GRU layer's state is h alone: h0_i in, hn_i out, no c0_i/cn_i.
+    assert [i.name for i in session.get_inputs()] == ["x", "lengths", "h0_0", "h0_1"]
+    assert [o.name for o in session.get_outputs()][2:] == ["hn_0", "hn_1"]
+    assert meta.carries_state
     assert meta.training is not None and meta.training.hyperparameters["cells"] == "gru,gru"
     keras = {}
     for line in out.splitlines():
@@ -209,7 +212,7 @@ def test_cell_gru_trains_exports_with_parity_and_keras_counts(
 
 
 def test_mixed_cells_and_directions_export_and_serve(tmp_path: Path) -> None:
-    from tests.conftest import make_client
+    from tests.conftest import make_client, reference
 
     flags = ("--cells", "lstm,gru", "--directions", "bidirectional,forward", "--layers", "6,4")
     path = tiny_run(tmp_path, "mixed", *flags, epochs="1")
@@ -223,9 +226,8 @@ def test_mixed_cells_and_directions_export_and_serve(tmp_path: Path) -> None:
     with make_client(tmp_path / "repo") as client:
         answer = client.post("/v1/models/mixed:predict", json={"instances": x.tolist()})
     assert answer.status_code == 200, answer.text
-    session = ort.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
-    feeds = {"x": x, "lengths": np.array([5, 5], dtype=np.int64)}
-    want = session.run(["final_output"], feeds)[0]
+    # Zero states fed: the bidirectional LSTM's h0_0, c0_0 and the GRU's h0_1 (h alone).
+    want = reference(path, x, np.array([5, 5], dtype=np.int64))["final_output"]
     got = np.array([p["probabilities"] for p in answer.json()["predictions"]])
     np.testing.assert_allclose(got, want, atol=1e-5)
 

@@ -35,7 +35,8 @@ __all__ = [
 ]
 
 Decoder = Callable[[Any, int], list[State]]
-"""A protocol's wire format for one carried state: (token, index) -> per-layer (h, c)."""
+"""A protocol's wire format for one carried state: (token, index) -> per layer (h, c), or
+(h,) for a GRU layer."""
 
 
 async def infer(

@@ -4,7 +4,8 @@ Two ways to continue a sequence across requests, as Keras ``stateful=True`` does
 within one model object:
 
 - **Server-held** (Triton's sequence batcher): chunks under one ``sequence_id``;
-  the sequence's (h, c) live in the sequence store between chunks
+  the sequence's states (each layer's (h, c), or a GRU layer's h) live in the
+  sequence store between chunks
   (``state/sequences.py``), so any worker of any replica can continue it.
 - **Client-carried**: the request brings each sequence's initial states (decoded
   by its protocol's wire format) and may ask for the final states back.
@@ -112,9 +113,10 @@ def check_options(options: StateOptions, batch: int) -> None:
 
 
 def check_stateful(model: ServedModel) -> None:
-    """Only unidirectional LSTM models can carry state: a backward direction needs it
-    all, a GRU layer's or a forecaster's state is not carried yet, and a front end reads
-    each sequence whole."""
+    """Only unidirectional models with state tensors (LSTM, GRU or both) can carry state:
+    a backward direction needs it all, a front end reads each sequence whole, a
+    forecaster's state is not carried yet, and a GRU model exported before GRU state
+    was carried has no state tensors to carry."""
     front = model.metadata.front_end
     if front is not None:
         raise InvalidInput(
@@ -130,16 +132,17 @@ def check_stateful(model: ServedModel) -> None:
             "not carried across requests; send each sequence whole (without sequence_id, "
             "initial_states or return_states)"
         )
-    if model.metadata.has_gru:
-        raise InvalidInput(
-            f"model {model.name!r} has GRU layers: GRU state is not carried yet, so it "
-            "cannot carry state across requests; send each sequence whole (without "
-            "sequence_id or initial_states)"
-        )
     if model.metadata.bidirectional:
         backward = any(layer.go_backwards for layer in model.metadata.layers)
         kind = "go_backwards layers" if backward else "bidirectional layers"
         raise InvalidInput(
             f"model {model.name!r} has {kind}: its backward direction needs the "
             "whole sequence at once, so it cannot carry state across requests"
+        )
+    if not model.metadata.has_state_tensors:
+        raise InvalidInput(
+            f"model {model.name!r} version {model.version} has GRU layers but was exported "
+            "before GRU state was carried: its graph has no state tensors, so it cannot "
+            "carry state across requests; export or import it again, or send each sequence "
+            "whole (without sequence_id, initial_states or return_states)"
         )

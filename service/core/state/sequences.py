@@ -45,7 +45,7 @@ from service.core.errors import (
 from service.core.model import ServedModel
 from service.core.state.options import SequenceId, StateOptions
 from service.core.state.store import LastChunk, Limits, Record, SequenceKey, SequenceStore
-from service.core.types import InferenceRequest, RunResult, State
+from service.core.types import InferenceRequest, RunResult, copy_states
 
 ENDED_RETRY_S = 60.0
 """How long an ended sequence's final chunk can still be retried (and counts as live)."""
@@ -73,11 +73,6 @@ def chunk_digest(request: InferenceRequest) -> bytes:
     """What tells a retried chunk from a different one: its timesteps, as float32."""
     steps = int(request.lengths[0])
     return hashlib.blake2b(request.x[0, :steps].tobytes(), digest_size=16).digest()
-
-
-def _own(states: list[State]) -> list[State]:
-    """Copies: a batch's final states are views into the whole batch's arrays."""
-    return [(h.copy(), c.copy()) for h, c in states]
 
 
 class Sequences:
@@ -135,7 +130,7 @@ class Sequences:
         new = Record(
             version=held.version,
             steps=steps,
-            states=_own(result.final_states),
+            states=copy_states(result.final_states),
             rev=secrets.randbits(62),
             last=LastChunk(0 if record is None else record.steps, digest, states_in),
             ended=options.sequence_end,

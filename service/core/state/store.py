@@ -51,7 +51,8 @@ class LastChunk:
 @dataclass(frozen=True)
 class Record:
     """One server-held sequence: the model version it runs on, the timesteps it has
-    consumed, every layer's (h, c) after them, and its last chunk (for retries).
+    consumed, every layer's state after them ((h, c), or a GRU layer's (h,)), and its
+    last chunk (for retries).
 
     ``ended``: its final chunk was applied; the record stays only so that a retry of
     that chunk is answered again (``sequences.ENDED_RETRY_S``)."""
@@ -65,9 +66,9 @@ class Record:
 
     @property
     def nbytes(self) -> int:
-        held = sum(h.nbytes + c.nbytes for h, c in self.states)
+        held = sum(array.nbytes for array in _arrays(self.states))
         if self.last is not None:
-            held += sum(h.nbytes + c.nbytes for h, c in self.last.states_before)
+            held += sum(array.nbytes for array in _arrays(self.last.states_before))
         return held
 
 
@@ -116,11 +117,16 @@ _LENGTH = struct.Struct("<I")
 
 
 def _arrays(states: list[State]) -> list[np.ndarray]:
-    return [a for pair in states for a in pair]
+    return [array for layer in states for array in layer]
 
 
 def encode(record: Record) -> bytes:
-    """A record as bytes: a length-prefixed JSON header, then float32 arrays in order."""
+    """A record as bytes: a length-prefixed JSON header, then float32 arrays in order.
+
+    ``tensors`` says how many arrays each layer holds (2 for an LSTM layer, 1 for a
+    GRU layer); a record without it was written before GRU state was carried, when
+    every layer held two.
+    """
     arrays = _arrays(record.states)
     last = record.last
     if last is not None:
@@ -131,6 +137,7 @@ def encode(record: Record) -> bytes:
         "rev": record.rev,
         "ended": record.ended,
         "shapes": [list(a.shape) for a in _arrays(record.states)],
+        "tensors": [len(layer) for layer in record.states],
         "last": None if last is None else {"offset": last.offset, "digest": last.digest.hex()},
     }
     head = orjson.dumps(header)
@@ -145,6 +152,7 @@ def decode(blob: bytes) -> Record:
     header = orjson.loads(blob[_LENGTH.size : _LENGTH.size + size])
     at = _LENGTH.size + size
     shapes = [tuple(s) for s in header["shapes"]]
+    tensors = header.get("tensors") or [2] * (len(shapes) // 2)
 
     def read(count: int) -> list[State]:
         nonlocal at
@@ -153,7 +161,11 @@ def decode(blob: bytes) -> Record:
             n = int(np.prod(shape)) * 4
             arrays.append(np.frombuffer(blob, np.float32, n // 4, at).reshape(shape).copy())
             at += n
-        return [(arrays[i], arrays[i + 1]) for i in range(0, len(arrays), 2)]
+        layers, first = [], 0
+        for held in tensors:
+            layers.append(tuple(arrays[first : first + held]))
+            first += held
+        return layers
 
     states = read(len(shapes))
     last = None

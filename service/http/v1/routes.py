@@ -101,6 +101,10 @@ def describe(model: ServedModel) -> dict[str, Any]:
         "layers": [layer.model_dump() for layer in meta.layers],
         "bidirectional": meta.bidirectional,
         "stateful": meta.carries_state,
+        # per layer, the state tensors carried: LSTM ["h", "c"], GRU ["h"]
+        "state_tensors": (
+            [list(layer.state_tensors) for layer in meta.layers] if meta.carries_state else []
+        ),
         "default_return_sequences": meta.default_return_sequences,
         # Conv1D/pooling layers before the recurrent ones: equal lengths per request, at
         # least min_length steps each, per-timestep outputs only if it keeps the time axis

@@ -1,4 +1,5 @@
-"""Client-carried LSTM state: every layer's (h, c) for one sequence, as a JSON object.
+"""Client-carried state: every layer's (h, c), or h for a GRU layer, of one sequence, as a
+JSON object.
 
 With the state travelling in requests and responses, any replica behind a load
 balancer can continue a sequence: no sticky routing, nothing held server-side.
@@ -7,9 +8,14 @@ round-trips bit for bit (decimal text cannot promise that), and the object names
 the model version it belongs to, so a state cannot be fed to another model::
 
     {"model": "basic_motions", "version": "1", "dtype": "float32",
-     "layers": [64, 32], "directions": [1, 1], "data": "<base64 of h0, c0, h1, c1>"}
+     "layers": [64, 32], "directions": [1, 1], "tensors": [["h", "c"], ["h"]],
+     "data": "<base64 of h0, c0, h1>"}
 
-``directions`` is per layer (each layer's states hold that many directions).
+``directions`` is per layer (each layer's states hold that many directions), and so is
+``tensors``: which state tensors the layer holds, in the order ``data`` holds them (an
+LSTM layer's h and c, a GRU layer's h alone). A client that sends ``tensors`` back is
+held to it: a state that names a ``c`` for a GRU layer is refused naming the layer,
+rather than read as bytes of the wrong size.
 """
 
 from __future__ import annotations
@@ -28,12 +34,46 @@ _DTYPE = np.dtype("<f4")
 
 
 def _layout(meta: ModelMetadata) -> list[int]:
-    """Floats per (h or c) of each layer, for one sequence."""
+    """Floats per state tensor (h or c) of each layer, for one sequence."""
     return [layer.directions * layer.units for layer in meta.layers]
 
 
 def state_nbytes(meta: ModelMetadata) -> int:
-    return 2 * sum(_layout(meta)) * _DTYPE.itemsize
+    floats = zip(meta.layers, _layout(meta), strict=True)
+    return sum(len(layer.state_tensors) * size for layer, size in floats) * _DTYPE.itemsize
+
+
+def _expected(meta: ModelMetadata) -> str:
+    """What ``data`` must hold, in a refusal's words: every layer's tensors and units."""
+    cells = {layer.cell for layer in meta.layers}
+    if len(cells) == 1:
+        sizes = ", ".join(str(layer.units) for layer in meta.layers)
+        return f"{' and '.join(meta.layers[0].state_tensors)} of layers with {sizes} units"
+    return ", ".join(
+        f"{' and '.join(layer.state_tensors)} of {layer.cell.upper()} layer {i} "
+        f"({layer.units} units)"
+        for i, layer in enumerate(meta.layers)
+    )
+
+
+def _check_tensors(meta: ModelMetadata, token: dict[str, Any], where: str) -> None:
+    """A state that says which tensors it holds must say what each layer holds."""
+    named = token.get("tensors")
+    if named is None:
+        return
+    expected = [list(layer.state_tensors) for layer in meta.layers]
+    if not isinstance(named, list) or len(named) != len(expected):
+        raise InvalidInput(
+            f"{where}.tensors must list the state tensors of each of model {meta.name!r}'s "
+            f"{len(expected)} layers: {expected}"
+        )
+    for i, (got, want) in enumerate(zip(named, expected, strict=True)):
+        if got != want:
+            cell = meta.layers[i].cell.upper()
+            raise InvalidInput(
+                f"{where}.tensors[{i}] is {got!r}; layer {i} of model {meta.name!r} is "
+                f"a{'n' if cell == 'LSTM' else ''} {cell} layer, whose state is {want!r}"
+            )
 
 
 def encode_states(meta: ModelMetadata, states: list[State]) -> list[dict[str, Any]]:
@@ -45,16 +85,18 @@ def encode_states(meta: ModelMetadata, states: list[State]) -> list[dict[str, An
         "dtype": "float32",
         "layers": [layer.units for layer in meta.layers],
         "directions": [layer.directions for layer in meta.layers],
+        "tensors": [list(layer.state_tensors) for layer in meta.layers],
     }
     out = []
     for b in range(batch):
-        parts = [array[:, b, :].astype(_DTYPE).tobytes() for h, c in states for array in (h, c)]
+        parts = [array[:, b, :].astype(_DTYPE).tobytes() for layer in states for array in layer]
         out.append({**header, "data": base64.b64encode(b"".join(parts)).decode("ascii")})
     return out
 
 
 def decode_state(meta: ModelMetadata, token: Any, where: str) -> list[State]:
-    """One state object -> per layer (h, c), each float32 [directions, 1, units]."""
+    """One state object -> per layer (h, c) or a GRU's (h,), each float32 [directions, 1,
+    units]."""
     if not isinstance(token, dict):
         raise InvalidInput(f"{where} must be a state object as returned by the server")
     if token.get("model") != meta.name or token.get("version") != str(meta.version):
@@ -62,6 +104,7 @@ def decode_state(meta: ModelMetadata, token: Any, where: str) -> list[State]:
             f"{where} belongs to model {token.get('model')!r} version {token.get('version')!r}; "
             f"this request goes to {meta.name!r} version {meta.version}"
         )
+    _check_tensors(meta, token, where)
     data = token.get("data")
     try:
         raw = base64.b64decode(data, validate=True) if isinstance(data, str) else None
@@ -71,10 +114,9 @@ def decode_state(meta: ModelMetadata, token: Any, where: str) -> list[State]:
         raise InvalidInput(f"{where}.data must be a base64 string")
     expected = state_nbytes(meta)
     if len(raw) != expected:
-        sizes = ", ".join(str(u) for u in (layer.units for layer in meta.layers))
         raise InvalidInput(
             f"{where}.data holds {len(raw)} bytes; model {meta.name!r} expects {expected} "
-            f"(h and c of layers with {sizes} units, float32)"
+            f"({_expected(meta)}, float32)"
         )
     flat = np.frombuffer(raw, dtype=_DTYPE).astype(np.float32)
     if first_non_finite(flat) is not None:
@@ -83,8 +125,12 @@ def decode_state(meta: ModelMetadata, token: Any, where: str) -> list[State]:
     offset = 0
     for layer, size in zip(meta.layers, _layout(meta), strict=True):
         shape = (layer.directions, 1, layer.units)
-        h = flat[offset : offset + size].reshape(shape)
-        c = flat[offset + size : offset + 2 * size].reshape(shape)
-        states.append((h, c))
-        offset += 2 * size
+        count = len(layer.state_tensors)
+        states.append(
+            tuple(
+                flat[offset + k * size : offset + (k + 1) * size].reshape(shape)
+                for k in range(count)
+            )
+        )
+        offset += count * size
     return states
