@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from service.core import cpu_budget
+from service.core import cpu_budget, metric_writes
 from service.core.batching import BatchingOptions, DynamicBatcher
 from service.core.calls import CostLimits
 from service.core.memory import fix_malloc_thresholds
@@ -50,6 +50,7 @@ class Server:
         self._evictor: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
         self._budget: asyncio.Task[None] | None = None
+        self._metric_writes: asyncio.Task[None] | None = None
         self.live = True
         self._started = False
 
@@ -161,6 +162,7 @@ class Server:
 
     async def start(self) -> None:
         """Load and warm up every model before reporting ready."""
+        self._metric_writes = asyncio.create_task(metric_writes.flush_forever())
         if self.settings.cpu_budget:
             cpu_budget.enable()
             self._budget = asyncio.create_task(cpu_budget.flush_forever())
@@ -198,11 +200,12 @@ class Server:
 
     async def stop(self) -> None:
         self._started = False
-        for task in (self._evictor, self._poller, self._budget):
+        for task in (self._evictor, self._poller, self._budget, self._metric_writes):
             if task is not None:
                 task.cancel()
         await self.repository.close()  # closes every version's batcher and its threads
         await self.sequences.close()
+        metric_writes.flush()  # what the last batches and requests counted
 
 
 async def _purge_forever(store: MemoryStore, every_s: float) -> None:

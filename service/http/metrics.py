@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from starlette.responses import Response
 
 from service import metrics_files
+from service.core import metric_writes
 from service.core.metrics import LATENCY_BUCKETS
 from service.http.paths import METRICS
 
@@ -85,4 +86,5 @@ def _registry() -> CollectorRegistry:
 
 @router.get(METRICS, summary="Prometheus metrics", include_in_schema=False)
 async def metrics() -> Response:
+    metric_writes.flush()  # this worker's pending counts first (core/metric_writes.py)
     return Response(generate_latest(_registry()), media_type=CONTENT_TYPE_LATEST)

@@ -18,7 +18,7 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.core import cpu_budget
+from service.core import cpu_budget, metric_writes
 from service.http.metrics import (
     REQUEST_DURATION,
     REQUESTS,
@@ -145,8 +145,8 @@ class RequestObserver:
         state = scope.get("state", {})
         model = str(state.get("model", ""))
         version = str(state.get("version", ""))
-        _child(REQUESTS, model, version, endpoint, str(status)).inc()
-        _child(REQUEST_DURATION, endpoint).observe(duration)
+        metric_writes.count(_child(REQUESTS, model, version, endpoint, str(status)))
+        metric_writes.observe(_child(REQUEST_DURATION, endpoint), duration)
         level = logging.DEBUG if endpoint in _QUIET_ENDPOINTS else logging.INFO
         if not access_log.isEnabledFor(level):
             return
