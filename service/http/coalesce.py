@@ -11,7 +11,9 @@ sender's time) was measurable in the CPU budget (``core/cpu_budget.py``).
 head and writes it with the next write, the body, as one ``writelines`` (one
 ``writev``). Anything else goes straight through: an interim ``100 Continue``, and
 every write after the head. A head is never held longer than until the body's
-first write or the cycle closing the transport, whichever comes first.
+first write or the cycle closing the transport, whichever comes first; a HEAD
+request's cycle, whose body uvicorn never writes, is left unwrapped
+(``connections.py``).
 """
 
 from __future__ import annotations

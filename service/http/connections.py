@@ -286,8 +286,11 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.app = self._admit()
         previous = self.cycle
         super().on_headers_complete()
-        if self.cycle is not previous and self.cycle is not None:  # not for an upgrade
-            self.cycle.transport = HeadWithBody(self.transport)  # type: ignore[assignment]
+        cycle = self.cycle
+        # Not for an upgrade (no new cycle), nor for HEAD: uvicorn writes no body for it,
+        # so a held head would never leave.
+        if cycle is not previous and cycle is not None and cycle.scope["method"] != "HEAD":
+            cycle.transport = HeadWithBody(self.transport)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

@@ -99,3 +99,33 @@ def test_closing_sends_a_held_head_and_aborting_drops_it(pair) -> None:
 
     _run(aborted())
     other_peer.close()
+
+
+def test_a_real_server_answers_head_and_pipelined_requests(tiny_repository) -> None:
+    """HEAD has no body write to carry a held head (it must not wait forever), and two
+    pipelined requests on one connection each get their whole answer."""
+    from service.loadtest.process import ServerProcess
+
+    server = ServerProcess(tiny_repository)
+    try:
+        server.wait_ready(timeout=120.0)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(b"HEAD /v2/health/ready HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            head = sock.recv(65536)
+            # (405: the probe is GET only) The whole head arrives, with no body after it.
+            assert head.startswith(b"HTTP/1.1 405 ") and head.endswith(b"\r\n\r\n")
+            body = b'{"instances": [[[0.1, 0.2, 0.3]]]}'
+            request = (
+                b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(body), body)
+            )
+            sock.sendall(request + request)
+            received = b""
+            while received.count(b"HTTP/1.1 200 OK") < 2 or not received.endswith(b"}"):
+                chunk = sock.recv(65536)
+                assert chunk, received
+                received += chunk
+            assert received.count(b'"predictions"') == 2
+    finally:
+        server.stop()
