@@ -159,9 +159,27 @@ def input_specs(meta: ModelMetadata) -> list[TensorSpec]:
     ]
 
 
-def output_specs(meta: ModelMetadata) -> list[OutputSpec]:
+_SPECS: dict[int, tuple[ModelMetadata, tuple[OutputSpec, ...]]] = {}
+"""A version's output specs, built once (every V2 request selects from them): keyed by
+the metadata object's id, which the entry keeps alive so the id cannot be reused."""
+_SPECS_KEPT = 64
+"""Versions remembered; past it the oldest is dropped (rebuilt if asked again)."""
+
+
+def output_specs(meta: ModelMetadata) -> tuple[OutputSpec, ...]:
     """Every output, in the order a request without ``outputs`` gets them (no
     ``sequence_output`` where a front end shortens the time axis: ``core/frontend.py``)."""
+    found = _SPECS.get(id(meta))
+    if found is not None and found[0] is meta:
+        return found[1]
+    specs = tuple(_output_specs(meta))
+    if len(_SPECS) >= _SPECS_KEPT:
+        del _SPECS[next(iter(_SPECS))]
+    _SPECS[id(meta)] = (meta, specs)
+    return specs
+
+
+def _output_specs(meta: ModelMetadata) -> list[OutputSpec]:
     t = meta.tensors
     k = meta.output_size
     if t.sequence_output is None:  # a forecaster: one output, [B, horizon, K]
