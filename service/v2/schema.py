@@ -101,6 +101,8 @@ class InferenceRequestBody(_Strict):
         """Triton's sequence extension: ``sequence_id`` (0 or absent: no sequence),
         ``sequence_start`` and ``sequence_end``, routed to the server-held state; and
         ``sequence_offset``, this project's retry-safe chunks (``core/state/sequences.py``)."""
+        if not self.parameters.keys() & _SEQUENCE_PARAMETERS:  # the usual stateless request
+            return _NO_STATE if not owner else StateOptions(owner=owner)
         flags = {}
         for key in ("sequence_start", "sequence_end"):
             value = self.parameters.get(key, False)
@@ -115,6 +117,12 @@ class InferenceRequestBody(_Strict):
             sequence_end=flags["sequence_end"],
             sequence_offset=parse_sequence_offset(self.parameters.get("sequence_offset")),
         )
+
+
+_SEQUENCE_PARAMETERS = frozenset(
+    {"sequence_id", "sequence_start", "sequence_end", "sequence_offset"}
+)
+_NO_STATE = StateOptions()
 
 
 # -- the tensors of a served LSTM ---------------------------------------------
