@@ -37,19 +37,18 @@ version's own threads; the batcher refuses, before queueing, a request that the
 cost limits forbid (``cost.check_request``), and tells a running batch's calls to
 ``terminate`` once none of its requests waits for it any more.
 
-Its submissions hold the version (``holds``, ``core/holds.py``) while they run, so an
-unload drains them. The batcher knows nothing about HTTP.
+What waits, by bucket, is ``core/waiting.py``'s; this module decides when a batch
+forms and where it runs. Its submissions hold the version (``holds``, ``core/holds.py``)
+while they run, so an unload drains them. The batcher knows nothing about HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
-from collections import deque
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 import onnxruntime as ort
@@ -62,6 +61,7 @@ from service.core.frontend import bucket_key, check_front_end
 from service.core.holds import Holds
 from service.core.runtime import ModelRuntime
 from service.core.types import InferenceRequest, RunResult
+from service.core.waiting import Call, Pending, Waiting
 
 __all__ = ["BatchingOptions", "DynamicBatcher", "length_bucket"]
 
@@ -98,41 +98,6 @@ class BatcherStats:
     """Requests whose work was never run: deadline passed or caller gone while queued."""
 
 
-@dataclass(eq=False)
-class _Call:
-    """A batch handed to the executor, and the options that can stop its calls."""
-
-    batch: list[_Pending]
-    options: ort.RunOptions
-    finished: bool = False
-
-    def abandon_if_unwanted(self) -> None:
-        """Stop the work at once when no request of the batch waits for it any more."""
-        if not self.finished and all(p.future.done() for p in self.batch):
-            self.options.terminate = True
-
-
-@dataclass(eq=False)
-class _Pending:
-    request: InferenceRequest
-    future: asyncio.Future[RunResult]
-    bucket: int
-    queued: bool = True
-    call: _Call | None = None
-
-
-@dataclass
-class _Bucket:
-    entries: deque[_Pending] = field(default_factory=deque)
-    sequences: int = 0  # sequences of the entries still queued
-
-    def head(self) -> _Pending | None:
-        """The oldest entry still queued, discarding ones that expired or were cancelled."""
-        while self.entries and not self.entries[0].queued:
-            self.entries.popleft()
-        return self.entries[0] if self.entries else None
-
-
 class DynamicBatcher:
     """The scheduler of one model version (see the module docstring).
 
@@ -158,8 +123,7 @@ class DynamicBatcher:
         self._options = options
         self._limits = limits or CostLimits(bucket_ratio=options.bucket_ratio)
         self._whole = runs_whole(runtime.metadata)  # why a sequence runs in one call, if so
-        self._buckets: dict[int, _Bucket] = {}
-        self._waiting = 0
+        self._queue = Waiting()
         self._free = options.slots
         self._loop: asyncio.AbstractEventLoop | None = None  # known at the first request
         self._hold: asyncio.TimerHandle | None = None
@@ -175,7 +139,7 @@ class DynamicBatcher:
 
     @property
     def queue_depth(self) -> int:
-        return self._waiting
+        return self._queue.count
 
     @property
     def in_flight(self) -> int:
@@ -217,7 +181,7 @@ class DynamicBatcher:
         # Batching merges what waits, so only waiting requests count against the queue;
         # without it every accepted request is handed to the inference threads at once
         # (they queue there, each its own call), so all of them count.
-        if (self._waiting if self._options.dynamic else self._in_flight - 1) >= limit:
+        if (self._queue.count if self._options.dynamic else self._in_flight - 1) >= limit:
             raise Overloaded(f"the model's queue is full ({limit} requests waiting); retry later")
         check_request(request.lengths, self._limits, self._whole)
         check_front_end(self._runtime.metadata, request)  # one length, long enough
@@ -226,13 +190,8 @@ class DynamicBatcher:
         if bucket is None:
             bucket = length_bucket(steps, self._options.bucket_ratio)
         loop = self._loop = asyncio.get_running_loop()
-        pending = _Pending(request, loop.create_future(), bucket)
-        queue = self._buckets.get(bucket)
-        if queue is None:
-            queue = self._buckets[bucket] = _Bucket()
-        queue.entries.append(pending)
-        queue.sequences += request.batch_size
-        self._waiting += 1
+        pending = Pending(request, loop.create_future(), bucket)
+        self._queue.push(pending)
         timer = loop.call_later(
             max(0.0, request.deadline - time.monotonic()), self._expire, pending
         )
@@ -247,7 +206,7 @@ class DynamicBatcher:
             timer.cancel()
             if pending.queued:  # cancelled by its caller: its work is no longer wanted
                 self.stats.dropped += 1
-                self._dequeue(pending)
+                self._queue.remove(pending)
                 self._show_depth()
             elif pending.call is not None:  # running: stop it if nobody else waits for it
                 pending.call.abandon_if_unwanted()
@@ -258,10 +217,8 @@ class DynamicBatcher:
         self._closed.set()
         if self._hold is not None:
             self._hold.cancel()
-        for queue in self._buckets.values():
-            while (head := queue.head()) is not None:
-                self._dequeue(head)
-                head.future.set_exception(Overloaded("the model version is being unloaded"))
+        for head in self._queue.drain():
+            head.future.set_exception(Overloaded("the model version is being unloaded"))
         if self._free < self._options.slots:
             self._idle = asyncio.Event()
             await self._idle.wait()
@@ -270,39 +227,19 @@ class DynamicBatcher:
 
     # -- inside the batcher ---------------------------------------------------
 
-    def _dequeue(self, pending: _Pending) -> None:
-        if pending.queued:
-            pending.queued = False
-            self._waiting -= 1
-            self._buckets[pending.bucket].sequences -= pending.request.batch_size
-
-    def _expire(self, pending: _Pending) -> None:
+    def _expire(self, pending: Pending) -> None:
         if not pending.future.done():
             if pending.queued:
                 self.stats.dropped += 1
-            self._dequeue(pending)
+            self._queue.remove(pending)
             self._show_depth()
             pending.future.set_exception(
                 DeadlineExceeded("the request did not finish before its deadline")
             )
 
-    def _oldest(self) -> _Bucket | None:
-        best: _Bucket | None = None
-        oldest = math.inf
-        emptied: list[int] = []
-        for key, queue in self._buckets.items():
-            head = queue.head()
-            if head is None and key < 0:  # an exact-length queue (front ends): clients name
-                emptied.append(key)  # the lengths, so an empty one is not kept
-            elif head is not None and head.request.enqueued_at < oldest:
-                best, oldest = queue, head.request.enqueued_at
-        for key in emptied:
-            del self._buckets[key]
-        return best
-
-    def _take(self) -> list[_Pending] | None:
+    def _take(self) -> list[Pending] | None:
         """The next batch, or None: nothing queued, or the oldest is waiting for company."""
-        queue = self._oldest()
+        queue = self._queue.oldest()
         if queue is None:
             return None
         limit = self._options.max_batch_size
@@ -313,12 +250,12 @@ class DynamicBatcher:
             if self._hold is None and self._loop is not None:
                 self._hold = self._loop.call_later(hold, self._release_hold)
             return None
-        batch: list[_Pending] = []
+        batch: list[Pending] = []
         size = 0
         while (nxt := queue.head()) is not None and (
             not batch or size + nxt.request.batch_size <= limit
         ):
-            self._dequeue(nxt)
+            self._queue.remove(nxt)
             batch.append(nxt)
             size += nxt.request.batch_size
         return batch
@@ -339,7 +276,7 @@ class DynamicBatcher:
             self._free -= 1
             self._running += len(batch)
             requests = [p.request for p in batch]
-            call = _Call(batch, ort.RunOptions())
+            call = Call(batch, ort.RunOptions())
             for pending in batch:
                 pending.call = call
             try:
@@ -356,11 +293,9 @@ class DynamicBatcher:
         """The queue-depth gauge: requests queued or in a call, set when a batch starts or
         ends (or one leaves the queue early), not twice per request: each set is a write
         to the metrics' shared file."""
-        self._depth.set(self._waiting + self._running)
+        self._depth.set(self._queue.count + self._running)
 
-    def _from_thread(
-        self, batch: list[_Pending], done: Future[list[RunResult | Exception]]
-    ) -> None:
+    def _from_thread(self, batch: list[Pending], done: Future[list[RunResult | Exception]]) -> None:
         """On the worker thread: hand the outcomes to the event loop."""
         budget = cpu_budget.section("hand-off to the event loop")
         try:
@@ -372,12 +307,12 @@ class DynamicBatcher:
             self._loop.call_soon_threadsafe(self._finish, batch, outcomes)
         cpu_budget.end(budget)
 
-    def _finish(self, batch: list[_Pending], outcomes: list[RunResult | Exception]) -> None:
+    def _finish(self, batch: list[Pending], outcomes: list[RunResult | Exception]) -> None:
         budget = cpu_budget.section("batcher: results to requests, next batch", LOOP)
         self._finished(batch, outcomes)
         cpu_budget.end(budget)
 
-    def _finished(self, batch: list[_Pending], outcomes: list[RunResult | Exception]) -> None:
+    def _finished(self, batch: list[Pending], outcomes: list[RunResult | Exception]) -> None:
         self._free += 1
         self._running -= len(batch)
         if batch and batch[0].call is not None:
