@@ -10,7 +10,7 @@ time, or a header of many megabytes: 2,048 such connections held every slot of
   a deadline set when the connection opens and again when a response completes
   on a keep-alive connection, cleared only once a whole request head has
   arrived. Bytes arriving do not move it, so a trickle cannot keep a connection
-  forever. Past it (checked by one sweep per event loop, ``_Sweeper``) a client
+  forever. Past it (checked by one sweep per event loop, ``sweeper.py``) a client
   that sent part of a head gets a 408, and the connection closes.
 - **a head size limit** (``max_header_bytes``): a request line plus headers over
   it get a 431 and the connection closes, before more of it is buffered.
@@ -56,6 +56,7 @@ from service.core.cpu_budget import LOOP
 from service.http.body import BODY_COMPLETE
 from service.http.coalesce import HeadWithBody
 from service.http.paths import OBSERVABILITY_PATHS
+from service.http.sweeper import Sweeper
 from service.settings import Settings
 
 RESERVED_PATHS = frozenset(path.encode() for path in OBSERVABILITY_PATHS)
@@ -152,7 +153,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         # The cap is enforced here, not by uvicorn (which would answer it in plain text).
         self.limit_concurrency = None
         self._served_app = self.app
-        self._head_deadline: float | None = None  # loop time; None: no head awaited
+        self.head_deadline: float | None = None  # loop time; None: no head awaited
         self._head_bytes: int | None = 0  # None: a head is complete, a request is running
         self._discarding = False
         self._unavailable = _unavailable_app(
@@ -170,8 +171,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.write_timeout_s = settings.write_timeout_s
         self.max_unsent_bytes = settings.max_unsent_bytes
         self.max_unsent_per_connection = settings.max_unsent_bytes_per_connection
-        self._write_stalled_since: float | None = None  # loop time writing paused
-        self._unsent_seen = 0
+        self.write_stalled_since: float | None = None  # loop time writing paused
+        self.unsent_seen = 0
 
     # The fair share
     def _count(self, address: str | None) -> None:
@@ -192,34 +193,34 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     # The write clock
     def pause_writing(self) -> None:
         super().pause_writing()
-        self._write_stalled_since = self.loop.time()
-        self._unsent_seen = self.transport.get_write_buffer_size()
+        self.write_stalled_since = self.loop.time()
+        self.unsent_seen = self.transport.get_write_buffer_size()
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        self._write_stalled_since = None
+        self.write_stalled_since = None
 
-    def _abort_unread(self, why: str) -> None:
+    def abort_unread(self, why: str) -> None:
         log.warning(
             "closing a connection from %s: %s",
             self.client[0] if self.client else "?",
             why,
             extra={"client": self.client[0] if self.client else None, "reason": "unread"},
         )
-        self._write_stalled_since = None
+        self.write_stalled_since = None
         self._disarm()
         self.transport.abort()  # close() would keep the unsent bytes until they are sent
 
     # The clock
     def _arm(self) -> None:
         self._head_bytes = 0
-        self._head_deadline = self.loop.time() + self.head_timeout_s
+        self.head_deadline = self.loop.time() + self.head_timeout_s
 
     def _disarm(self) -> None:
         self._head_bytes = None
-        self._head_deadline = None
+        self.head_deadline = None
 
-    def _head_timed_out(self) -> None:
+    def head_timed_out(self) -> None:
         if self.transport.is_closing():
             self._disarm()
             return
@@ -243,14 +244,14 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        _Sweeper.watch(self.loop, self.connections, self.head_timeout_s)
+        Sweeper.watch(self.loop, self.connections, self.head_timeout_s, BoundedHttpProtocol)
         self._behind_proxy = _is_trusted_proxy(self.client[0] if self.client else "", self.proxies)
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self._count(None)
-        self._write_stalled_since = None
+        self.write_stalled_since = None
         super().connection_lost(exc)
 
     def handle_websocket_upgrade(self) -> None:
@@ -343,8 +344,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
                 isinstance(connection, BoundedHttpProtocol)
                 and connection is not self
                 and connection._head_bytes is not None
-                and connection._head_deadline is not None
-                and (oldest is None or connection._head_deadline < oldest._head_deadline)  # type: ignore[operator]
+                and connection.head_deadline is not None
+                and (oldest is None or connection.head_deadline < oldest.head_deadline)  # type: ignore[operator]
             ):
                 oldest = connection
         if oldest is None:
@@ -353,87 +354,3 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         oldest.connections.discard(oldest)  # its slot is free now, not when the close lands
         oldest.transport.close()
         return True
-
-
-class _Sweeper:
-    """One timer per event loop that closes connections past their head deadline.
-
-    A timer per connection would cost a ``call_later`` and a ``cancel`` on every
-    request (and cancelled handles pile up in the loop's heap); a sweep a few
-    times per timeout costs one pass over the open connections, and a deadline
-    is then kept to within a quarter of ``head_timeout_s`` (at most 1 s late).
-    """
-
-    _loops: ClassVar[dict[asyncio.AbstractEventLoop, _Sweeper]] = {}
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, connections: set[Any], timeout_s: float
-    ) -> None:
-        self.loop = loop
-        self.connections = connections
-        self.every_s = min(1.0, timeout_s / 4)
-        self.loop.call_later(self.every_s, self.sweep)
-
-    @classmethod
-    def watch(
-        cls, loop: asyncio.AbstractEventLoop, connections: set[Any], timeout_s: float
-    ) -> None:
-        if loop not in cls._loops:
-            cls._loops[loop] = cls(loop, connections, timeout_s)
-
-    def sweep(self) -> None:
-        if self.loop.is_closed():
-            return
-        now = self.loop.time()
-        late = []
-        stalled = []
-        for c in self.connections:
-            if not isinstance(c, BoundedHttpProtocol):
-                continue
-            if c._head_deadline is not None and c._head_deadline <= now:
-                late.append(c)
-            if c._write_stalled_since is not None:
-                stalled.append(c)
-        for connection in late:
-            connection._head_timed_out()
-        self._sweep_writes(stalled, now)
-        self.loop.call_later(self.every_s, self.sweep)
-
-    @staticmethod
-    def _sweep_writes(stalled: list[BoundedHttpProtocol], now: float) -> None:
-        """Close connections whose client takes none of its answer within the write
-        timeout, or none since the last sweep of one over the per-connection ceiling;
-        then, oldest stall first, those beyond the ceiling on unsent bytes in total."""
-        unsent = 0
-        waiting = []
-        for c in stalled:
-            if c.transport.is_closing() or c._write_stalled_since is None:
-                continue
-            size = c.transport.get_write_buffer_size()
-            if size < c._unsent_seen:  # the client reads: the clock restarts
-                c._unsent_seen, c._write_stalled_since = size, now
-            elif now - c._write_stalled_since >= c.write_timeout_s:
-                c._abort_unread(
-                    f"its client took none of its answer for {c.write_timeout_s:g} s "
-                    f"({size} bytes unsent; setting write_timeout_s)"
-                )
-                continue
-            elif size > c.max_unsent_per_connection:  # and nothing read since the last look
-                c._abort_unread(
-                    f"its client took none of its {size} unsent bytes, over the "
-                    f"{c.max_unsent_per_connection} of max_unsent_bytes_per_connection"
-                )
-                continue
-            unsent += size
-            waiting.append((c._write_stalled_since, size, c))
-        if not waiting or unsent <= waiting[0][2].max_unsent_bytes:
-            return
-        ceiling = waiting[0][2].max_unsent_bytes
-        for _, size, c in sorted(waiting, key=lambda w: w[0]):
-            if unsent <= ceiling:
-                break
-            c._abort_unread(
-                f"answers waiting for readers are {unsent} bytes, over the {ceiling} of "
-                "max_unsent_bytes; this one waited longest"
-            )
-            unsent -= size
